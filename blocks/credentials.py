@@ -1,0 +1,30 @@
+"""Prefect blocks holding provider credentials.
+
+Create one in the Prefect UI (Blocks → "Provider Credentials") or in code:
+
+    ProviderCredentials(api_key="sk-…").save("openai-credentials")
+
+and name it in pipelines.yaml under `providers.<name>.api_key_block`. The key is a SecretStr: masked
+in the UI, in `prefect block inspect`, in reprs and in logs.
+"""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+__all__ = ["ProviderCredentials"]
+
+
+class ProviderCredentials(Block):
+    """The API key of an OpenAI-compatible model provider."""
+
+    _block_type_name = "Provider Credentials"
+    _block_type_slug = "promptcycle-provider-credentials"
+    _description = "API key for an OpenAI-compatible provider used by promptcycle pipelines."
+
+    api_key: SecretStr = Field(description="The provider's API key; stored encrypted, never logged.")
+    organization: str | None = Field(default=None, description="Optional organization id some providers use.")
+
+    def get_api_key(self) -> SecretStr:
+        return self.api_key

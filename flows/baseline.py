@@ -1,0 +1,73 @@
+"""The baseline phase: evaluate a pipeline's prompt on every model x spectrum cell.
+
+    validate (config, keys, dataset suite) → evaluate every cell concurrently → results suite
+    → rank against the thresholds → artifacts
+
+Re-running the same command after a crash resumes the unfinished run: recorded observations are not
+called again, and the final table equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.runtime import flow_run
+
+from promptcycle.errors import RunFailedError
+from promptcycle.evaluation import progress
+from promptcycle.evaluation.context import load_pipeline
+from promptcycle.evaluation.pool import close_providers
+from promptcycle.evaluation.summary import RunSummary
+from tasks.baseline import check_results, evaluate_cell_task, fail_run, prepare_baseline, summarize_run
+from tasks.reports import artifact_key, publish_baseline_report
+
+__all__ = ["baseline"]
+
+
+@flow(name="baseline", flow_run_name="baseline-{pipeline}")
+async def baseline(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
+                   store_path: str | None = None, repeats: int | None = None,
+                   limit: int | None = None) -> RunSummary:
+    """Evaluate the pipeline's prompt across its models x spectrums and store every result.
+
+    Args:
+        pipeline: the pipeline's name in pipelines.yaml.
+        config_path: path to pipelines.yaml.
+        store_path: the DuckDB file (default: the config's `store`).
+        repeats: calls per model x case (default: the pipeline's `repeats`).
+        limit: evaluate only the first N cases of each spectrum.
+    """
+    logger = get_run_logger()
+    plan = prepare_baseline(config_path, pipeline, store_path, repeats, limit, flow_run.get_id())
+    logger.info("%s run %s: %d cells, %d calls", "resuming" if plan.resumed else "starting", plan.run_id,
+                len(plan.cells), plan.total_calls)
+    progress.report_total(plan.total_calls)
+    progress_id = await create_progress_artifact(progress=0.0, key=artifact_key("baseline-progress", pipeline),
+                                                 description=f"Cells finished in run {plan.run_id}")
+
+    async def cell(model: str, spectrum: str) -> dict:
+        return await evaluate_cell_task(config_path, pipeline, store_path, plan.run_id, model, spectrum,
+                                        plan.repeats, limit)
+
+    outcomes: list[dict] = []
+    failures: list[str] = []
+    try:
+        for finished in asyncio.as_completed([cell(m, s) for m, s in plan.cells]):
+            try:
+                outcomes.append(await finished)
+            except Exception as exc:  # one failed cell must not hide the others' results
+                failures.append(f"{type(exc).__name__}: {exc}")
+            await update_progress_artifact(progress_id, 100.0 * (len(outcomes) + len(failures)) / len(plan.cells))
+    finally:
+        await close_providers()
+    if failures:
+        reason = f"{len(failures)} of {len(plan.cells)} cells failed; first: {failures[0]}"
+        fail_run(config_path, pipeline, store_path, plan.run_id, reason)
+        raise RunFailedError(reason + " — re-run the same command to resume")
+    check_results(config_path, pipeline, store_path, plan.run_id, plan.repeats, limit)
+    summary = summarize_run(config_path, pipeline, store_path, plan, outcomes)
+    ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
+    publish_baseline_report(summary, ctx.pipeline.thresholds)
+    return summary

@@ -1,0 +1,290 @@
+"""pipelines.yaml, modelled once.
+
+`load_config(path)` reads the YAML and validates it into `PromptcycleConfig`. Every problem — a bad
+value, a missing or unknown key, an unknown scorer, provider or model name — raises one
+`ConfigError` naming the file, the dotted path, what was found and what was expected, before any
+model is called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from promptcycle.errors import ConfigError
+from promptcycle.prompts import PromptTemplate
+
+__all__ = [
+    "ProviderConfig",
+    "ModelConfig",
+    "PromptConfig",
+    "DatasetConfig",
+    "SplitConfig",
+    "Thresholds",
+    "PipelineConfig",
+    "PromptcycleConfig",
+    "load_config",
+    "DEFAULT_CONFIG_PATH",
+]
+
+DEFAULT_CONFIG_PATH = Path("pipelines.yaml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProviderConfig(_Strict):
+    """A model provider: the built-in simulator or any OpenAI-compatible endpoint."""
+
+    kind: Literal["simulator", "openai"] = Field(
+        description="'simulator' runs the simulated LLM world in-process over the OpenAI protocol; "
+        "'openai' is any OpenAI-compatible endpoint (OpenAI, Groq, Ollama, vLLM, LiteLLM, or "
+        "`promptcycle sim-server`).")
+    base_url: str | None = Field(default=None, description="Endpoint base URL, e.g. https://api.openai.com/v1. "
+                                 "Required for kind 'openai'.")
+    api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
+    api_key_block: str | None = Field(default=None, description="Name of a ProviderCredentials Prefect block "
+                                      "holding the API key (takes precedence over api_key_env).")
+    max_concurrency: int = Field(default=32, ge=1, le=1024, description="Requests in flight at once.")
+    requests_per_minute: float | None = Field(default=None, gt=0, description="Request rate cap; none = unlimited.")
+    global_concurrency_limit: str | None = Field(
+        default=None, description="Name of a Prefect global concurrency limit that caps this provider's "
+        "concurrent cells across all flows and processes (created on demand).")
+    timeout_seconds: float = Field(default=60.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(default=4, ge=0, le=20, description="Retries per call after the first attempt.")
+    backoff_seconds: float = Field(default=0.5, ge=0, description="Base of the exponential backoff.")
+    max_backoff_seconds: float = Field(default=30.0, ge=0, description="Cap on one backoff wait.")
+    circuit_failure_threshold: int = Field(default=20, ge=1, description="Consecutive failures that open the breaker.")
+    circuit_reset_seconds: float = Field(default=10.0, gt=0, description="Cool-down before the breaker half-opens.")
+
+    @model_validator(mode="after")
+    def _openai_needs_base_url(self) -> "ProviderConfig":
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("kind 'openai' needs a base_url")
+        return self
+
+
+class ModelConfig(_Strict):
+    """A model as the pipelines use it: which provider serves it, its id there, pricing and latency target."""
+
+    provider: str = Field(description="Name of a provider in `providers`.")
+    model: str = Field(description="The model id sent to the provider.")
+    input_cost_per_mtok: float = Field(default=0.0, ge=0, description="USD per million input tokens.")
+    output_cost_per_mtok: float = Field(default=0.0, ge=0, description="USD per million output tokens.")
+    latency_target_ms: float = Field(default=2000.0, gt=0, description="Latency the latency scorer holds it to.")
+    temperature: float = Field(default=0.0, ge=0, le=2, description="Sampling temperature.")
+    max_tokens: int | None = Field(default=None, gt=0, description="Cap on output tokens.")
+
+
+class PromptConfig(_Strict):
+    system: str = Field(default="", description="System message; may use {{variables}}.")
+    template: str = Field(min_length=1, description="User message with {{variable}} placeholders.")
+
+    def to_template(self) -> PromptTemplate:
+        return PromptTemplate(template=self.template, system=self.system)
+
+
+class SplitConfig(_Strict):
+    train: float = Field(default=0.4, gt=0, lt=1)
+    dev: float = Field(default=0.3, gt=0, lt=1)
+    test: float = Field(default=0.3, gt=0, lt=1)
+    seed: int = Field(default=7, description="Seed of the deterministic, stratified split.")
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "SplitConfig":
+        total = self.train + self.dev + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + dev + test must sum to 1, found {total:g}")
+        return self
+
+
+class DatasetConfig(_Strict):
+    source: str = Field(description="'bundled:customer_insights' or a path to a .jsonl, .csv or .parquet file "
+                        "(relative paths are relative to pipelines.yaml).")
+    spectrums: list[str] = Field(min_length=1, description="The spectrums (categories of test case) to evaluate.")
+    min_cases_per_spectrum: int = Field(default=20, ge=1, description="Data-quality floor per spectrum.")
+    splits: SplitConfig = Field(default_factory=SplitConfig)
+
+
+class Thresholds(_Strict):
+    """Quality levels, in points (0-100) of the weighted overall score."""
+
+    critical: float = Field(default=85, ge=0, le=100)
+    warning: float = Field(default=90, ge=0, le=100)
+    target: float = Field(default=95, ge=0, le=100)
+    excellent: float = Field(default=98, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Thresholds":
+        if not (self.critical <= self.warning <= self.target <= self.excellent):
+            raise ValueError("thresholds must satisfy critical <= warning <= target <= excellent")
+        return self
+
+    def level(self, quality: float) -> str:
+        """critical (< critical), warning (< warning), ok (< target), target (< excellent) or excellent."""
+        if quality < self.critical:
+            return "critical"
+        if quality < self.warning:
+            return "warning"
+        if quality < self.target:
+            return "ok"
+        if quality < self.excellent:
+            return "target"
+        return "excellent"
+
+
+class PipelineConfig(_Strict):
+    description: str = ""
+    prompt: PromptConfig
+    models: list[str] = Field(min_length=1, description="Names from the top-level `models`.")
+    dataset: DatasetConfig
+    scorers: dict[str, dict[str, Any]] = Field(
+        min_length=1, description="Scorer name -> options (every scorer takes `weight`).")
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    repeats: int = Field(default=1, ge=1, le=100, description="Calls per model x case.")
+    max_error_rate: float = Field(default=0.05, ge=0, le=1, description="Results suite ceiling on terminal errors.")
+
+    @field_validator("models")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("model names must be distinct")
+        return v
+
+
+class PromptcycleConfig(_Strict):
+    providers: dict[str, ProviderConfig] = Field(min_length=1)
+    models: dict[str, ModelConfig] = Field(min_length=1)
+    pipelines: dict[str, PipelineConfig] = Field(min_length=1)
+    store: str = Field(default="promptcycle.duckdb", description="Default DuckDB file (relative to pipelines.yaml).")
+
+    # Where the config was read from; relative paths in it resolve against this directory.
+    source_path: Path | None = Field(default=None, exclude=True)
+
+    def pipeline(self, name: str) -> PipelineConfig:
+        try:
+            return self.pipelines[name]
+        except KeyError:
+            raise ConfigError(f"unknown pipeline {name!r}; known: {', '.join(sorted(self.pipelines))}",
+                              file=str(self.source_path) if self.source_path else None, path="pipelines",
+                              found=name, expected="a pipeline name") from None
+
+    def resolve_path(self, value: str | Path) -> Path:
+        p = Path(value)
+        if p.is_absolute() or self.source_path is None:
+            return p
+        return self.source_path.parent / p
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _from_validation_error(exc: ValidationError, file: str) -> ConfigError:
+    lines = []
+    first = None
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = _dotted(loc)
+        first = first or path
+        if err["type"] == "extra_forbidden":
+            # The value is not echoed: a misplaced key may hold a secret.
+            lines.append(f"{path}: unknown key (expected one of the documented keys; see docs/configuration.md)")
+        elif err["type"] == "missing":
+            lines.append(f"{path}: missing required key")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{path}: {msg} (found {_describe(err['input'])})")
+    message = lines[0] if len(lines) == 1 else f"{len(lines)} problems:\n  " + "\n  ".join(lines)
+    return ConfigError(f"invalid configuration: {message}", file=file, path=None, found=None,
+                       expected=None)
+
+
+def _check_names(cfg: PromptcycleConfig, file: str) -> None:
+    """Cross-references: model -> provider, pipeline -> models, scorer names and options."""
+    from promptcycle.scoring import scorers  # the registry, with the built-in scorers registered
+
+    for name, model in cfg.models.items():
+        if model.provider not in cfg.providers:
+            raise ConfigError(f"unknown provider {model.provider!r}; known: {', '.join(sorted(cfg.providers))}",
+                              file=file, path=f"models.{name}.provider", found=model.provider,
+                              expected="a name from `providers`")
+        if cfg.providers[model.provider].kind == "simulator":
+            from promptcycle.sim.world import SIM_MODELS
+
+            if model.model not in SIM_MODELS:
+                raise ConfigError(f"unknown simulated model {model.model!r}; known: {', '.join(sorted(SIM_MODELS))}",
+                                  file=file, path=f"models.{name}.model", found=model.model,
+                                  expected="a simulated model name")
+    for pname, pipe in cfg.pipelines.items():
+        for i, m in enumerate(pipe.models):
+            if m not in cfg.models:
+                raise ConfigError(f"unknown model {m!r}; known: {', '.join(sorted(cfg.models))}",
+                                  file=file, path=f"pipelines.{pname}.models.{i}", found=m,
+                                  expected="a name from `models`")
+        for sname, options in pipe.scorers.items():
+            path = f"pipelines.{pname}.scorers.{sname}"
+            if sname not in scorers:
+                raise ConfigError(f"unknown scorer {sname!r}; known: {', '.join(scorers.names())}",
+                                  file=file, path=path, found=sname, expected="a registered scorer")
+            try:
+                scorers.get(sname).Options.model_validate(options or {})
+            except ValidationError as exc:
+                err = exc.errors(include_url=False)[0]
+                sub = _dotted(err["loc"])
+                if err["type"] == "extra_forbidden":
+                    detail, found = "unknown key", ""
+                else:
+                    detail, found = err["msg"].removeprefix("Value error, "), f" (found {_describe(err['input'])})"
+                raise ConfigError(f"{detail}{found}", file=file,
+                                  path=f"{path}.{sub}" if sub != "(top level)" else path,
+                                  found=err["input"], expected=detail) from None
+            judge_model = (options or {}).get("model")
+            if judge_model is not None and judge_model not in cfg.models:
+                raise ConfigError(f"unknown model {judge_model!r}; known: {', '.join(sorted(cfg.models))}",
+                                  file=file, path=f"{path}.model", found=judge_model,
+                                  expected="a name from `models`")
+        variables = pipe.prompt.to_template().variables
+        if not variables:
+            raise ConfigError("the prompt uses no {{variables}}, so every case would get the same prompt",
+                              file=file, path=f"pipelines.{pname}.prompt.template",
+                              expected="at least one {{variable}}")
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> PromptcycleConfig:
+    """Read and validate pipelines.yaml; raise ConfigError on any problem."""
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found (pass --config PATH, or run from the directory holding pipelines.yaml)",
+                          file=file) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read file: {exc.strerror}", file=file) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"not valid YAML: {where}{problem}", file=file) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping at the top level, found {type(data).__name__}", file=file)
+    try:
+        cfg = PromptcycleConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _from_validation_error(exc, file) from None
+    cfg.source_path = path.resolve()
+    _check_names(cfg, file)
+    return cfg
+

@@ -1,0 +1,152 @@
+"""The one exception tree of promptcycle.
+
+    PromptcycleError
+    ├── ConfigError                 pipelines.yaml is wrong: file, dotted path, found, expected
+    ├── DatasetError                a dataset file cannot be read or parsed
+    ├── DataQualityError            a Great Expectations suite failed (carries the readable report)
+    ├── ProviderError               a model provider call failed (status, retry_after)
+    │   ├── RetryableProviderError  worth another attempt
+    │   │   ├── RateLimitError      HTTP 429
+    │   │   ├── ServerError         HTTP 5xx
+    │   │   ├── ProviderTimeoutError
+    │   │   ├── MalformedResponseError
+    │   │   ├── ProviderConnectionError
+    │   │   └── CircuitOpenError   the provider's breaker is open
+    │   └── FatalProviderError      not worth retrying (auth, bad request, unknown model)
+    ├── StoreError                  the metrics store failed
+    ├── RunFailedError              a run could not finish (it stays resumable)
+    ├── BudgetExceededError         a call or cost cap was reached
+    └── GateError                   a deployment gate refused
+
+`is_retryable(exc)` is the single predicate that the client's retry loop and Prefect's
+`retry_condition_fn` both use.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PromptcycleError",
+    "ConfigError",
+    "DatasetError",
+    "DataQualityError",
+    "ProviderError",
+    "RetryableProviderError",
+    "RateLimitError",
+    "ServerError",
+    "ProviderTimeoutError",
+    "MalformedResponseError",
+    "ProviderConnectionError",
+    "CircuitOpenError",
+    "FatalProviderError",
+    "StoreError",
+    "RunFailedError",
+    "BudgetExceededError",
+    "GateError",
+    "is_retryable",
+]
+
+
+class PromptcycleError(Exception):
+    """Base of every error promptcycle raises on purpose."""
+
+
+class ConfigError(PromptcycleError):
+    """A configuration value is missing, unknown or invalid.
+
+    The message names the file, the dotted YAML path, what was found and what was expected.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, path: str | None = None,
+                 found: object = None, expected: str | None = None):
+        self.file = file
+        self.path = path
+        self.found = found
+        self.expected = expected
+        parts = []
+        if file:
+            parts.append(str(file))
+        if path:
+            parts.append(path)
+        location = ": ".join(parts)
+        super().__init__(f"{location}: {message}" if location else message)
+
+
+class DatasetError(PromptcycleError):
+    """A dataset file cannot be read or a row cannot be parsed."""
+
+
+class DataQualityError(PromptcycleError):
+    """A data-quality suite failed; `report` holds the readable summary."""
+
+    def __init__(self, message: str, report: object = None):
+        self.report = report
+        super().__init__(message)
+
+
+class ProviderError(PromptcycleError):
+    """A call to a model provider failed."""
+
+    def __init__(self, message: str, *, provider: str | None = None, status: int | None = None,
+                 retry_after: float | None = None):
+        self.provider = provider
+        self.status = status
+        self.retry_after = retry_after
+        super().__init__(message)
+
+    @property
+    def kind(self) -> str:
+        """A short stable name for the store's `error_kind` column."""
+        return type(self).__name__
+
+
+class RetryableProviderError(ProviderError):
+    """A provider failure that another attempt may fix."""
+
+
+class RateLimitError(RetryableProviderError):
+    """HTTP 429; `retry_after` holds the server's Retry-After in seconds when given."""
+
+
+class ServerError(RetryableProviderError):
+    """HTTP 5xx."""
+
+
+class ProviderTimeoutError(RetryableProviderError):
+    """The request did not complete within the configured timeout."""
+
+
+class MalformedResponseError(RetryableProviderError):
+    """The body was not a valid chat-completions response."""
+
+
+class ProviderConnectionError(RetryableProviderError):
+    """The connection could not be made or was dropped."""
+
+
+class CircuitOpenError(RetryableProviderError):
+    """The provider's circuit breaker is open; `retry_after` is the time until it half-opens."""
+
+
+class FatalProviderError(ProviderError):
+    """A provider failure that retrying will not fix (401, 403, 400, 404 …)."""
+
+
+class StoreError(PromptcycleError):
+    """The metrics store could not be read or written."""
+
+
+class RunFailedError(PromptcycleError):
+    """A run could not finish; what it recorded stays, and re-running the same command resumes it."""
+
+
+class BudgetExceededError(PromptcycleError):
+    """A hard cap on calls or cost was reached."""
+
+
+class GateError(PromptcycleError):
+    """A deployment gate refused a prompt version."""
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True when another attempt at the same call may succeed."""
+    return isinstance(exc, RetryableProviderError)

@@ -1,0 +1,203 @@
+"""One model x spectrum cell: every case of the spectrum, every repeat, through one model.
+
+This is the unit of durable work. The store is the source of truth for resuming: observations
+already recorded for the run are skipped, and a call whose identical twin (same provider model,
+messages, sampling and repeat) was ever paid for — in any run or phase — is reused from the
+`responses` ledger instead of being paid twice. New observations are flushed to the store in
+batches while the cell runs, so a killed run loses at most one flush interval of calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from promptcycle.config import ModelConfig
+from promptcycle.datasets.cases import Case
+from promptcycle.errors import ProviderError, RetryableProviderError, is_retryable
+from promptcycle.evaluation import progress
+from promptcycle.prompts import PromptTemplate
+from promptcycle.providers.base import ChatProvider, Completion
+from promptcycle.scoring import overall
+from promptcycle.scoring.base import Sample, Scorer
+from promptcycle.store import MetricsStore
+from promptcycle.store.records import ResponseRecord, ResultRecord
+
+__all__ = ["CellSpec", "CellOutcome", "call_key", "evaluate_cell", "RetryCellError"]
+
+FLUSH_ROWS = 256
+FLUSH_SECONDS = 2.0
+
+
+def call_key(provider: str, model: ModelConfig, messages: list[dict[str, str]], repeat: int) -> str:
+    """The identity of a paid call: same key, same call — never paid for twice."""
+    payload = json.dumps(
+        [provider, model.model, model.temperature, model.max_tokens, repeat, messages],
+        separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    run_id: str
+    pipeline: str
+    model_name: str
+    model: ModelConfig
+    spectrum: str
+    prompt: PromptTemplate
+    cases: Sequence[Case]
+    splits: dict[str, str]
+    repeats: int
+    weights: dict[str, float]
+
+
+@dataclass
+class CellOutcome:
+    model: str
+    spectrum: str
+    skipped: int = 0  # already recorded in this run
+    reused: int = 0  # answered from the responses ledger (not paid again)
+    called: int = 0  # paid calls made now
+    errors: int = 0  # terminal errors recorded
+    deferred: int = 0  # retryable failures left for the next task attempt
+    error_messages: list[str] = field(default_factory=list)
+
+
+class RetryCellError(RetryableProviderError):
+    """Most of a cell failed with retryable provider errors: retry the cell later.
+
+    Raised only on non-final attempts; what succeeded is already stored.
+    """
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Flusher:
+    """Buffers rows and writes them to the store in batches off the event loop."""
+
+    def __init__(self, store: MetricsStore):
+        self.store = store
+        self.responses: list[ResponseRecord] = []
+        self.results: list[ResultRecord] = []
+        self.last = time.monotonic()
+
+    async def add(self, response: ResponseRecord | None, result: ResultRecord) -> None:
+        if response is not None:
+            self.responses.append(response)
+        self.results.append(result)
+        if len(self.results) >= FLUSH_ROWS or time.monotonic() - self.last >= FLUSH_SECONDS:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self.results and not self.responses:
+            return
+        responses, results = self.responses, self.results
+        self.responses, self.results = [], []
+        self.last = time.monotonic()
+        await asyncio.to_thread(self.store.write_batch, responses, results)
+
+
+async def _score(scorers: dict[str, Scorer], sample: Sample) -> tuple[dict[str, float], dict]:
+    values: dict[str, float] = {}
+    explanation: dict[str, dict] = {}
+    for name, scorer in scorers.items():
+        s = await scorer.ascore(sample)
+        values[name] = s.value
+        if s.explanation:
+            explanation[name] = s.explanation
+    return values, explanation
+
+
+async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name: str,
+                        scorers: dict[str, Scorer], store: MetricsStore,
+                        final_attempt: bool = True) -> CellOutcome:
+    """Evaluate every (case, repeat) of the cell that the run has not recorded yet."""
+    outcome = CellOutcome(model=spec.model_name, spectrum=spec.spectrum)
+    prompt_hash = spec.prompt.hash
+    done = await asyncio.to_thread(store.completed_keys, spec.run_id, spec.model_name,
+                                   [c.id for c in spec.cases])
+    todo: list[tuple[Case, int, list[dict[str, str]], str]] = []
+    for case in spec.cases:
+        messages = spec.prompt.render(case.inputs)
+        for repeat in range(spec.repeats):
+            if (case.id, repeat) in done:
+                outcome.skipped += 1
+                continue
+            todo.append((case, repeat, messages, call_key(provider_name, spec.model, messages, repeat)))
+    if outcome.skipped:
+        progress.report_done(outcome.skipped)
+    if not todo:
+        return outcome
+
+    ledger = await asyncio.to_thread(store.get_responses, [t[3] for t in todo])
+    flusher = _Flusher(store)
+
+    def result_row(case: Case, repeat: int, key: str | None, **fields) -> ResultRecord:
+        return ResultRecord(run_id=spec.run_id, model=spec.model_name, case_id=case.id, repeat=repeat,
+                            spectrum=case.spectrum, split=spec.splits.get(case.id), prompt_hash=prompt_hash,
+                            call_key=key, created_at=_now(), **fields)
+
+    async def scored_row(case: Case, repeat: int, key: str, completion: Completion) -> ResultRecord:
+        sample = Sample(case=case, output=completion.text, model=spec.model_name,
+                        latency_ms=completion.latency_ms, latency_target_ms=spec.model.latency_target_ms)
+        values, explanation = await _score(scorers, sample)
+        return result_row(case, repeat, key, scores=values, overall=overall(values, spec.weights),
+                          explanation=json.dumps(explanation, separators=(",", ":"), default=str),
+                          latency_ms=completion.latency_ms, input_tokens=completion.input_tokens,
+                          output_tokens=completion.output_tokens, cost_usd=completion.cost_usd,
+                          attempts=completion.attempts, simulated=completion.simulated)
+
+    async def one(case: Case, repeat: int, messages: list[dict[str, str]], key: str) -> None:
+        cached = ledger.get(key)
+        if cached is not None:
+            completion = Completion(text=cached.output, model=spec.model_name, input_tokens=cached.input_tokens,
+                                    output_tokens=cached.output_tokens, latency_ms=cached.latency_ms,
+                                    cost_usd=cached.cost_usd, attempts=cached.attempts, simulated=cached.simulated)
+            # The ledger paid for it once; this observation costs nothing.
+            row = await scored_row(case, repeat, key, completion)
+            row.cost_usd = 0.0
+            outcome.reused += 1
+            await flusher.add(None, row)
+            progress.report_done()
+            return
+        try:
+            completion = await provider.complete(spec.model_name, messages, seed=repeat)
+        except ProviderError as exc:
+            if is_retryable(exc) and not final_attempt:
+                outcome.deferred += 1
+                outcome.error_messages.append(str(exc))
+                return
+            outcome.errors += 1
+            outcome.error_messages.append(str(exc))
+            await flusher.add(None, result_row(case, repeat, None, scores={}, overall=0.0, error=str(exc)[:500],
+                                               error_kind=exc.kind, attempts=None, simulated=None))
+            progress.report_done()
+            return
+        outcome.called += 1
+        response = ResponseRecord(call_key=key, provider=provider_name, model=spec.model.model,
+                                  prompt_hash=prompt_hash, case_id=case.id, repeat=repeat, output=completion.text,
+                                  input_tokens=completion.input_tokens, output_tokens=completion.output_tokens,
+                                  latency_ms=completion.latency_ms, cost_usd=completion.cost_usd,
+                                  attempts=completion.attempts, simulated=completion.simulated,
+                                  created_at=_now(), run_id=spec.run_id)
+        row = await scored_row(case, repeat, key, completion)
+        await flusher.add(response, row)
+        progress.report_done()
+
+    try:
+        await asyncio.gather(*(one(*t) for t in todo))
+    finally:
+        await flusher.flush()
+    if outcome.deferred:
+        raise RetryCellError(
+            f"{outcome.deferred} of {len(todo)} calls to {spec.model_name} on {spec.spectrum} failed with "
+            f"retryable errors (first: {outcome.error_messages[0]}); the cell will be retried",
+            provider=provider_name)
+    return outcome

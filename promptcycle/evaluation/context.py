@@ -1,0 +1,99 @@
+"""Everything a phase needs about one pipeline: its config, its cases and their splits.
+
+Loaded once per process and cached by (config file, modification time, pipeline, limit), so the many
+cell tasks of a flow share one parse of pipelines.yaml and one load of the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from promptcycle.config import PipelineConfig, PromptcycleConfig, load_config
+from promptcycle.datasets.cases import Case
+from promptcycle.datasets.loaders import dataset_hash, limit_cases, load_cases
+from promptcycle.datasets.splits import assign_splits
+from promptcycle.prompts import PromptTemplate
+from promptcycle.store import MetricsStore
+
+__all__ = ["PipelineContext", "load_pipeline", "resolve_store_path"]
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    config: PromptcycleConfig
+    name: str
+    pipeline: PipelineConfig
+    all_cases: list[Case]  # the whole dataset (splits are assigned over it)
+    cases: list[Case]  # the cases this run evaluates (after --limit)
+    splits: dict[str, str]  # case id -> train / dev / test
+    dataset_key: str  # identifies the dataset whose splits are recorded in the store
+    dataset_hash: str
+    store_path: Path
+
+    @property
+    def prompt(self) -> PromptTemplate:
+        return self.pipeline.prompt.to_template()
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {name: float((opts or {}).get("weight", 1.0)) for name, opts in self.pipeline.scorers.items()}
+
+    def cases_of(self, spectrum: str) -> list[Case]:
+        return [c for c in self.cases if c.spectrum == spectrum]
+
+    def providers_used(self) -> list[str]:
+        names = {self.config.models[m].provider for m in self.pipeline.models}
+        for opts in self.pipeline.scorers.values():
+            judge = (opts or {}).get("model")
+            if judge:
+                names.add(self.config.models[judge].provider)
+        return sorted(names)
+
+
+def resolve_store_path(config: PromptcycleConfig, store: str | Path | None) -> Path:
+    """`--store` wins; otherwise the config's `store`, relative to pipelines.yaml."""
+    return Path(store).resolve() if store else config.resolve_path(config.store)
+
+
+_cache: dict[tuple, PipelineContext] = {}
+_lock = threading.Lock()
+
+
+def load_pipeline(config_path: str | Path, pipeline: str, *, limit: int | None = None,
+                  store: str | Path | None = None) -> PipelineContext:
+    """Load config and dataset and assign splits (recorded splits in the store win)."""
+    path = Path(config_path).resolve()
+    stamp = path.stat().st_mtime_ns if path.exists() else None
+    key = (str(path), stamp, pipeline, limit, str(store))
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+    config = load_config(path)
+    pipe = config.pipeline(pipeline)
+    all_cases = load_cases(pipe.dataset.source, base_dir=path.parent)
+    store_path = resolve_store_path(config, store)
+    dataset_key = f"{pipeline}|{pipe.dataset.source}|{pipe.dataset.splits.seed}"
+    recorded = MetricsStore(store_path).get_splits(dataset_key)
+    splits = assign_splits(all_cases, pipe.dataset.splits, recorded=recorded)
+    configured = set(pipe.dataset.spectrums)
+    cases = limit_cases([c for c in all_cases if c.spectrum in configured], limit)
+    ctx = PipelineContext(config=config, name=pipeline, pipeline=pipe, all_cases=all_cases, cases=cases,
+                          splits=splits, dataset_key=dataset_key, dataset_hash=dataset_hash(all_cases),
+                          store_path=store_path)
+    with _lock:
+        _cache[key] = ctx
+    return ctx
+
+
+def fingerprint(ctx: PipelineContext, *, kind: str, repeats: int, limit: int | None, prompt_hash: str) -> str:
+    """What makes two runs the same work (so a re-run resumes instead of starting over)."""
+    models = {m: ctx.config.models[m].model_dump() for m in ctx.pipeline.models}
+    payload = json.dumps({"kind": kind, "pipeline": ctx.name, "prompt": prompt_hash, "dataset": ctx.dataset_hash,
+                          "models": models, "scorers": ctx.pipeline.scorers, "repeats": repeats, "limit": limit,
+                          "spectrums": ctx.pipeline.dataset.spectrums},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -1,0 +1,143 @@
+"""What a run found: quality per model x spectrum cell, rankings, latency and cost.
+
+Quality is the mean weighted overall score in points (0-100); a terminal error counts as 0, because
+an answer that never came is a failed answer. Levels come from the pipeline's thresholds.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pandas as pd
+from pydantic import BaseModel
+
+from promptcycle.config import Thresholds
+
+__all__ = ["CellQuality", "Ranked", "RunSummary", "summarize_results", "quality_markdown",
+           "latency_cost_markdown"]
+
+LEVEL_MARK = {"critical": "🔴 critical", "warning": "🟠 warning", "ok": "🟡 ok", "target": "🟢 target",
+              "excellent": "🟣 excellent"}
+
+
+class CellQuality(BaseModel):
+    model: str
+    spectrum: str
+    quality: float
+    level: str
+    n: int
+    errors: int
+    mean_latency_ms: float | None
+    p95_latency_ms: float | None
+    cost_usd: float
+
+
+class Ranked(BaseModel):
+    name: str
+    quality: float
+    level: str
+
+
+class RunSummary(BaseModel):
+    """The typed result of a baseline (or any evaluation) run."""
+
+    run_id: str
+    pipeline: str
+    kind: str = "baseline"
+    status: str
+    resumed: bool = False
+    simulated: bool
+    prompt_hash: str
+    rows: int
+    errors: int
+    calls_paid: int = 0
+    calls_reused: int = 0
+    cost_usd: float
+    quality: float
+    level: str
+    cells: list[CellQuality]
+    models: list[Ranked]
+    spectrums: list[Ranked]
+    data_quality: dict[str, bool] = {}
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def cell(self, model: str, spectrum: str) -> CellQuality:
+        for c in self.cells:
+            if c.model == model and c.spectrum == spectrum:
+                return c
+        raise KeyError((model, spectrum))
+
+
+def _quality(series: pd.Series) -> float:
+    return round(float(series.fillna(0.0).mean()) * 100, 2) if len(series) else 0.0
+
+
+def summarize_results(frame: pd.DataFrame, *, thresholds: Thresholds, run_id: str, pipeline: str,
+                      prompt_hash: str, status: str, models: list[str], spectrums: list[str],
+                      **extra) -> RunSummary:
+    """Aggregate a run's results frame (one row per model x case x repeat) into a RunSummary."""
+    f = frame.copy()
+    f["overall"] = f["overall"].where(f["error"].isna(), 0.0)
+    cells = []
+    for model in models:
+        for spectrum in spectrums:
+            g = f[(f["model"] == model) & (f["spectrum"] == spectrum)]
+            ok = g[g["error"].isna()]
+            q = _quality(g["overall"])
+            cells.append(CellQuality(
+                model=model, spectrum=spectrum, quality=q, level=thresholds.level(q), n=len(g),
+                errors=int(g["error"].notna().sum()),
+                mean_latency_ms=round(float(ok["latency_ms"].mean()), 1) if len(ok) else None,
+                p95_latency_ms=round(float(ok["latency_ms"].quantile(0.95)), 1) if len(ok) else None,
+                cost_usd=round(float(g["cost_usd"].fillna(0).sum()), 6)))
+
+    def ranked(column: str, names: list[str]) -> list[Ranked]:
+        out = [Ranked(name=n, quality=_quality(f.loc[f[column] == n, "overall"]),
+                      level=thresholds.level(_quality(f.loc[f[column] == n, "overall"]))) for n in names]
+        return sorted(out, key=lambda r: -r.quality)
+
+    q = _quality(f["overall"])
+    simulated = bool(f["simulated"].fillna(False).astype(bool).any()) if len(f) else False
+    return RunSummary(run_id=run_id, pipeline=pipeline, status=status, simulated=simulated, prompt_hash=prompt_hash,
+                      rows=len(f), errors=int(f["error"].notna().sum()),
+                      cost_usd=round(float(f["cost_usd"].fillna(0).sum()), 6), quality=q, level=thresholds.level(q),
+                      cells=cells, models=ranked("model", models), spectrums=ranked("spectrum", spectrums), **extra)
+
+
+def quality_markdown(summary: RunSummary, thresholds: Thresholds) -> str:
+    spectrums = [s.name for s in summary.spectrums]  # best first, hardest last
+    lines = [f"# Baseline quality — `{summary.pipeline}`",
+             "",
+             f"Run `{summary.run_id}` · prompt `{summary.prompt_hash}` · {summary.rows} results · "
+             f"{summary.errors} errors · overall **{summary.quality:.1f}** ({summary.level})"
+             + (" · **SIMULATED** (built-in simulator: not real model quality)" if summary.simulated else ""),
+             "",
+             f"Levels: critical < {thresholds.critical:g} ≤ warning < {thresholds.warning:g} ≤ ok < "
+             f"{thresholds.target:g} ≤ target < {thresholds.excellent:g} ≤ excellent (points of the weighted score).",
+             "",
+             "| model | " + " | ".join(spectrums) + " | overall |",
+             "|---" * (len(spectrums) + 2) + "|"]
+    for m in summary.models:
+        row = [f"{summary.cell(m.name, s).quality:.1f} {LEVEL_MARK[summary.cell(m.name, s).level]}" for s in spectrums]
+        lines.append(f"| {m.name} | " + " | ".join(row) + f" | **{m.quality:.1f}** |")
+    lines.append("| **overall** | " + " | ".join(f"**{s.quality:.1f}**" for s in summary.spectrums)
+                 + f" | **{summary.quality:.1f}** |")
+    return "\n".join(lines)
+
+
+def latency_cost_markdown(summary: RunSummary) -> str:
+    lines = [f"# Latency and cost — run `{summary.run_id}`", "",
+             "| model | mean latency ms | p95 latency ms | errors | cost USD |", "|---|---|---|---|---|"]
+    for m in summary.models:
+        cells = [c for c in summary.cells if c.model == m.name]
+        ok = [c for c in cells if c.mean_latency_ms is not None]
+        n_ok = sum(c.n - c.errors for c in ok)
+        mean = sum(c.mean_latency_ms * (c.n - c.errors) for c in ok) / n_ok if n_ok else None
+        p95 = max((c.p95_latency_ms for c in ok), default=None)
+        lines.append(f"| {m.name} | {mean:.0f} | {p95:.0f} | {sum(c.errors for c in cells)} | "
+                     f"{sum(c.cost_usd for c in cells):.4f} |" if mean is not None else
+                     f"| {m.name} | – | – | {sum(c.errors for c in cells)} | {sum(c.cost_usd for c in cells):.4f} |")
+    lines.append("")
+    lines.append("p95 column: the worst spectrum's p95 for that model.")
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""Prefect tasks of the baseline phase: thin wrappers over promptcycle's domain, one unit of durable work each."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timezone
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from promptcycle.errors import DataQualityError
+from promptcycle.evaluation.cells import CellSpec, evaluate_cell
+from promptcycle.evaluation.context import fingerprint, load_pipeline
+from promptcycle.evaluation.pool import get_provider
+from promptcycle.evaluation.summary import RunSummary, summarize_results
+from promptcycle.quality import validate_dataset, validate_results
+from promptcycle.scoring import build_scorers
+from promptcycle.store import MetricsStore
+from promptcycle.store.records import PromptVersionRecord, RunRecord
+from tasks.retry import BACKOFF, final_attempt, retry_if_transient
+from tasks.secrets import resolve_api_key
+
+__all__ = ["BaselinePlan", "prepare_baseline", "evaluate_cell_task", "check_results", "summarize_run",
+           "fail_run", "new_run_id"]
+
+CELL_RETRIES = 3
+
+
+class BaselinePlan(BaseModel):
+    run_id: str
+    pipeline: str
+    resumed: bool
+    prompt_hash: str
+    repeats: int
+    limit: int | None
+    cells: list[tuple[str, str]]  # (model, spectrum)
+    total_calls: int
+
+
+def new_run_id(kind: str, pipeline: str) -> str:
+    import secrets
+
+    return f"{kind}-{pipeline}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
+
+
+@task(name="prepare-baseline", cache_policy=NO_CACHE)
+def prepare_baseline(config_path: str, pipeline: str, store_path: str | None, repeats: int | None,
+                     limit: int | None, flow_run_id: str | None = None) -> BaselinePlan:
+    """Load and check everything before any model call: config, keys, dataset suite, run record."""
+    ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
+    for provider in ctx.providers_used():
+        resolve_api_key(ctx.config, provider)  # a missing key fails here, before spending
+    repeats = repeats or ctx.pipeline.repeats
+    prompt = ctx.prompt
+    store = MetricsStore(ctx.store_path)
+    fp = fingerprint(ctx, kind="baseline", repeats=repeats, limit=limit, prompt_hash=prompt.hash)
+    previous = store.find_resumable_run(pipeline, "baseline", fp)
+    run_id = previous.run_id if previous else new_run_id("baseline", pipeline)
+    if previous is None:
+        store.create_run(RunRecord(
+            run_id=run_id, pipeline=pipeline, kind="baseline", fingerprint=fp, status="running",
+            prompt_hash=prompt.hash, dataset_hash=ctx.dataset_hash, models=list(ctx.pipeline.models),
+            repeats=repeats, case_limit=limit,
+            simulated=all(ctx.config.providers[p].kind == "simulator" for p in ctx.providers_used()),
+            config_json=ctx.pipeline.model_dump_json(), flow_run_id=flow_run_id,
+            started_at=datetime.now(timezone.utc)))
+    report = validate_dataset(ctx.all_cases, ctx.splits, spectrums=ctx.pipeline.dataset.spectrums,
+                              min_cases_per_spectrum=ctx.pipeline.dataset.min_cases_per_spectrum,
+                              recorded_splits=store.get_splits(ctx.dataset_key))
+    store.write_dq_result(run_id, "dataset", report.success, report.to_dict())
+    if not report.success:
+        store.finish_run(run_id, "failed", {"reason": report.summary()})
+        raise DataQualityError(report.summary(), report=report)
+    store.write_splits(ctx.dataset_key, ctx.splits)
+    store.write_prompt_version(PromptVersionRecord(
+        prompt_hash=prompt.hash, pipeline=pipeline, system=prompt.system, template=prompt.template,
+        variables=prompt.variables, parent_hash=None, strategy="baseline",
+        rationale="The pipeline's configured prompt.", scope=None, created_at=datetime.now(timezone.utc)))
+    cells = [(m, s) for m in ctx.pipeline.models for s in ctx.pipeline.dataset.spectrums]
+    return BaselinePlan(run_id=run_id, pipeline=pipeline, resumed=previous is not None, prompt_hash=prompt.hash,
+                        repeats=repeats, limit=limit, cells=cells,
+                        total_calls=len(ctx.cases) * len(ctx.pipeline.models) * repeats)
+
+
+@task(name="evaluate-cell", task_run_name="{model} × {spectrum}", cache_policy=NO_CACHE,
+      retries=CELL_RETRIES, retry_delay_seconds=BACKOFF, retry_jitter_factor=0.5,
+      retry_condition_fn=retry_if_transient)
+async def evaluate_cell_task(config_path: str, pipeline: str, store_path: str | None, run_id: str, model: str,
+                             spectrum: str, repeats: int, limit: int | None) -> dict:
+    """Evaluate one model on one spectrum: every case and repeat not yet recorded for the run."""
+    ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
+    mconf = ctx.config.models[model]
+
+    def key_of(name: str):
+        return resolve_api_key(ctx.config, name)
+
+    provider = get_provider(ctx.config, mconf.provider, key_of(mconf.provider))
+
+    async def complete(model_name: str, messages: list[dict[str, str]]):
+        judge = ctx.config.models[model_name]
+        return await get_provider(ctx.config, judge.provider, key_of(judge.provider)).complete(model_name, messages)
+
+    spec = CellSpec(run_id=run_id, pipeline=pipeline, model_name=model, model=mconf, spectrum=spectrum,
+                    prompt=ctx.prompt, cases=ctx.cases_of(spectrum), splits=ctx.splits, repeats=repeats,
+                    weights=ctx.weights)
+    outcome = await evaluate_cell(spec, provider=provider, provider_name=mconf.provider,
+                                  scorers=build_scorers(ctx.pipeline.scorers, complete=complete),
+                                  store=MetricsStore(ctx.store_path),
+                                  final_attempt=final_attempt(CELL_RETRIES))
+    return outcome.__dict__ | {"error_messages": outcome.error_messages[:3]}
+
+
+@task(name="check-results", cache_policy=NO_CACHE)
+def check_results(config_path: str, pipeline: str, store_path: str | None, run_id: str, repeats: int,
+                  limit: int | None) -> dict:
+    """The results suite: every model x case x repeat present, scores in range, errors under the ceiling."""
+    ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
+    store = MetricsStore(ctx.store_path)
+    frame = store.results_frame(run_id)
+    report = validate_results(frame, expected_models=list(ctx.pipeline.models),
+                              expected_case_ids=[c.id for c in ctx.cases], repeats=repeats,
+                              scorer_names=list(ctx.pipeline.scorers), max_error_rate=ctx.pipeline.max_error_rate)
+    store.write_dq_result(run_id, "results", report.success, report.to_dict())
+    if not report.success:
+        store.finish_run(run_id, "failed", {"reason": report.summary()})
+        raise DataQualityError(report.summary(), report=report)
+    return report.to_dict()
+
+
+@task(name="summarize-run", cache_policy=NO_CACHE)
+def summarize_run(config_path: str, pipeline: str, store_path: str | None, plan: BaselinePlan,
+                  outcomes: list[dict]) -> RunSummary:
+    """Rank models and spectrums against the thresholds, and close the run."""
+    ctx = load_pipeline(config_path, pipeline, limit=plan.limit, store=store_path)
+    store = MetricsStore(ctx.store_path)
+    run = store.get_run(plan.run_id)
+    frame = store.results_frame(plan.run_id)
+    summary = summarize_results(
+        frame, thresholds=ctx.pipeline.thresholds, run_id=plan.run_id, pipeline=pipeline,
+        prompt_hash=plan.prompt_hash, status="completed", models=list(ctx.pipeline.models),
+        spectrums=list(ctx.pipeline.dataset.spectrums), resumed=plan.resumed,
+        calls_paid=sum(o["called"] for o in outcomes), calls_reused=sum(o["reused"] for o in outcomes),
+        data_quality={d["suite"]: bool(d["success"]) for d in store.dq_results(plan.run_id)},
+        started_at=run.started_at if run else None, finished_at=datetime.now(timezone.utc))
+    store.finish_run(plan.run_id, "completed", json.loads(summary.model_dump_json()))
+    return summary
+
+
+@task(name="fail-run", cache_policy=NO_CACHE)
+def fail_run(config_path: str, pipeline: str, store_path: str | None, run_id: str, reason: str) -> None:
+    """Mark a run failed (it stays resumable: re-running the same command continues it)."""
+    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    MetricsStore(ctx.store_path).finish_run(run_id, "failed", {"reason": reason[:2000]})

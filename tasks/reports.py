@@ -1,0 +1,37 @@
+"""Publishing what a run found as Prefect artifacts (readable in the UI's Artifacts tab)."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from promptcycle.config import Thresholds
+from promptcycle.evaluation.summary import RunSummary, latency_cost_markdown, quality_markdown
+
+__all__ = ["publish_baseline_report", "artifact_key"]
+
+
+def artifact_key(*parts: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    raw = "-".join(parts).lower()
+    return "".join(ch if ch.isalnum() else "-" for ch in raw).strip("-")[:120]
+
+
+@task(name="publish-baseline-report", cache_policy=NO_CACHE)
+def publish_baseline_report(summary: RunSummary, thresholds: Thresholds) -> None:
+    create_markdown_artifact(key=artifact_key("baseline-quality", summary.pipeline),
+                             markdown=quality_markdown(summary, thresholds),
+                             description=f"Model x spectrum quality of run {summary.run_id}")
+    create_markdown_artifact(key=artifact_key("baseline-latency-cost", summary.pipeline),
+                             markdown=latency_cost_markdown(summary),
+                             description=f"Latency and cost of run {summary.run_id}")
+    create_table_artifact(key=artifact_key("baseline-cells", summary.pipeline),
+                          table=[c.model_dump() for c in summary.cells],
+                          description=f"Every cell of run {summary.run_id}" +
+                          (" (simulated)" if summary.simulated else ""))
+    create_markdown_artifact(key=artifact_key("baseline-run", summary.pipeline),
+                             markdown=f"Run id: `{summary.run_id}` · status {summary.status} · "
+                                      f"{summary.rows} results, {summary.errors} errors"
+                                      + (" · simulated" if summary.simulated else ""),
+                             description="The run id, for `promptcycle optimize --baseline`")

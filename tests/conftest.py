@@ -1,0 +1,46 @@
+"""Shared test fixtures. Offline Prefect settings are applied before anything imports Prefect."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="promptcycle-test-prefect-")
+for key, value in {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+    "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
+    "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_LOGGING_LEVEL": "ERROR",
+    "PREFECT_HOME": _PREFECT_HOME,
+}.items():
+    os.environ.setdefault(key, value)
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for every engine test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def repo_config(tmp_path: Path) -> Path:
+    """A copy of the repository's pipelines.yaml in tmp_path (its store lands in tmp_path too)."""
+    target = tmp_path / "pipelines.yaml"
+    shutil.copy(REPO / "pipelines.yaml", target)
+    return target
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
