@@ -24,6 +24,7 @@ __all__ = [
     "DatasetConfig",
     "SplitConfig",
     "Thresholds",
+    "OptimizationConfig",
     "PipelineConfig",
     "PromptcycleConfig",
     "load_config",
@@ -137,6 +138,30 @@ class Thresholds(_Strict):
         return "excellent"
 
 
+class OptimizationConfig(_Strict):
+    """How the optimization phase searches for a better prompt and when it calls a win."""
+
+    strategies: list[str] = Field(
+        default_factory=lambda: ["checklist", "format_spec", "few_shot", "grounding", "step_structure", "shorten",
+                                 "combined", "meta"],
+        description="Strategy names (see `promptcycle optimize --help`); each proposes candidate prompts.")
+    optimizer_model: str | None = Field(default=None, description="Model (from `models`) the `meta` strategy asks "
+                                        "for rewrites; default: the pipeline's last model.")
+    max_candidates: int = Field(default=12, ge=1, le=100, description="Cap on candidates screened on the dev split.")
+    confirm_top: int = Field(default=3, ge=1, le=10, description="Best candidates confirmed on the test split.")
+    screen_repeats: int = Field(default=1, ge=1, le=20, description="Repeats per case when screening on dev.")
+    confirm_repeats: int = Field(default=3, ge=1, le=20, description="Repeats per case when confirming on test.")
+    min_effect: float = Field(default=0.01, ge=0, le=1, description="Smallest improvement (in score units, "
+                              "0.01 = 1 point) worth promoting.")
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Family-wise false-promotion rate (Holm).")
+    spectrum_margin: float = Field(default=0.03, ge=0, le=1, description="How much worse any one spectrum may "
+                                   "get (non-inferiority margin, score units).")
+    max_calls: int | None = Field(default=None, ge=1, description="Hard cap on paid calls of one optimization.")
+    max_cost_usd: float | None = Field(default=None, gt=0, description="Hard cap on the cost of one optimization.")
+    per_model_prompts: bool = Field(default=False, description="Optimize one prompt per model instead of one "
+                                    "shared prompt.")
+
+
 class PipelineConfig(_Strict):
     description: str = ""
     prompt: PromptConfig
@@ -147,6 +172,7 @@ class PipelineConfig(_Strict):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     repeats: int = Field(default=1, ge=1, le=100, description="Calls per model x case.")
     max_error_rate: float = Field(default=0.05, ge=0, le=1, description="Results suite ceiling on terminal errors.")
+    optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
 
     @field_validator("models")
     @classmethod

@@ -1,0 +1,190 @@
+"""The metrics store's schema, as numbered migrations applied in order.
+
+`MIGRATIONS` is append-only: a later change adds a step with the next version number, never edits
+an applied one. Each step runs in its own transaction together with its row in `schema_migrations`,
+so a step is either wholly applied and recorded or not at all. A file written by newer code (a
+recorded version this code does not know) is refused rather than guessed at.
+
+Time columns are `TIMESTAMP` holding UTC. JSON columns (`*_json`, `explanation`) hold compact JSON
+text. Scores are a `MAP(VARCHAR, DOUBLE)`: small on disk (the keys compress to a dictionary) and
+queried as `scores['accuracy']`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import duckdb
+
+from promptcycle.errors import StoreError
+from promptcycle.store.records import to_db_time, utc_now
+
+__all__ = ["Migration", "MIGRATIONS", "SCHEMA_VERSION", "applied_migrations", "apply_migrations"]
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: `version` numbers run 1, 2, 3 … and each step's statements run in order."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+_V1 = Migration(1, "initial tables: runs, responses, results, prompt_versions, dq_results, splits", (
+    """
+    CREATE TABLE runs (
+        run_id       VARCHAR PRIMARY KEY,
+        pipeline     VARCHAR NOT NULL,
+        kind         VARCHAR NOT NULL,
+        fingerprint  VARCHAR NOT NULL,
+        status       VARCHAR NOT NULL,
+        prompt_hash  VARCHAR,
+        dataset_hash VARCHAR,
+        models       VARCHAR[],
+        repeats      INTEGER,
+        case_limit   INTEGER,
+        simulated    BOOLEAN,
+        config_json  VARCHAR,
+        flow_run_id  VARCHAR,
+        started_at   TIMESTAMP,
+        finished_at  TIMESTAMP,
+        summary_json VARCHAR
+    )
+    """,
+    """
+    CREATE TABLE responses (
+        call_key      VARCHAR PRIMARY KEY,
+        provider      VARCHAR NOT NULL,
+        model         VARCHAR NOT NULL,
+        prompt_hash   VARCHAR,
+        case_id       VARCHAR,
+        repeat        INTEGER CHECK (repeat >= 0),
+        output        VARCHAR NOT NULL,
+        input_tokens  INTEGER,
+        output_tokens INTEGER,
+        latency_ms    DOUBLE,
+        cost_usd      DOUBLE,
+        attempts      INTEGER,
+        simulated     BOOLEAN,
+        created_at    TIMESTAMP,
+        run_id        VARCHAR
+    )
+    """,
+    """
+    CREATE TABLE results (
+        run_id        VARCHAR NOT NULL,
+        model         VARCHAR NOT NULL,
+        case_id       VARCHAR NOT NULL,
+        repeat        INTEGER NOT NULL CHECK (repeat >= 0),
+        spectrum      VARCHAR,
+        split         VARCHAR,
+        prompt_hash   VARCHAR,
+        call_key      VARCHAR,
+        scores        MAP(VARCHAR, DOUBLE),
+        overall       DOUBLE,
+        explanation   VARCHAR,
+        latency_ms    DOUBLE,
+        input_tokens  INTEGER,
+        output_tokens INTEGER,
+        cost_usd      DOUBLE,
+        attempts      INTEGER,
+        error         VARCHAR,
+        error_kind    VARCHAR,
+        simulated     BOOLEAN,
+        created_at    TIMESTAMP,
+        PRIMARY KEY (run_id, model, case_id, repeat)
+    )
+    """,
+    """
+    CREATE TABLE prompt_versions (
+        prompt_hash VARCHAR PRIMARY KEY,
+        pipeline    VARCHAR NOT NULL,
+        system      VARCHAR NOT NULL,
+        template    VARCHAR NOT NULL,
+        variables   VARCHAR[],
+        parent_hash VARCHAR,
+        strategy    VARCHAR,
+        rationale   VARCHAR,
+        scope       VARCHAR,
+        created_at  TIMESTAMP
+    )
+    """,
+    """
+    CREATE TABLE dq_results (
+        run_id      VARCHAR NOT NULL,
+        suite       VARCHAR NOT NULL,
+        success     BOOLEAN NOT NULL,
+        report_json VARCHAR,
+        created_at  TIMESTAMP,
+        PRIMARY KEY (run_id, suite)
+    )
+    """,
+    """
+    CREATE TABLE splits (
+        dataset_key VARCHAR NOT NULL,
+        case_id     VARCHAR NOT NULL,
+        split       VARCHAR NOT NULL,
+        PRIMARY KEY (dataset_key, case_id)
+    )
+    """,
+))
+
+MIGRATIONS: tuple[Migration, ...] = (_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_BOOKKEEPING = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       VARCHAR NOT NULL,
+    applied_at TIMESTAMP NOT NULL
+)
+"""
+
+
+def _check_sequence(migrations: Sequence[Migration]) -> None:
+    for expected, step in enumerate(migrations, start=1):
+        if step.version != expected:
+            raise StoreError(f"schema migrations must be numbered 1, 2, 3 … in order; step {expected} "
+                             f"is numbered {step.version} ({step.name!r})")
+
+
+def applied_migrations(con: duckdb.DuckDBPyConnection) -> dict[int, str]:
+    """version -> name of every step recorded in this database (empty for a new file)."""
+    con.execute(_BOOKKEEPING)
+    return dict(con.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall())
+
+
+def apply_migrations(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration] = MIGRATIONS,
+                     *, source: str = "the metrics store") -> int:
+    """Apply the steps of `migrations` this database lacks, in order; return its schema version.
+
+    Idempotent. Concurrency-safe as long as the caller holds the database file exclusively (one
+    read-write DuckDB connection at a time, which `MetricsStore` guarantees).
+    """
+    _check_sequence(migrations)
+    applied = applied_migrations(con)
+    known = {m.version: m for m in migrations}
+    newer = sorted(v for v in applied if v not in known)
+    if newer:
+        raise StoreError(f"{source} has schema version {max(applied)}, but this version of promptcycle "
+                         f"knows only up to {len(migrations)}; upgrade promptcycle to use it")
+    for version, name in applied.items():
+        if known[version].name != name:
+            raise StoreError(f"{source}: schema step {version} was applied as {name!r} but this code calls it "
+                             f"{known[version].name!r}; migrations are append-only, never edited")
+    for step in migrations:
+        if step.version in applied:
+            continue
+        con.begin()
+        try:
+            for statement in step.statements:
+                con.execute(statement)
+            con.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                        [step.version, step.name, to_db_time(utc_now())])
+            con.commit()
+        except duckdb.Error as exc:
+            con.rollback()
+            raise StoreError(f"{source}: schema step {step.version} ({step.name}) failed: {exc}") from exc
+    return len(migrations)
