@@ -36,6 +36,9 @@ OFFLINE_DEFAULTS = {
 def _apply_offline_defaults() -> None:
     for key, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    import logging
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -65,7 +68,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     results = {}
     for name in names:
         ctx = load_pipeline(args.config, name, store=args.store)
-        report = validate_dataset(ctx.all_cases, ctx.splits, spectrums=ctx.pipeline.dataset.spectrums,
+        report = validate_dataset(ctx.configured_cases, ctx.splits, spectrums=ctx.pipeline.dataset.spectrums,
                                   min_cases_per_spectrum=ctx.pipeline.dataset.min_cases_per_spectrum,
                                   recorded_splits=MetricsStore(ctx.store_path).get_splits(ctx.dataset_key))
         results[name] = {"cases": len(ctx.all_cases), "models": list(ctx.pipeline.models),
@@ -122,18 +125,21 @@ def _print_summary(summary) -> None:
 
     colours = {"critical": "red", "warning": "dark_orange", "ok": "yellow", "target": "green",
                "excellent": "magenta"}
-    console = Console()
-    spectrums = [s.name for s in summary.spectrums]
-    title = f"{summary.pipeline} — baseline quality (points){'  [SIMULATED]' if summary.simulated else ''}"
+    # Off a terminal (CI logs, pipes) rich assumes 80 columns; the matrix needs more.
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    models = [m.name for m in summary.models]  # best first
+    title = f"{summary.pipeline} — baseline quality, points{'  [SIMULATED]' if summary.simulated else ''}"
     table = Table(title=title)
-    table.add_column("model")
-    for s in spectrums:
-        table.add_column(s.replace("_", " "), justify="right")
-    table.add_column("overall", justify="right", style="bold")
-    for m in summary.models:
-        cells = [summary.cell(m.name, s) for s in spectrums]
-        table.add_row(m.name, *[f"[{colours[c.level]}]{c.quality:.1f}[/]" for c in cells],
-                      f"[{colours[m.level]}]{m.quality:.1f}[/]")
+    table.add_column("spectrum")
+    for m in models:
+        table.add_column(m, justify="right")
+    table.add_column("all models", justify="right", style="bold")
+    for s in summary.spectrums:
+        cells = [summary.cell(m, s.name) for m in models]
+        table.add_row(s.name, *[f"[{colours[c.level]}]{c.quality:.1f}[/]" for c in cells],
+                      f"[{colours[s.level]}]{s.quality:.1f}[/]")
+    table.add_row("[bold]all spectrums[/]", *[f"[bold {colours[m.level]}]{m.quality:.1f}[/]" for m in summary.models],
+                  f"[bold {colours[summary.level]}]{summary.quality:.1f}[/]")
     console.print(table)
     lat = Table(title="latency and cost")
     for col in ("model", "mean ms", "p95 ms", "errors", "cost USD"):
@@ -148,11 +154,11 @@ def _print_summary(summary) -> None:
                     f"{sum(c.cost_usd for c in cells):.4f}")
     console.print(lat)
     console.print(f"run [bold]{summary.run_id}[/] — {summary.rows} results, {summary.errors} errors, "
-                  f"{summary.calls_paid} calls paid, {summary.calls_reused} reused, overall "
-                  f"[bold]{summary.quality:.1f}[/] ({summary.level})"
-                  + (" — resumed" if summary.resumed else ""))
-    console.print("Levels: critical < 85 ≤ warning < 90 ≤ ok < 95 ≤ target < 98 ≤ excellent (from pipelines.yaml). "
-                  "Artifacts with these tables are in the Prefect UI.")
+                  f"{summary.calls_paid} calls paid, {summary.calls_reused} reused from earlier runs, overall "
+                  f"[bold]{summary.quality:.1f}[/] ({summary.level})" + (" — resumed" if summary.resumed else ""))
+    console.print("Levels (pipelines.yaml thresholds): [red]critical[/] < 85 ≤ [dark_orange]warning[/] < 90 ≤ "
+                  "[yellow]ok[/] < 95 ≤ [green]target[/] < 98 ≤ [magenta]excellent[/]. "
+                  "The same tables are artifacts of the flow run in the Prefect UI.")
     if summary.simulated:
         console.print("[dim]All answers came from the built-in simulator: the figures describe the simulated "
                       "world, not real models.[/]")

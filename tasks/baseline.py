@@ -58,7 +58,9 @@ def prepare_baseline(config_path: str, pipeline: str, store_path: str | None, re
     fp = fingerprint(ctx, kind="baseline", repeats=repeats, limit=limit, prompt_hash=prompt.hash)
     previous = store.find_resumable_run(pipeline, "baseline", fp)
     run_id = previous.run_id if previous else new_run_id("baseline", pipeline)
-    if previous is None:
+    if previous is not None:
+        store.resume_run(run_id, flow_run_id)
+    else:
         store.create_run(RunRecord(
             run_id=run_id, pipeline=pipeline, kind="baseline", fingerprint=fp, status="running",
             prompt_hash=prompt.hash, dataset_hash=ctx.dataset_hash, models=list(ctx.pipeline.models),
@@ -66,7 +68,7 @@ def prepare_baseline(config_path: str, pipeline: str, store_path: str | None, re
             simulated=all(ctx.config.providers[p].kind == "simulator" for p in ctx.providers_used()),
             config_json=ctx.pipeline.model_dump_json(), flow_run_id=flow_run_id,
             started_at=datetime.now(timezone.utc)))
-    report = validate_dataset(ctx.all_cases, ctx.splits, spectrums=ctx.pipeline.dataset.spectrums,
+    report = validate_dataset(ctx.configured_cases, ctx.splits, spectrums=ctx.pipeline.dataset.spectrums,
                               min_cases_per_spectrum=ctx.pipeline.dataset.min_cases_per_spectrum,
                               recorded_splits=store.get_splits(ctx.dataset_key))
     store.write_dq_result(run_id, "dataset", report.success, report.to_dict())
@@ -118,7 +120,7 @@ def check_results(config_path: str, pipeline: str, store_path: str | None, run_i
     """The results suite: every model x case x repeat present, scores in range, errors under the ceiling."""
     ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
     store = MetricsStore(ctx.store_path)
-    frame = store.results_frame(run_id)
+    frame = store.results_frame(run_id, scorers=list(ctx.pipeline.scorers))
     report = validate_results(frame, expected_models=list(ctx.pipeline.models),
                               expected_case_ids=[c.id for c in ctx.cases], repeats=repeats,
                               scorer_names=list(ctx.pipeline.scorers), max_error_rate=ctx.pipeline.max_error_rate)

@@ -160,9 +160,8 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
             completion = Completion(text=cached.output, model=spec.model_name, input_tokens=cached.input_tokens,
                                     output_tokens=cached.output_tokens, latency_ms=cached.latency_ms,
                                     cost_usd=cached.cost_usd, attempts=cached.attempts, simulated=cached.simulated)
-            # The ledger paid for it once; this observation costs nothing.
+            # Paid for once, by the run named in the ledger; the row keeps what the answer cost.
             row = await scored_row(case, repeat, key, completion)
-            row.cost_usd = 0.0
             outcome.reused += 1
             await flusher.add(None, row)
             progress.report_done()

@@ -42,6 +42,12 @@ class PipelineContext:
     def weights(self) -> dict[str, float]:
         return {name: float((opts or {}).get("weight", 1.0)) for name, opts in self.pipeline.scorers.items()}
 
+    @property
+    def configured_cases(self) -> list[Case]:
+        """Every case of the configured spectrums (other spectrums in the file are not this pipeline's)."""
+        wanted = set(self.pipeline.dataset.spectrums)
+        return [c for c in self.all_cases if c.spectrum in wanted]
+
     def cases_of(self, spectrum: str) -> list[Case]:
         return [c for c in self.cases if c.spectrum == spectrum]
 
