@@ -60,7 +60,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Check pipelines.yaml and run the dataset suite of each pipeline — no model calls."""
     from promptcycle.config import load_config
     from promptcycle.evaluation.context import load_pipeline
-    from promptcycle.quality import validate_dataset
+    from promptcycle.quality.worker import validate_dataset
     from promptcycle.store import MetricsStore
 
     config = load_config(args.config)
@@ -171,6 +171,9 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from promptcycle.config import load_config
 
     load_config(args.config).pipeline(args.pipeline)  # fail fast on config errors, before Prefect starts
+    from promptcycle.quality.worker import warm_up
+
+    warm_up()  # Great Expectations imports in its worker while Prefect starts
     from flows.baseline import baseline
 
     show_bar = not args.json and sys.stderr.isatty()
@@ -190,11 +193,13 @@ def cmd_sim_server(args: argparse.Namespace) -> int:
     """Serve the simulated models over the OpenAI protocol on loopback."""
     from promptcycle.sim.server import FaultConfig, LatencyOverride, run_server
 
-    faults = FaultConfig(error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate,
+    faults = FaultConfig(server_error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate,
                          retry_after_seconds=args.retry_after, timeout_rate=args.timeout_rate,
                          hang_seconds=args.hang_seconds, malformed_rate=args.malformed_rate, seed=args.seed)
-    latency = LatencyOverride(mean_ms=args.latency_ms, distribution=args.latency_dist) \
-        if args.latency_ms is not None else None
+    latency = None
+    if args.latency_ms is not None:
+        latency = (LatencyOverride(fixed_ms=args.latency_ms) if args.latency_dist == "fixed"
+                   else LatencyOverride(mean_ms=args.latency_ms))
     if not args.json:
         print(f"promptcycle simulator (simulated models, not real ones) on http://{args.host}:{args.port}/v1",
               file=sys.stderr)

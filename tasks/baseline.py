@@ -15,7 +15,7 @@ from promptcycle.evaluation.cells import CellSpec, evaluate_cell
 from promptcycle.evaluation.context import fingerprint, load_pipeline
 from promptcycle.evaluation.pool import get_provider
 from promptcycle.evaluation.summary import RunSummary, summarize_results
-from promptcycle.quality import validate_dataset, validate_results
+from promptcycle.quality.worker import validate_dataset, validate_results, warm_up
 from promptcycle.scoring import build_scorers
 from promptcycle.store import MetricsStore
 from promptcycle.store.records import PromptVersionRecord, RunRecord
@@ -49,6 +49,7 @@ def new_run_id(kind: str, pipeline: str) -> str:
 def prepare_baseline(config_path: str, pipeline: str, store_path: str | None, repeats: int | None,
                      limit: int | None, flow_run_id: str | None = None) -> BaselinePlan:
     """Load and check everything before any model call: config, keys, dataset suite, run record."""
+    warm_up()
     ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
     for provider in ctx.providers_used():
         resolve_api_key(ctx.config, provider)  # a missing key fails here, before spending

@@ -4,7 +4,8 @@ This is the unit of durable work. The store is the source of truth for resuming:
 already recorded for the run are skipped, and a call whose identical twin (same provider model,
 messages, sampling and repeat) was ever paid for — in any run or phase — is reused from the
 `responses` ledger instead of being paid twice. New observations are flushed to the store in
-batches while the cell runs, so a killed run loses at most one flush interval of calls.
+batches (shared by the run's cells, see runio.py), so a killed run loses at most one flush interval
+of calls.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,6 +21,7 @@ from promptcycle.config import ModelConfig
 from promptcycle.datasets.cases import Case
 from promptcycle.errors import ProviderError, RetryableProviderError, is_retryable
 from promptcycle.evaluation import progress
+from promptcycle.evaluation.runio import run_io
 from promptcycle.prompts import PromptTemplate
 from promptcycle.providers.base import ChatProvider, Completion
 from promptcycle.scoring import overall
@@ -29,10 +30,6 @@ from promptcycle.store import MetricsStore
 from promptcycle.store.records import ResponseRecord, ResultRecord
 
 __all__ = ["CellSpec", "CellOutcome", "call_key", "evaluate_cell", "RetryCellError"]
-
-FLUSH_ROWS = 256
-FLUSH_SECONDS = 2.0
-
 
 def call_key(provider: str, model: ModelConfig, messages: list[dict[str, str]], repeat: int) -> str:
     """The identity of a paid call: same key, same call — never paid for twice."""
@@ -79,31 +76,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class _Flusher:
-    """Buffers rows and writes them to the store in batches off the event loop."""
-
-    def __init__(self, store: MetricsStore):
-        self.store = store
-        self.responses: list[ResponseRecord] = []
-        self.results: list[ResultRecord] = []
-        self.last = time.monotonic()
-
-    async def add(self, response: ResponseRecord | None, result: ResultRecord) -> None:
-        if response is not None:
-            self.responses.append(response)
-        self.results.append(result)
-        if len(self.results) >= FLUSH_ROWS or time.monotonic() - self.last >= FLUSH_SECONDS:
-            await self.flush()
-
-    async def flush(self) -> None:
-        if not self.results and not self.responses:
-            return
-        responses, results = self.responses, self.results
-        self.responses, self.results = [], []
-        self.last = time.monotonic()
-        await asyncio.to_thread(self.store.write_batch, responses, results)
-
-
 async def _score(scorers: dict[str, Scorer], sample: Sample) -> tuple[dict[str, float], dict]:
     values: dict[str, float] = {}
     explanation: dict[str, dict] = {}
@@ -121,8 +93,8 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
     """Evaluate every (case, repeat) of the cell that the run has not recorded yet."""
     outcome = CellOutcome(model=spec.model_name, spectrum=spec.spectrum)
     prompt_hash = spec.prompt.hash
-    done = await asyncio.to_thread(store.completed_keys, spec.run_id, spec.model_name,
-                                   [c.id for c in spec.cases])
+    io = run_io(store, spec.run_id)
+    done = await io.completed(spec.model_name)
     todo: list[tuple[Case, int, list[dict[str, str]], str]] = []
     for case in spec.cases:
         messages = spec.prompt.render(case.inputs)
@@ -136,8 +108,7 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
     if not todo:
         return outcome
 
-    ledger = await asyncio.to_thread(store.get_responses, [t[3] for t in todo])
-    flusher = _Flusher(store)
+    ledger = await io.paid(t[3] for t in todo)
 
     def result_row(case: Case, repeat: int, key: str | None, **fields) -> ResultRecord:
         return ResultRecord(run_id=spec.run_id, model=spec.model_name, case_id=case.id, repeat=repeat,
@@ -163,7 +134,7 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
             # Paid for once, by the run named in the ledger; the row keeps what the answer cost.
             row = await scored_row(case, repeat, key, completion)
             outcome.reused += 1
-            await flusher.add(None, row)
+            await io.add(None, row)
             progress.report_done()
             return
         try:
@@ -175,7 +146,7 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
                 return
             outcome.errors += 1
             outcome.error_messages.append(str(exc))
-            await flusher.add(None, result_row(case, repeat, None, scores={}, overall=0.0, error=str(exc)[:500],
+            await io.add(None, result_row(case, repeat, None, scores={}, overall=0.0, error=str(exc)[:500],
                                                error_kind=exc.kind, attempts=None, simulated=None))
             progress.report_done()
             return
@@ -187,13 +158,13 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
                                   attempts=completion.attempts, simulated=completion.simulated,
                                   created_at=_now(), run_id=spec.run_id)
         row = await scored_row(case, repeat, key, completion)
-        await flusher.add(response, row)
+        await io.add(response, row)
         progress.report_done()
 
     try:
         await asyncio.gather(*(one(*t) for t in todo))
     finally:
-        await flusher.flush()
+        await io.flush()
     if outcome.deferred:
         raise RetryCellError(
             f"{outcome.deferred} of {len(todo)} calls to {spec.model_name} on {spec.spectrum} failed with "

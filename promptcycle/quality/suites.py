@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from promptcycle.datasets.cases import Case
 
-__all__ = ["validate_dataset", "validate_results", "RESULT_COLUMNS"]
+__all__ = ["validate_dataset", "validate_results", "RESULT_COLUMNS", "Check", "run_checks", "gx_expectations"]
 
 # Columns every results frame carries, besides one `score_<name>` per scorer.
 RESULT_COLUMNS = ("model", "case_id", "repeat", "spectrum", "overall", "latency_ms", "error", "error_kind")
@@ -180,6 +180,12 @@ def _quoted(values: list[Any], limit: int = 3) -> str:
 
 def _percent(x: float) -> str:
     return f"{100 * x:.1f}%"
+
+
+# Public for suites defined next to their domain (candidate validation in promptcycle.optimize.leakage).
+Check = _Check
+run_checks = _run_checks
+gx_expectations = _gx_expectations
 
 
 # --------------------------------------------------------------------------------------------

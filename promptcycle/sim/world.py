@@ -2,8 +2,9 @@
 
 Everything produced here is simulated; no real model is called. A model reads the customer record
 and the question in its messages (reading.py), decides what to state and how (answer.py), or plays
-judge (judge.py). Replies are deterministic: the RNG is seeded from sha256 of the model, the
-messages, the temperature, the max_tokens and (only when temperature > 0) the seed.
+judge (judge.py) or prompt optimizer (optimizer.py). Replies are deterministic: the RNG is seeded
+from sha256 of the model, the messages, the temperature, the max_tokens and (only when
+temperature > 0) the seed.
 
     >>> reply = respond("sim-small", [{"role": "user", "content": "..."}])
     >>> reply.text, reply.output_tokens, reply.latency_s
@@ -19,6 +20,7 @@ from functools import lru_cache
 
 from promptcycle.sim.answer import compose_answer
 from promptcycle.sim.judge import judge_answer
+from promptcycle.sim.optimizer import is_optimizer_request, rewrite_prompt
 from promptcycle.sim.reading import read_messages
 
 __all__ = [
@@ -162,6 +164,8 @@ def respond(model: str, messages: list[dict[str, str]], *, temperature: float = 
     if reading.judge:
         mean_skill = sum(spec.skills.values()) / len(spec.skills)
         text, stated, hidden = judge_answer(reading.user_text, mean_skill, rng), 0, 0
+    elif is_optimizer_request(messages):
+        text, stated, hidden = rewrite_prompt(reading.user_text), 0, 0
     else:
         latent = _case_draws(reading.case_key, temperature, seed, 2 * len(reading.fields) + 2)
         answer = compose_answer(reading, spec.skills, spec.capacity, rng, temperature, latent)

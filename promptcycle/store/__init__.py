@@ -8,7 +8,11 @@
 
 from promptcycle.store.metrics import MetricsStore
 from promptcycle.store.records import (
+    DECISION_KINDS,
+    LABELS,
     RUN_STATUSES,
+    DecisionRecord,
+    LabelEvent,
     PromptVersionRecord,
     ResponseRecord,
     ResultRecord,
@@ -22,6 +26,10 @@ __all__ = [
     "ResponseRecord",
     "ResultRecord",
     "PromptVersionRecord",
+    "LabelEvent",
+    "DecisionRecord",
+    "LABELS",
+    "DECISION_KINDS",
     "RUN_STATUSES",
     "Migration",
     "MIGRATIONS",

@@ -21,12 +21,16 @@ import pyarrow as pa
 
 __all__ = [
     "RUN_STATUSES",
+    "LABELS",
+    "DECISION_KINDS",
     "RESPONSE_COLUMNS",
     "RESULT_COLUMNS",
     "RunRecord",
     "ResponseRecord",
     "ResultRecord",
     "PromptVersionRecord",
+    "LabelEvent",
+    "DecisionRecord",
     "utc_now",
     "to_db_time",
     "from_db_time",
@@ -38,6 +42,10 @@ __all__ = [
 ]
 
 RUN_STATUSES = ("running", "completed", "failed")
+# What a label says about the version it points at: serving, being tried, the one to roll back to.
+LABELS = ("production", "candidate", "previous")
+# Which step took a decision; later phases add theirs here.
+DECISION_KINDS = ("confirmation", "gate", "canary")
 
 
 def utc_now() -> datetime:
@@ -180,6 +188,51 @@ class PromptVersionRecord:
     strategy: str | None = None
     rationale: str | None = None
     scope: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass
+class LabelEvent:
+    """One move of a prompt label, as the append-only history records it.
+
+    `from_hash` is the version the label pointed at before (None for its first placement),
+    `to_hash` the one it points at after. `actor` is who or what moved it (a user, a flow run),
+    `reason` why, `evidence` the numbers behind the move, and `forced` marks a move made by hand
+    past the checks that would normally decide it. `scope` is '' for every model, else a model name.
+    """
+
+    event_id: str
+    pipeline: str
+    label: str
+    scope: str
+    from_hash: str | None
+    to_hash: str
+    actor: str
+    reason: str
+    evidence: dict[str, Any] | None = None
+    forced: bool = False
+    created_at: datetime | None = None
+
+
+@dataclass
+class DecisionRecord:
+    """A decision about a candidate prompt (`prompt_hash`) against `baseline_hash`, with its evidence.
+
+    `kind` is the step that decided (one of `DECISION_KINDS`); `decision` is its outcome, e.g.
+    'promote', 'no_improvement', 'underpowered', 'regression_in_spectrum' or 'budget_exhausted';
+    `evidence` holds the effect, CI, p-value, N, the test used, the MDE, per-spectrum deltas … A
+    decision is keyed by (run_id, prompt_hash, kind): writing it again replaces it, keeping its
+    `decision_id` (assigned by the store when None).
+    """
+
+    run_id: str
+    pipeline: str
+    kind: str
+    prompt_hash: str
+    decision: str
+    baseline_hash: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    decision_id: str | None = None
     created_at: datetime | None = None
 
 

@@ -1,0 +1,90 @@
+"""The store traffic of one run, shared by all its cells in this process.
+
+Every DuckDB open costs tens of milliseconds and takes the file's lock, so the cells of a run do not
+each read and write on their own: reads of what the run already recorded and of the paid-call ledger
+are coalesced into a few queries, and new rows go through one buffer that is flushed in batches
+(every `flush_rows` rows or `flush_seconds`, and when a cell finishes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+
+from promptcycle.store import MetricsStore
+from promptcycle.store.records import ResponseRecord, ResultRecord
+
+__all__ = ["RunIO", "run_io"]
+
+
+class RunIO:
+    def __init__(self, store: MetricsStore, run_id: str, *, flush_rows: int = 2000, flush_seconds: float = 3.0):
+        self.store = store
+        self.run_id = run_id
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self._completed: dict[str, set[tuple[str, int]]] = {}
+        self._completed_lock = asyncio.Lock()
+        self._ledger: dict[str, ResponseRecord] = {}
+        self._looked_up: set[str] = set()
+        self._pending: set[str] = set()
+        self._ledger_lock = asyncio.Lock()
+        self._responses: list[ResponseRecord] = []
+        self._results: list[ResultRecord] = []
+        self._flush_lock = asyncio.Lock()
+        self._last_flush = time.monotonic()
+
+    async def completed(self, model: str) -> set[tuple[str, int]]:
+        """(case_id, repeat) of `model` this run already recorded (scored or terminal error)."""
+        async with self._completed_lock:
+            if model not in self._completed:
+                self._completed[model] = await asyncio.to_thread(self.store.completed_keys, self.run_id, model)
+            return self._completed[model]
+
+    async def paid(self, call_keys: Iterable[str]) -> dict[str, ResponseRecord]:
+        """Ledger entries for the keys ever paid for; lookups of concurrent cells share one query."""
+        keys = list(call_keys)
+        self._pending.update(k for k in keys if k not in self._looked_up)
+        async with self._ledger_lock:
+            if self._pending:
+                batch, self._pending = list(self._pending), set()
+                self._ledger.update(await asyncio.to_thread(self.store.get_responses, batch))
+                self._looked_up.update(batch)
+        return {k: self._ledger[k] for k in keys if k in self._ledger}
+
+    async def add(self, response: ResponseRecord | None, result: ResultRecord) -> None:
+        if response is not None:
+            self._responses.append(response)
+        self._results.append(result)
+        due = (len(self._results) >= self.flush_rows
+               or time.monotonic() - self._last_flush >= self.flush_seconds)
+        if due and not self._flush_lock.locked():
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything buffered (one transaction); on failure the rows stay buffered."""
+        async with self._flush_lock:
+            if not self._results and not self._responses:
+                return
+            responses, results = self._responses, self._results
+            self._responses, self._results = [], []
+            try:
+                await asyncio.to_thread(self.store.write_batch, responses, results)
+            except BaseException:
+                self._responses[:0], self._results[:0] = responses, results
+                raise
+            finally:
+                self._last_flush = time.monotonic()
+
+
+_ios: dict[tuple[int, str, str], RunIO] = {}
+
+
+def run_io(store: MetricsStore, run_id: str) -> RunIO:
+    """The RunIO of `run_id` on the running event loop (created on first use)."""
+    key = (id(asyncio.get_running_loop()), str(store.path), run_id)
+    io = _ios.get(key)
+    if io is None:
+        io = _ios[key] = RunIO(store, run_id)
+    return io

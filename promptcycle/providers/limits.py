@@ -1,0 +1,87 @@
+"""Per-provider request limits: how many requests are in flight, and how fast they start.
+
+`RequestLimits` holds both for one provider: `async with limits:` waits for a concurrency slot, then
+for the rate limiter, and releases the slot on exit. `RateLimiter` paces requests with the generic
+cell rate algorithm (GCRA): each caller reserves the next free send time and sleeps until it, so
+callers are served in arrival order and the limit holds over any window, not only on average.
+
+These limits belong to one event loop in one process. Limits shared across processes and flows are
+the orchestration layer's job (global concurrency limits); these do the fine-grained pacing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+__all__ = ["RateLimiter", "RequestLimits"]
+
+
+class RateLimiter:
+    """At most `requests_per_minute` sends per minute, with bursts of up to `burst` back-to-back sends.
+
+    `burst=1` spaces every send by exactly 60/requests_per_minute seconds, the safest choice for
+    providers that count requests in short windows.
+    """
+
+    def __init__(self, requests_per_minute: float, *, burst: int = 1):
+        if requests_per_minute <= 0:
+            raise ValueError(f"requests_per_minute must be > 0, found {requests_per_minute!r}")
+        if burst < 1:
+            raise ValueError(f"burst must be >= 1, found {burst!r}")
+        self.requests_per_minute = float(requests_per_minute)
+        self.burst = burst
+        self._interval = 60.0 / self.requests_per_minute
+        self._tolerance = (burst - 1) * self._interval
+        self._tat = 0.0  # theoretical arrival time of the next send (monotonic clock)
+
+    def reserve(self) -> float:
+        """Reserve the next send slot; return how long to wait before sending (0 when free now)."""
+        now = time.monotonic()
+        tat = self._tat if self._tat > now else now
+        wait = tat - self._tolerance - now
+        self._tat = tat + self._interval
+        return wait if wait > 0 else 0.0
+
+    async def acquire(self) -> float:
+        """Wait until a send is allowed; return the seconds waited."""
+        wait = self.reserve()
+        if wait:
+            await asyncio.sleep(wait)
+        return wait
+
+    def __repr__(self) -> str:
+        return f"RateLimiter(requests_per_minute={self.requests_per_minute:g}, burst={self.burst})"
+
+
+class RequestLimits:
+    """A provider's concurrency cap and optional rate limit, used as `async with limits: <one request>`.
+
+    The slot is taken before the rate token, so a request starts as soon as its token is due; taking
+    the token first would let requests that waited for a slot start in a burst.
+    """
+
+    def __init__(self, max_concurrency: int, requests_per_minute: float | None = None, *, burst: int = 1):
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, found {max_concurrency!r}")
+        self.max_concurrency = max_concurrency
+        self.rate = RateLimiter(requests_per_minute, burst=burst) if requests_per_minute else None
+        self.in_flight = 0  # requests holding a slot
+        self._slots = asyncio.Semaphore(max_concurrency)
+
+    async def __aenter__(self) -> None:
+        await self._slots.acquire()
+        if self.rate is not None:
+            try:
+                await self.rate.acquire()
+            except BaseException:
+                self._slots.release()
+                raise
+        self.in_flight += 1
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.in_flight -= 1
+        self._slots.release()
+
+    def __repr__(self) -> str:
+        return f"RequestLimits(max_concurrency={self.max_concurrency}, rate={self.rate!r})"

@@ -1,0 +1,321 @@
+"""The client for any OpenAI-compatible chat-completions endpoint (and the simulator, which speaks the same).
+
+One `OpenAICompatibleProvider` per provider: one pooled `httpx2.AsyncClient`, a concurrency cap and
+rate limiter (`RequestLimits`), a `CircuitBreaker`, and a retry loop with exponential backoff and full
+jitter that honours Retry-After. Failures surface as the typed errors of `promptcycle.errors`
+(`is_retryable` tells them apart); the API key is sent only as a bearer header and is scrubbed from
+every error message.
+
+A provider instance belongs to one event loop: create it inside the coroutine (or task) that uses it,
+and `await provider.aclose()` (or `async with provider:`) when done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+from pydantic import SecretStr
+
+from promptcycle.config import ModelConfig, ProviderConfig
+from promptcycle.errors import (
+    CircuitOpenError,
+    ConfigError,
+    FatalProviderError,
+    MalformedResponseError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeoutError,
+    RateLimitError,
+    ServerError,
+    is_retryable,
+)
+from promptcycle.providers.base import Completion
+from promptcycle.providers.breaker import CircuitBreaker
+from promptcycle.providers.limits import RequestLimits
+from promptcycle.sim.server import SIMULATED_HEADER, SYSTEM_FINGERPRINT
+
+__all__ = ["OpenAICompatibleProvider", "ProviderStats", "parse_retry_after", "estimate_tokens"]
+
+logger = logging.getLogger("promptcycle.providers")
+
+_DEBUG = logging.DEBUG
+_CONNECTIONS_PER_POOL = 16
+
+
+def estimate_tokens(text: str) -> int:
+    """~4 characters per token; used when a response carries no `usage`."""
+    return (len(text) + 3) // 4
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date; None if absent or invalid."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP date is always GMT
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+@dataclass
+class ProviderStats:
+    """What a provider instance has done so far (for reports and tests; cheap integer counters)."""
+
+    calls: int = 0  # complete() invocations
+    attempts: int = 0  # HTTP requests sent
+    completions: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # terminal error kind -> count
+    retries: dict[str, int] = field(default_factory=dict)  # retried error kind -> count
+    circuit_rejections: int = 0
+
+
+class OpenAICompatibleProvider:
+    """A `ChatProvider` for an OpenAI-compatible `/chat/completions` endpoint.
+
+    `models` maps the pipeline's model names to their `ModelConfig` (remote id, prices, defaults);
+    only the entries whose `provider` is `name` are served. `transport` replaces the network (an
+    `httpx2.ASGITransport` for the in-process simulator, an `httpx2.MockTransport` in tests).
+    """
+
+    def __init__(self, name: str, config: ProviderConfig, models: dict[str, ModelConfig],
+                 api_key: SecretStr | None = None, transport: httpx2.AsyncBaseTransport | None = None):
+        if not config.base_url:
+            raise ConfigError(f"provider {name!r} has no base_url", path=f"providers.{name}.base_url",
+                              expected="an endpoint base URL such as https://api.openai.com/v1")
+        self.name = name
+        self.config = config
+        self.models = {k: m for k, m in models.items() if m.provider == name}
+        self.base_url = config.base_url.rstrip("/")
+        self.stats = ProviderStats()
+        self.limits = RequestLimits(config.max_concurrency, config.requests_per_minute)
+        self.breaker = CircuitBreaker(config.circuit_failure_threshold, config.circuit_reset_seconds, name=name)
+        self._url = self.base_url + "/chat/completions"
+        if api_key is not None and not isinstance(api_key, SecretStr):
+            raise TypeError("api_key must be a pydantic SecretStr (so that it stays masked), "
+                            f"found {type(api_key).__name__}")
+        self._secret = api_key.get_secret_value() if api_key is not None else ""
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if self._secret:
+            headers["authorization"] = f"Bearer {self._secret}"
+        # Several small pools instead of one big one: the pool's bookkeeping is linear in its
+        # connections on every request; at 64 connections, 4 pools of 16 took ~10% less CPU per
+        # call than one pool (median of 5 runs). Each request goes to the least-busy pool. A given transport
+        # brings its own connection handling, so it gets one client.
+        shards = 1 if transport is not None else -(-config.max_concurrency // _CONNECTIONS_PER_POOL)
+        per_pool = -(-config.max_concurrency // shards)
+        self._clients = [httpx2.AsyncClient(
+            headers=headers,
+            timeout=httpx2.Timeout(config.timeout_seconds),
+            limits=httpx2.Limits(max_connections=per_pool, max_keepalive_connections=per_pool,
+                                 keepalive_expiry=30.0),
+            transport=transport,
+            follow_redirects=False,
+        ) for _ in range(shards)]
+        self._client_load = [0] * shards
+        self._random = random.random
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatibleProvider(name={self.name!r}, base_url={self.base_url!r}, models={sorted(self.models)})"
+
+    async def __aenter__(self) -> "OpenAICompatibleProvider":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()
+
+    async def complete(self, model: str, messages: list[dict[str, str]], *, seed: int | None = None,
+                       temperature: float | None = None, max_tokens: int | None = None) -> Completion:
+        """Complete `messages` with the pipeline model `model`, retrying retryable failures.
+
+        Raises `CircuitOpenError` at once while the breaker is open, a `FatalProviderError` for
+        400/401/403/404/422-style answers, or the last retryable error after `max_retries` retries.
+        """
+        spec = self.models.get(model)
+        if spec is None:
+            raise ConfigError(f"model {model!r} is not served by provider {self.name!r}; "
+                              f"known: {', '.join(sorted(self.models)) or '(none)'}", path="models",
+                              found=model, expected=f"a model whose provider is {self.name!r}")
+        payload: dict[str, Any] = {"model": spec.model, "messages": messages,
+                                   "temperature": spec.temperature if temperature is None else temperature}
+        if max_tokens is None:
+            max_tokens = spec.max_tokens
+        if max_tokens is not None:
+            payload["max_tokens"] = max_tokens
+        if seed is not None:
+            payload["seed"] = seed
+        body = json.dumps(payload).encode()
+
+        stats = self.stats
+        stats.calls += 1
+        breaker = self.breaker
+        max_attempts = self.config.max_retries + 1
+        attempt = 0
+        error: ProviderError | None = None
+        while True:
+            attempt += 1
+            try:
+                probe = breaker.check()
+            except CircuitOpenError as exc:
+                stats.circuit_rejections += 1
+                self._count(stats.errors, exc)
+                raise exc from error  # when the breaker opened between our retries, keep why
+            try:
+                result = await self._attempt(body, messages, spec, model, attempt)
+            except BaseException:
+                if probe:
+                    breaker.release_probe()
+                raise
+            if type(result) is Completion:
+                breaker.record_success()
+                stats.completions += 1
+                return result
+            error = result
+            if not is_retryable(error):
+                breaker.record_success()  # the provider answered; the request itself was wrong
+                self._count(stats.errors, error)
+                raise error
+            breaker.record_failure()
+            if attempt >= max_attempts:
+                self._count(stats.errors, error)
+                if attempt > 1:
+                    error.args = (f"{error.args[0]} (after {attempt} attempts)",)
+                raise error
+            self._count(stats.retries, error)
+            delay = self._backoff(attempt, error.retry_after)
+            if logger.isEnabledFor(_DEBUG):
+                logger.debug("%s: attempt %d failed (%s); retrying in %.2f s", self.name, attempt,
+                             error.kind, delay)
+            await asyncio.sleep(delay)
+
+    async def _attempt(self, body: bytes, messages: list[dict[str, str]], spec: ModelConfig, model: str,
+                       attempt: int) -> Completion | ProviderError:
+        """One HTTP request: a Completion, or the typed error it ended with (returned, not raised)."""
+        self.stats.attempts += 1
+        async with self.limits:
+            load = self._client_load
+            shard = load.index(min(load)) if len(load) > 1 else 0
+            load[shard] += 1
+            start = time.perf_counter()
+            try:
+                response = await self._clients[shard].post(self._url, content=body)
+            except httpx2.TimeoutException as exc:
+                return ProviderTimeoutError(self._scrub(f"{self.name}: no answer within "
+                                                        f"{self.config.timeout_seconds:g} s ({type(exc).__name__})"),
+                                            provider=self.name)
+            except httpx2.DecodingError as exc:
+                return MalformedResponseError(self._scrub(f"{self.name}: undecodable response body: {exc}"),
+                                              provider=self.name)
+            except httpx2.TransportError as exc:
+                return ProviderConnectionError(self._scrub(f"{self.name}: {type(exc).__name__} "
+                                                           f"connecting to {self.base_url}: {exc}"),
+                                               provider=self.name)
+            finally:
+                load[shard] -= 1
+            latency_ms = (time.perf_counter() - start) * 1000.0
+        status = response.status_code
+        if status != 200:
+            return self._status_error(response, spec)
+        content = response.content
+        try:
+            data = json.loads(content)
+            choice = data["choices"][0]
+            text = choice["message"]["content"]
+            if not isinstance(text, str):
+                raise TypeError("message.content is not a string")
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            return MalformedResponseError(self._scrub(
+                f"{self.name}: malformed chat completion from {spec.model!r} ({type(exc).__name__}: {exc}): "
+                f"{content[:200]!r}"), provider=self.name, status=status)
+        usage = data.get("usage")
+        try:
+            input_tokens = int(usage["prompt_tokens"])
+            output_tokens = int(usage["completion_tokens"])
+        except (TypeError, KeyError, ValueError):
+            input_tokens = sum(estimate_tokens(m.get("content") or "") for m in messages)
+            output_tokens = estimate_tokens(text)
+        simulated = (data.get("system_fingerprint") == SYSTEM_FINGERPRINT
+                     or response.headers.get(SIMULATED_HEADER) == "true")
+        return Completion(
+            text=text,
+            model=model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            latency_ms=latency_ms,
+            cost_usd=(input_tokens * spec.input_cost_per_mtok + output_tokens * spec.output_cost_per_mtok) / 1e6,
+            attempts=attempt,
+            simulated=simulated,
+            raw_model=data.get("model") or spec.model,
+            extra={"finish_reason": choice.get("finish_reason")},
+        )
+
+    def _status_error(self, response: httpx2.Response, spec: ModelConfig) -> ProviderError:
+        status = response.status_code
+        detail = self._scrub(_error_message(response))
+        message = f"{self.name}: HTTP {status} for model {spec.model!r}: {detail}"
+        if status == 429 or status == 503:
+            headers = response.headers
+            retry_after = parse_retry_after(headers.get("retry-after"))
+            retry_after_ms = parse_retry_after(headers.get("retry-after-ms"))
+            if retry_after_ms is not None:
+                retry_after = retry_after_ms / 1000.0
+            cls = RateLimitError if status == 429 else ServerError
+            return cls(message, provider=self.name, status=status, retry_after=retry_after)
+        if status >= 500:
+            return ServerError(message, provider=self.name, status=status)
+        if status == 408:
+            return ProviderTimeoutError(message, provider=self.name, status=status)
+        return FatalProviderError(message, provider=self.name, status=status)
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds before the next attempt: Retry-After (plus up to 10% jitter) or full-jitter exponential."""
+        cap = self.config.max_backoff_seconds
+        if retry_after is not None:
+            return min(cap, retry_after * (1.0 + 0.1 * self._random()))
+        return self._random() * min(cap, self.config.backoff_seconds * 2.0 ** (attempt - 1))
+
+    def _scrub(self, text: str) -> str:
+        """Remove the API key from text that may reach logs or exceptions (error bodies can echo it)."""
+        secret = self._secret
+        if secret and secret in text:
+            text = text.replace(secret, "***")
+        return text
+
+    @staticmethod
+    def _count(counter: dict[str, int], error: ProviderError) -> None:
+        kind = error.kind
+        counter[kind] = counter.get(kind, 0) + 1
+
+
+def _error_message(response: httpx2.Response) -> str:
+    """The provider's own error message (OpenAI style `{"error": {"message": …}}`), else the body's start."""
+    text = response.text
+    try:
+        data = json.loads(text)
+        message = data["error"]["message"] if isinstance(data.get("error"), dict) else data.get("error")
+        if isinstance(message, str) and message:
+            return message[:300]
+    except (ValueError, AttributeError, TypeError, KeyError):
+        pass
+    return text[:300].strip() or "(empty body)"
