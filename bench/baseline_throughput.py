@@ -89,8 +89,10 @@ class Window:
         if self.start_wall is None and total:
             self.total = total
             self.start_wall, self.start_cpu = time.perf_counter(), time.process_time()
+            self.rss_before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if total and done >= total:
             self.end_wall, self.end_cpu = time.perf_counter(), time.process_time()
+            self.rss_after_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> int:
@@ -100,6 +102,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop",
+                        help="event loop of the pipeline process (uvloop is what the CLI uses when installed)")
     args = parser.parse_args()
 
     from promptcycle.datasets.loaders import load_cases
@@ -121,6 +125,10 @@ def main() -> int:
         window = Window()
         progress.add_listener(window)
         t0 = time.perf_counter()
+        if args.loop == "uvloop":
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         summary = asyncio.run(baseline(pipeline="customer-insights", config_path=str(config),
                                        store_path=None, repeats=repeats))
         end_to_end = time.perf_counter() - t0
@@ -144,6 +152,8 @@ def main() -> int:
             "efficiency": round(ideal / wall, 3),
             "cpu_ms_per_call": round(cpu * 1000 / calls, 3),
             "peak_rss_mb": round(peak_rss_mb, 1),
+            "peak_rss_before_evaluation_mb": round(window.rss_before_mb, 1),
+            "peak_rss_after_evaluation_mb": round(window.rss_after_mb, 1),
             "duckdb_bytes_per_row": round(db_bytes / len(frame), 1),
             "mean_recorded_latency_ms": round(float(frame["latency_ms"].mean()), 2),
         }

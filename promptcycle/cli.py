@@ -239,6 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--malformed-rate", type=float, default=0.0, help="share of requests with a malformed body")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
     p.set_defaults(func=cmd_sim_server)
+
+    import importlib
+
+    from promptcycle.commands import PHASE_MODULES
+
+    for module_name in PHASE_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.add_commands(sub, _common)
     return parser
 
 

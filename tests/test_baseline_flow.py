@@ -156,7 +156,14 @@ def test_killed_run_resumes_without_recalling_and_matches_uninterrupted(tmp_path
     assert fresh.returncode == 0, err2[-3000:]
     uninterrupted = json.loads(out2)
 
-    def table(s: dict) -> dict:
-        return {(c["model"], c["spectrum"]): (c["quality"], c["n"], c["errors"]) for c in s["cells"]}
-
-    assert table(summary) == table(uninterrupted)
+    # Answers and content scores are deterministic, so they must match exactly; the latency score
+    # uses measured wall-clock latency, so the weighted overall may differ by a hair between runs.
+    content = ["model", "case_id", "repeat", "output", "score_completeness", "score_accuracy", "score_format"]
+    resumed_frame = MetricsStore(store).results_frame(summary["run_id"])[content].reset_index(drop=True)
+    fresh_frame = MetricsStore(fresh_store).results_frame(uninterrupted["run_id"])[content].reset_index(drop=True)
+    assert resumed_frame.equals(fresh_frame)
+    cells = {(c["model"], c["spectrum"]): c for c in uninterrupted["cells"]}
+    for c in summary["cells"]:
+        twin = cells[(c["model"], c["spectrum"])]
+        assert (c["n"], c["errors"]) == (twin["n"], twin["errors"])
+        assert abs(c["quality"] - twin["quality"]) <= 0.5

@@ -6,6 +6,11 @@ messages, sampling and repeat) was ever paid for — in any run or phase — is 
 `responses` ledger instead of being paid twice. New observations are flushed to the store in
 batches (shared by the run's cells, see runio.py), so a killed run loses at most one flush interval
 of calls.
+
+An optional `budget` (see `promptcycle.optimize.budget.Budget`) is asked before each *paid* call;
+reusing a ledger entry is free and never asks. Once it refuses, no new call starts, the calls in
+flight finish and are recorded, nothing is recorded for the calls not made, and the cell raises
+`BudgetExceededError` after flushing.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from promptcycle.config import ModelConfig
 from promptcycle.datasets.cases import Case
-from promptcycle.errors import ProviderError, RetryableProviderError, is_retryable
+from promptcycle.errors import BudgetExceededError, ProviderError, RetryableProviderError, is_retryable
 from promptcycle.evaluation import progress
 from promptcycle.evaluation.runio import run_io
 from promptcycle.prompts import PromptTemplate
@@ -28,6 +34,9 @@ from promptcycle.scoring import overall
 from promptcycle.scoring.base import Sample, Scorer
 from promptcycle.store import MetricsStore
 from promptcycle.store.records import ResponseRecord, ResultRecord
+
+if TYPE_CHECKING:
+    from promptcycle.optimize.budget import Budget
 
 __all__ = ["CellSpec", "CellOutcome", "call_key", "evaluate_cell", "RetryCellError"]
 
@@ -62,6 +71,7 @@ class CellOutcome:
     called: int = 0  # paid calls made now
     errors: int = 0  # terminal errors recorded
     deferred: int = 0  # retryable failures left for the next task attempt
+    stopped: int = 0  # not called because the budget ran out (nothing recorded for them)
     error_messages: list[str] = field(default_factory=list)
 
 
@@ -89,8 +99,11 @@ async def _score(scorers: dict[str, Scorer], sample: Sample) -> tuple[dict[str, 
 
 async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name: str,
                         scorers: dict[str, Scorer], store: MetricsStore,
-                        final_attempt: bool = True) -> CellOutcome:
-    """Evaluate every (case, repeat) of the cell that the run has not recorded yet."""
+                        final_attempt: bool = True, budget: Budget | None = None) -> CellOutcome:
+    """Evaluate every (case, repeat) of the cell that the run has not recorded yet.
+
+    With a `budget`, every paid call must be granted by it first (see the module docstring).
+    """
     outcome = CellOutcome(model=spec.model_name, spectrum=spec.spectrum)
     prompt_hash = spec.prompt.hash
     io = run_io(store, spec.run_id)
@@ -137,9 +150,14 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
             await io.add(None, row)
             progress.report_done()
             return
+        if budget is not None and not budget.try_acquire(spec.model_name):
+            outcome.stopped += 1
+            return
         try:
             completion = await provider.complete(spec.model_name, messages, seed=repeat)
         except ProviderError as exc:
+            if budget is not None:
+                budget.release(spec.model_name)  # an error is not a paid call
             if is_retryable(exc) and not final_attempt:
                 outcome.deferred += 1
                 outcome.error_messages.append(str(exc))
@@ -150,6 +168,12 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
                                                error_kind=exc.kind, attempts=None, simulated=None))
             progress.report_done()
             return
+        except BaseException:
+            if budget is not None:
+                budget.release(spec.model_name)
+            raise
+        if budget is not None:
+            budget.settle(spec.model_name, completion.cost_usd)
         outcome.called += 1
         response = ResponseRecord(call_key=key, provider=provider_name, model=spec.model.model,
                                   prompt_hash=prompt_hash, case_id=case.id, repeat=repeat, output=completion.text,
@@ -161,10 +185,14 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
         await io.add(response, row)
         progress.report_done()
 
-    try:
+    async with io:  # flushes when the run's last active cell ends, or this one fails
         await asyncio.gather(*(one(*t) for t in todo))
-    finally:
-        await io.flush()
+        if outcome.stopped:  # raised inside the block, so what was made is flushed first
+            error = BudgetExceededError(
+                f"the budget ran out: {outcome.stopped} of {len(todo)} calls to {spec.model_name} on "
+                f"{spec.spectrum} were not made ({outcome.called} made, {outcome.reused} reused, all recorded)")
+            error.outcome = outcome
+            raise error
     if outcome.deferred:
         raise RetryCellError(
             f"{outcome.deferred} of {len(todo)} calls to {spec.model_name} on {spec.spectrum} failed with "

@@ -3,7 +3,9 @@
 Every DuckDB open costs tens of milliseconds and takes the file's lock, so the cells of a run do not
 each read and write on their own: reads of what the run already recorded and of the paid-call ledger
 are coalesced into a few queries, and new rows go through one buffer that is flushed in batches
-(every `flush_rows` rows or `flush_seconds`, and when a cell finishes).
+(every `flush_rows` rows or `flush_seconds`, when the last active cell finishes, and when a cell
+fails). What is buffered counts as recorded for this process, so a retried cell does not call again
+what an earlier attempt already answered.
 """
 
 from __future__ import annotations
@@ -34,6 +36,16 @@ class RunIO:
         self._results: list[ResultRecord] = []
         self._flush_lock = asyncio.Lock()
         self._last_flush = time.monotonic()
+        self._active_cells = 0
+
+    async def __aenter__(self) -> "RunIO":
+        self._active_cells += 1
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        self._active_cells -= 1
+        if exc_type is not None or self._active_cells == 0:
+            await self.flush()
 
     async def completed(self, model: str) -> set[tuple[str, int]]:
         """(case_id, repeat) of `model` this run already recorded (scored or terminal error)."""
@@ -56,7 +68,12 @@ class RunIO:
     async def add(self, response: ResponseRecord | None, result: ResultRecord) -> None:
         if response is not None:
             self._responses.append(response)
+            self._ledger[response.call_key] = response
+            self._looked_up.add(response.call_key)
         self._results.append(result)
+        done = self._completed.get(result.model)
+        if done is not None:
+            done.add((result.case_id, result.repeat))
         due = (len(self._results) >= self.flush_rows
                or time.monotonic() - self._last_flush >= self.flush_seconds)
         if due and not self._flush_lock.locked():

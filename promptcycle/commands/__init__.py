@@ -1,0 +1,8 @@
+"""Sub-commands of `promptcycle` contributed per phase.
+
+Each module here defines `add_commands(subparsers, common)`: it adds its sub-parsers, calls
+`common(parser)` on each (for --config, --store, --json) and sets `func=` to a function
+`(args) -> int` (exit status). Import Prefect and flows inside those functions, not at module top.
+"""
+
+PHASE_MODULES = ("promptcycle.commands.optimize", "promptcycle.commands.deploy")
