@@ -61,7 +61,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from promptcycle.config import load_config
     from promptcycle.evaluation.context import load_pipeline
     from promptcycle.quality.worker import validate_dataset
-    from promptcycle.store import MetricsStore
+    from promptcycle.store.remote import open_store
 
     config = load_config(args.config)
     names = [args.pipeline] if args.pipeline else sorted(config.pipelines)
@@ -70,7 +70,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         ctx = load_pipeline(args.config, name, store=args.store)
         report = validate_dataset(ctx.configured_cases, ctx.splits, spectrums=ctx.pipeline.dataset.spectrums,
                                   min_cases_per_spectrum=ctx.pipeline.dataset.min_cases_per_spectrum,
-                                  recorded_splits=MetricsStore(ctx.store_path).get_splits(ctx.dataset_key))
+                                  recorded_splits=open_store(ctx.store_path).get_splits(ctx.dataset_key))
         results[name] = {"cases": len(ctx.all_cases), "models": list(ctx.pipeline.models),
                          "spectrums": list(ctx.pipeline.dataset.spectrums), "dataset_suite": report.to_dict(),
                          "summary": report.summary(), "success": report.success}
@@ -274,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted — re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        from promptcycle import dataworker
+
+        dataworker.shutdown()
 
 
 def _fail(args: argparse.Namespace, exc: Exception, code: int) -> int:

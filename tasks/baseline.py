@@ -14,10 +14,10 @@ from promptcycle.errors import DataQualityError
 from promptcycle.evaluation.cells import CellSpec, evaluate_cell
 from promptcycle.evaluation.context import fingerprint, load_pipeline
 from promptcycle.evaluation.pool import get_provider
-from promptcycle.evaluation.summary import RunSummary, summarize_results
-from promptcycle.quality.worker import validate_dataset, validate_results, warm_up
+from promptcycle.evaluation.summary import RunSummary, summarize_stored_run
+from promptcycle.quality.worker import validate_dataset, validate_run_results, warm_up
 from promptcycle.scoring import build_scorers
-from promptcycle.store import MetricsStore
+from promptcycle.store.remote import open_store
 from promptcycle.store.records import PromptVersionRecord, RunRecord
 from tasks.retry import BACKOFF, final_attempt, retry_if_transient
 from tasks.secrets import resolve_api_key
@@ -55,7 +55,7 @@ def prepare_baseline(config_path: str, pipeline: str, store_path: str | None, re
         resolve_api_key(ctx.config, provider)  # a missing key fails here, before spending
     repeats = repeats or ctx.pipeline.repeats
     prompt = ctx.prompt
-    store = MetricsStore(ctx.store_path)
+    store = open_store(ctx.store_path)
     fp = fingerprint(ctx, kind="baseline", repeats=repeats, limit=limit, prompt_hash=prompt.hash)
     previous = store.find_resumable_run(pipeline, "baseline", fp)
     run_id = previous.run_id if previous else new_run_id("baseline", pipeline)
@@ -110,7 +110,7 @@ async def evaluate_cell_task(config_path: str, pipeline: str, store_path: str | 
                     weights=ctx.weights)
     outcome = await evaluate_cell(spec, provider=provider, provider_name=mconf.provider,
                                   scorers=build_scorers(ctx.pipeline.scorers, complete=complete),
-                                  store=MetricsStore(ctx.store_path),
+                                  store=open_store(ctx.store_path),
                                   final_attempt=final_attempt(CELL_RETRIES))
     return outcome.__dict__ | {"error_messages": outcome.error_messages[:3]}
 
@@ -120,11 +120,11 @@ def check_results(config_path: str, pipeline: str, store_path: str | None, run_i
                   limit: int | None) -> dict:
     """The results suite: every model x case x repeat present, scores in range, errors under the ceiling."""
     ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
-    store = MetricsStore(ctx.store_path)
-    frame = store.results_frame(run_id, scorers=list(ctx.pipeline.scorers))
-    report = validate_results(frame, expected_models=list(ctx.pipeline.models),
-                              expected_case_ids=[c.id for c in ctx.cases], repeats=repeats,
-                              scorer_names=list(ctx.pipeline.scorers), max_error_rate=ctx.pipeline.max_error_rate)
+    store = open_store(ctx.store_path)
+    report = validate_run_results(ctx.store_path, run_id, scorer_names=list(ctx.pipeline.scorers),
+                                  expected_models=list(ctx.pipeline.models),
+                                  expected_case_ids=[c.id for c in ctx.cases], repeats=repeats,
+                                  max_error_rate=ctx.pipeline.max_error_rate)
     store.write_dq_result(run_id, "results", report.success, report.to_dict())
     if not report.success:
         store.finish_run(run_id, "failed", {"reason": report.summary()})
@@ -137,11 +137,11 @@ def summarize_run(config_path: str, pipeline: str, store_path: str | None, plan:
                   outcomes: list[dict]) -> RunSummary:
     """Rank models and spectrums against the thresholds, and close the run."""
     ctx = load_pipeline(config_path, pipeline, limit=plan.limit, store=store_path)
-    store = MetricsStore(ctx.store_path)
+    store = open_store(ctx.store_path)
     run = store.get_run(plan.run_id)
-    frame = store.results_frame(plan.run_id)
-    summary = summarize_results(
-        frame, thresholds=ctx.pipeline.thresholds, run_id=plan.run_id, pipeline=pipeline,
+    summary = summarize_stored_run(
+        ctx.store_path, plan.run_id, scorers=list(ctx.pipeline.scorers), thresholds=ctx.pipeline.thresholds,
+        pipeline=pipeline,
         prompt_hash=plan.prompt_hash, status="completed", models=list(ctx.pipeline.models),
         spectrums=list(ctx.pipeline.dataset.spectrums), resumed=plan.resumed,
         calls_paid=sum(o["called"] for o in outcomes), calls_reused=sum(o["reused"] for o in outcomes),
@@ -155,4 +155,4 @@ def summarize_run(config_path: str, pipeline: str, store_path: str | None, plan:
 def fail_run(config_path: str, pipeline: str, store_path: str | None, run_id: str, reason: str) -> None:
     """Mark a run failed (it stays resumable: re-running the same command continues it)."""
     ctx = load_pipeline(config_path, pipeline, store=store_path)
-    MetricsStore(ctx.store_path).finish_run(run_id, "failed", {"reason": reason[:2000]})
+    open_store(ctx.store_path).finish_run(run_id, "failed", {"reason": reason[:2000]})

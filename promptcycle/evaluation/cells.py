@@ -32,7 +32,6 @@ from promptcycle.prompts import PromptTemplate
 from promptcycle.providers.base import ChatProvider, Completion
 from promptcycle.scoring import overall
 from promptcycle.scoring.base import Sample, Scorer
-from promptcycle.store import MetricsStore
 from promptcycle.store.records import ResponseRecord, ResultRecord
 
 if TYPE_CHECKING:
@@ -98,7 +97,7 @@ async def _score(scorers: dict[str, Scorer], sample: Sample) -> tuple[dict[str, 
 
 
 async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name: str,
-                        scorers: dict[str, Scorer], store: MetricsStore,
+                        scorers: dict[str, Scorer], store,
                         final_attempt: bool = True, budget: Budget | None = None) -> CellOutcome:
     """Evaluate every (case, repeat) of the cell that the run has not recorded yet.
 

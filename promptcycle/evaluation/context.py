@@ -17,7 +17,7 @@ from promptcycle.datasets.cases import Case
 from promptcycle.datasets.loaders import dataset_hash, limit_cases, load_cases
 from promptcycle.datasets.splits import assign_splits
 from promptcycle.prompts import PromptTemplate
-from promptcycle.store import MetricsStore
+from promptcycle.store.remote import open_store
 
 __all__ = ["PipelineContext", "load_pipeline", "resolve_store_path"]
 
@@ -83,7 +83,7 @@ def load_pipeline(config_path: str | Path, pipeline: str, *, limit: int | None =
     all_cases = load_cases(pipe.dataset.source, base_dir=path.parent)
     store_path = resolve_store_path(config, store)
     dataset_key = f"{pipeline}|{pipe.dataset.source}|{pipe.dataset.splits.seed}"
-    recorded = MetricsStore(store_path).get_splits(dataset_key)
+    recorded = open_store(store_path).get_splits(dataset_key)
     splits = assign_splits(all_cases, pipe.dataset.splits, recorded=recorded)
     configured = set(pipe.dataset.spectrums)
     cases = limit_cases([c for c in all_cases if c.spectrum in configured], limit)

@@ -14,14 +14,15 @@ import asyncio
 import time
 from collections.abc import Iterable
 
-from promptcycle.store import MetricsStore
 from promptcycle.store.records import ResponseRecord, ResultRecord
+
+# `store` is a MetricsStore or its data-worker proxy (promptcycle/store/remote.py).
 
 __all__ = ["RunIO", "run_io"]
 
 
 class RunIO:
-    def __init__(self, store: MetricsStore, run_id: str, *, flush_rows: int = 2000, flush_seconds: float = 3.0):
+    def __init__(self, store, run_id: str, *, flush_rows: int = 2000, flush_seconds: float = 3.0):
         self.store = store
         self.run_id = run_id
         self.flush_rows = flush_rows
@@ -63,12 +64,16 @@ class RunIO:
                 batch, self._pending = list(self._pending), set()
                 self._ledger.update(await asyncio.to_thread(self.store.get_responses, batch))
                 self._looked_up.update(batch)
-        return {k: self._ledger[k] for k in keys if k in self._ledger}
+        found = {k: self._ledger[k] for k in keys if k in self._ledger}
+        for k in found:  # each paid answer is reused once per run; no need to hold it afterwards
+            del self._ledger[k]
+        return found
 
     async def add(self, response: ResponseRecord | None, result: ResultRecord) -> None:
         if response is not None:
             self._responses.append(response)
-            self._ledger[response.call_key] = response
+            # Marked as looked up (so never queried) but not kept: its result is recorded below, so
+            # this run will not ask for it again, and holding every answer would grow with the run.
             self._looked_up.add(response.call_key)
         self._results.append(result)
         done = self._completed.get(result.model)
@@ -98,7 +103,7 @@ class RunIO:
 _ios: dict[tuple[int, str, str], RunIO] = {}
 
 
-def run_io(store: MetricsStore, run_id: str) -> RunIO:
+def run_io(store, run_id: str) -> RunIO:
     """The RunIO of `run_id` on the running event loop (created on first use)."""
     key = (id(asyncio.get_running_loop()), str(store.path), run_id)
     io = _ios.get(key)

@@ -7,14 +7,18 @@ an answer that never came is a failed answer. Levels come from the pipeline's th
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from pydantic import BaseModel
 
 from promptcycle.config import Thresholds
 
-__all__ = ["CellQuality", "Ranked", "RunSummary", "summarize_results", "quality_markdown",
-           "latency_cost_markdown"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["CellQuality", "Ranked", "RunSummary", "summarize_results", "summarize_stored_run",
+           "quality_markdown", "latency_cost_markdown"]
 
 LEVEL_MARK = {"critical": "🔴 critical", "warning": "🟠 warning", "ok": "🟡 ok", "target": "🟢 target",
               "excellent": "🟣 excellent"}
@@ -103,6 +107,19 @@ def summarize_results(frame: pd.DataFrame, *, thresholds: Thresholds, run_id: st
                       rows=len(f), errors=int(f["error"].notna().sum()),
                       cost_usd=round(float(f["cost_usd"].fillna(0).sum()), 6), quality=q, level=thresholds.level(q),
                       cells=cells, models=ranked("model", models), spectrums=ranked("spectrum", spectrums), **extra)
+
+
+def _summarize_stored_run(store_path: str, run_id: str, scorers: list[str], **kwargs) -> RunSummary:
+    from promptcycle.store.remote import open_store
+
+    return summarize_results(open_store(store_path).results_frame(run_id, scorers=scorers), run_id=run_id, **kwargs)
+
+
+def summarize_stored_run(store_path: str | Path, run_id: str, *, scorers: list[str], **kwargs) -> RunSummary:
+    """`summarize_results` over a stored run, computed in the data worker (where pandas lives)."""
+    from promptcycle import dataworker
+
+    return dataworker.call(_summarize_stored_run, str(store_path), run_id, list(scorers), **kwargs)
 
 
 def quality_markdown(summary: RunSummary, thresholds: Thresholds) -> str:

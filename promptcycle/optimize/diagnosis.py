@@ -25,12 +25,13 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from promptcycle.config import Thresholds
 from promptcycle.datasets.cases import Case
+
+if TYPE_CHECKING:  # pandas is imported where a frame is diagnosed, not when strategies are looked up
+    import pandas as pd
 
 __all__ = ["Diagnosis", "CellDiagnosis", "WrongValue", "CaseFailure", "FieldContrast", "diagnose"]
 
@@ -335,6 +336,12 @@ class Diagnosis:
 # Building a diagnosis
 # ------------------------------------------------------------------------------------------------
 
+def _is_na(value: Any) -> bool:
+    import pandas as pd
+
+    return value is pd.NA
+
+
 def diagnose(frame: pd.DataFrame, *, thresholds: Thresholds, cases: Sequence[Case],
              models: Sequence[str] | None = None) -> Diagnosis:
     """Diagnose a results frame (see the module docstring).
@@ -468,14 +475,14 @@ def _explanation(value: Any) -> dict[str, Any]:
 
 
 def _text(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or _is_na(value):
         return None
     text = str(value).strip()
     return text or None
 
 
 def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, str) or value is pd.NA:
+    if value is None or isinstance(value, str) or _is_na(value):
         return None
     try:
         number = float(value)

@@ -6,7 +6,20 @@
     frame = store.results_frame(run_id)          # results + output + score_<name> columns
 """
 
-from promptcycle.store.metrics import MetricsStore
+# MetricsStore (duckdb, pyarrow, pandas) is imported on first use: the pipeline process reaches the
+# store through the data worker (promptcycle/store/remote.py) and should not pay for those imports.
+def __getattr__(name: str):
+    if name == "MetricsStore":
+        from promptcycle.store.metrics import MetricsStore
+
+        return MetricsStore
+    if name in ("MIGRATIONS", "SCHEMA_VERSION", "Migration"):
+        from promptcycle.store import schema
+
+        return getattr(schema, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 from promptcycle.store.records import (
     DECISION_KINDS,
     LABELS,
@@ -18,7 +31,6 @@ from promptcycle.store.records import (
     ResultRecord,
     RunRecord,
 )
-from promptcycle.store.schema import MIGRATIONS, SCHEMA_VERSION, Migration
 
 __all__ = [
     "MetricsStore",

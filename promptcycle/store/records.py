@@ -13,32 +13,31 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 from datetime import date, datetime, timezone
 from typing import Any
 
-import pyarrow as pa
 
 __all__ = [
     "RUN_STATUSES",
     "LABELS",
     "DECISION_KINDS",
-    "RESPONSE_COLUMNS",
-    "RESULT_COLUMNS",
     "RunRecord",
     "ResponseRecord",
     "ResultRecord",
     "PromptVersionRecord",
     "LabelEvent",
     "DecisionRecord",
+    "DEPLOYMENT_KINDS",
+    "DEPLOYMENT_STATUSES",
+    "CANARY_STATUSES",
+    "STAGES",
+    "DeploymentRecord",
+    "CanaryRecord",
+    "ProductionResult",
     "utc_now",
     "to_db_time",
     "from_db_time",
     "dump_json",
-    "responses_table",
-    "results_table",
-    "splits_table",
-    "keys_table",
 ]
 
 RUN_STATUSES = ("running", "completed", "failed")
@@ -46,6 +45,14 @@ RUN_STATUSES = ("running", "completed", "failed")
 LABELS = ("production", "candidate", "previous")
 # Which step took a decision; later phases add theirs here.
 DECISION_KINDS = ("confirmation", "gate", "canary")
+
+
+# What a deployment event did, and where it ended.
+DEPLOYMENT_KINDS = ("initial", "deploy", "canary", "promote", "rollback", "canary_rollback")
+DEPLOYMENT_STATUSES = ("validating", "blocked", "deployed", "canary", "failed")
+CANARY_STATUSES = ("running", "promoted", "rolled_back", "failed")
+# The validation stages, in the order they run.
+STAGES = ("syntax", "content", "integration", "quality")
 
 
 def utc_now() -> datetime:
@@ -236,78 +243,81 @@ class DecisionRecord:
     created_at: datetime | None = None
 
 
-def _table(columns: dict[str, tuple[pa.DataType, Any]]) -> pa.Table:
-    return pa.Table.from_arrays([values if isinstance(values, pa.Array) else pa.array(values, type=t)
-                                 for t, values in columns.values()], names=list(columns))
+@dataclass
+class DeploymentRecord:
+    """One deployment event of a pipeline's prompt: who or which flow (`actor`), when, from which
+    version to which, why, with what evidence, and what each target did.
+
+    `kind` is one of `DEPLOYMENT_KINDS`, `status` one of `DEPLOYMENT_STATUSES`; `forced` marks a
+    deployment pushed past a failing validation stage. `targets` lists one dict per target
+    (name, kind, status, detail). `seq` orders a pipeline's deployments (assigned by the store).
+    """
+
+    deployment_id: str
+    pipeline: str
+    kind: str
+    status: str
+    to_hash: str
+    actor: str
+    scope: str = ""
+    from_hash: str | None = None
+    forced: bool = False
+    reason: str | None = None
+    targets: list[dict[str, Any]] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    flow_run_id: str | None = None
+    seq: int | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
-def _transpose(records: Sequence[Any], names: Sequence[str]) -> dict[str, list[Any]]:
-    """Column lists from records in one pass (attrgetter and zip do the looping in C)."""
-    if not records:
-        return {n: [] for n in names}
-    return dict(zip(names, map(list, zip(*map(attrgetter(*names), records)))))
+@dataclass
+class CanaryRecord:
+    """A canary: `treatment_hash` served to `split_pct` percent of requests, `control_hash` (production)
+    to the rest, until the sequential test or a guardrail ends it.
+
+    `step` indexes the split schedule in `settings` (the canary's configuration, frozen at start);
+    `step_start_treatment` is the treatment's request count when the current step began; `decision`
+    is the last look's evidence. `status` is one of `CANARY_STATUSES`.
+    """
+
+    canary_id: str
+    pipeline: str
+    control_hash: str
+    treatment_hash: str
+    actor: str
+    scope: str = ""
+    deployment_id: str | None = None
+    status: str = "running"
+    step: int = 0
+    split_pct: float = 0.0
+    step_start_treatment: int = 0
+    looks: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)
+    decision: dict[str, Any] | None = None
+    reason: str | None = None
+    started_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
-def _scores_array(scores: list[dict[str, float] | None]) -> pa.Array:
-    """A MAP(VARCHAR, DOUBLE) column; an empty or missing dict is NULL (no score was given)."""
-    offsets, keys, values, mask = [0], [], [], []
-    for row in scores:
-        if row:
-            keys.extend(row)
-            values.extend(row.values())
-        offsets.append(len(keys))
-        mask.append(not row)
-    return pa.MapArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(keys, pa.string()),
-                                   pa.array(values, pa.float64()), mask=pa.array(mask, pa.bool_()))
+@dataclass
+class ProductionResult:
+    """The outcome of one production request, as the serving application reports it.
 
+    `prompt_hash` is the version that served it; `score` in [0, 1] or None (not scored); `error`
+    whether the request failed. `canary_id` and `arm` are what `resolve_prompt` returned, when known.
+    """
 
-def _db_times(values: list[datetime | None], now: datetime) -> list[datetime]:
-    now = to_db_time(now)
-    return [now if v is None else to_db_time(v) for v in values]
-
-
-_RESPONSE_TYPES: dict[str, pa.DataType] = {
-    "call_key": pa.string(), "provider": pa.string(), "model": pa.string(), "prompt_hash": pa.string(),
-    "case_id": pa.string(), "repeat": pa.int32(), "output": pa.string(), "input_tokens": pa.int32(),
-    "output_tokens": pa.int32(), "latency_ms": pa.float64(), "cost_usd": pa.float64(), "attempts": pa.int32(),
-    "simulated": pa.bool_(), "created_at": pa.timestamp("us"), "run_id": pa.string(),
-}
-
-_RESULT_TYPES: dict[str, pa.DataType] = {
-    "run_id": pa.string(), "model": pa.string(), "case_id": pa.string(), "repeat": pa.int32(),
-    "spectrum": pa.string(), "split": pa.string(), "prompt_hash": pa.string(), "call_key": pa.string(),
-    "scores": pa.map_(pa.string(), pa.float64()), "overall": pa.float64(), "explanation": pa.string(),
-    "latency_ms": pa.float64(), "input_tokens": pa.int32(), "output_tokens": pa.int32(),
-    "cost_usd": pa.float64(), "attempts": pa.int32(), "error": pa.string(), "error_kind": pa.string(),
-    "simulated": pa.bool_(), "created_at": pa.timestamp("us"),
-}
-
-RESPONSE_COLUMNS: tuple[str, ...] = tuple(_RESPONSE_TYPES)
-RESULT_COLUMNS: tuple[str, ...] = tuple(_RESULT_TYPES)
-
-
-def responses_table(records: Sequence[ResponseRecord], now: datetime) -> pa.Table:
-    """The ledger rows as an Arrow table; a missing `created_at` becomes `now`."""
-    data = _transpose(records, RESPONSE_COLUMNS)
-    data["created_at"] = _db_times(data["created_at"], now)
-    return _table({name: (t, data[name]) for name, t in _RESPONSE_TYPES.items()})
-
-
-def results_table(records: Sequence[ResultRecord], now: datetime) -> pa.Table:
-    """The result rows as an Arrow table: scores as a MAP, explanation as compact JSON."""
-    data = _transpose(records, RESULT_COLUMNS)
-    data["scores"] = _scores_array(data["scores"])
-    data["explanation"] = [dump_json(e) or None for e in data["explanation"]]
-    data["created_at"] = _db_times(data["created_at"], now)
-    return _table({name: (t, data[name]) for name, t in _RESULT_TYPES.items()})
-
-
-def splits_table(dataset_key: str, splits: dict[str, str]) -> pa.Table:
-    return _table({"dataset_key": (pa.string(), [dataset_key] * len(splits)),
-                   "case_id": (pa.string(), list(splits)),
-                   "split": (pa.string(), list(splits.values()))})
-
-
-def keys_table(name: str, keys: Sequence[str]) -> pa.Table:
-    """A one-column table of keys to join against (cheaper than a long IN list)."""
-    return _table({name: (pa.string(), list(keys))})
+    pipeline: str
+    request_id: str
+    prompt_hash: str
+    error: bool = False
+    score: float | None = None
+    latency_ms: float | None = None
+    model: str | None = None
+    scope: str = ""
+    canary_id: str | None = None
+    arm: str | None = None
+    metadata: dict[str, Any] | None = None
+    created_at: datetime | None = None
