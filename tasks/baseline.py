@@ -20,6 +20,7 @@ from promptcycle.scoring import build_scorers
 from promptcycle.store.remote import open_store
 from promptcycle.store.records import PromptVersionRecord, RunRecord
 from tasks.retry import BACKOFF, final_attempt, retry_if_transient
+from tasks.limits import provider_slot
 from tasks.secrets import resolve_api_key
 
 __all__ = ["BaselinePlan", "prepare_baseline", "evaluate_cell_task", "check_results", "summarize_run",
@@ -108,10 +109,11 @@ async def evaluate_cell_task(config_path: str, pipeline: str, store_path: str | 
     spec = CellSpec(run_id=run_id, pipeline=pipeline, model_name=model, model=mconf, spectrum=spectrum,
                     prompt=ctx.prompt, cases=ctx.cases_of(spectrum), splits=ctx.splits, repeats=repeats,
                     weights=ctx.weights)
-    outcome = await evaluate_cell(spec, provider=provider, provider_name=mconf.provider,
-                                  scorers=build_scorers(ctx.pipeline.scorers, complete=complete),
-                                  store=open_store(ctx.store_path),
-                                  final_attempt=final_attempt(CELL_RETRIES))
+    async with provider_slot(ctx.config, mconf.provider):
+        outcome = await evaluate_cell(spec, provider=provider, provider_name=mconf.provider,
+                                      scorers=build_scorers(ctx.pipeline.scorers, complete=complete),
+                                      store=open_store(ctx.store_path),
+                                      final_attempt=final_attempt(CELL_RETRIES))
     return outcome.__dict__ | {"error_messages": outcome.error_messages[:3]}
 
 

@@ -11,13 +11,20 @@ __all__ = ["retry_if_transient", "BACKOFF", "final_attempt"]
 BACKOFF = exponential_backoff(backoff_factor=2)
 
 
+def _exception_of(state) -> BaseException | None:
+    # Prefect hands the engine's exception over as Failed(data=exc). `state.result()` is not the way
+    # to get it: inside an async task it returns a coroutine, and the check would silently say "no".
+    data = getattr(state, "data", None)
+    if isinstance(data, BaseException):
+        return data
+    result = state.result(raise_on_failure=False, _sync=True)
+    return result if isinstance(result, BaseException) else None
+
+
 def retry_if_transient(task, task_run, state) -> bool:
     """A plain function (Prefect ignores partials here): retry provider hiccups and store lock timeouts."""
-    try:
-        state.result(raise_on_failure=True)
-    except Exception as exc:  # noqa: BLE001 - we classify, not handle
-        return is_retryable(exc) or isinstance(exc, StoreError)
-    return False
+    exc = _exception_of(state)
+    return exc is not None and (is_retryable(exc) or isinstance(exc, StoreError))
 
 
 def final_attempt(retries: int) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from promptcycle.datasets.cases import Case
 from promptcycle.registry import Registry
@@ -34,7 +34,7 @@ class ScorerOptions(BaseModel):
     """Options every scorer accepts in pipelines.yaml; scorers subclass this for their own."""
 
     model_config = ConfigDict(extra="forbid")
-    weight: float = 1.0
+    weight: float = Field(default=1.0, ge=0, description="Weight in the overall score.")
 
 
 class Scorer:
