@@ -25,6 +25,13 @@ __all__ = [
     "SplitConfig",
     "Thresholds",
     "OptimizationConfig",
+    "TargetConfig",
+    "ContentRules",
+    "IntegrationConfig",
+    "QualityRules",
+    "GuardrailConfig",
+    "CanaryConfig",
+    "DeploymentConfig",
     "PipelineConfig",
     "PromptcycleConfig",
     "load_config",
@@ -162,6 +169,151 @@ class OptimizationConfig(_Strict):
                                     "shared prompt.")
 
 
+def _compiles(patterns: list[str]) -> list[str]:
+    import re
+
+    for i, pattern in enumerate(patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"item {i} ({pattern!r}) is not a valid regular expression: {exc}") from None
+    return patterns
+
+
+class TargetConfig(_Strict):
+    """Where a deployment writes the production prompt: one entry of `deployment.targets`."""
+
+    kind: str = Field(description="'file' (writes the prompt as JSON to a path, atomically, with backups), "
+                      "'webhook' (POSTs it to the application's reload endpoint) or 'langsmith' (pushes it to "
+                      "the LangSmith prompt hub with a tag; skipped without credentials).")
+    name: str | None = Field(default=None, description="A name for reports and history (default: the kind); "
+                             "unique within the pipeline.")
+    options: dict[str, Any] = Field(default_factory=dict, description="The kind's options; see "
+                                    "docs/deployment.md (e.g. `path` for 'file', `url` for 'webhook').")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+class ContentRules(_Strict):
+    """The content stage: what a deployable prompt may and must contain (system + template together)."""
+
+    max_chars: int = Field(default=20000, ge=1, description="Longest allowed prompt (system + template), chars.")
+    min_chars: int = Field(default=1, ge=0, description="Shortest allowed prompt, chars.")
+    forbid_secrets: bool = Field(default=True, description="Refuse strings that look like credentials (API keys, "
+                                 "private keys, tokens, passwords).")
+    required_sections: list[str] = Field(default_factory=list, description="Regular expressions "
+                                         "(case-insensitive) that must each match somewhere in the prompt.")
+    banned_patterns: list[str] = Field(default_factory=lambda: [r"\bTODO\b", r"\bFIXME\b", r"lorem ipsum"],
+                                       description="Regular expressions (case-insensitive) that must not match.")
+
+    @field_validator("required_sections", "banned_patterns")
+    @classmethod
+    def _valid_patterns(cls, v: list[str]) -> list[str]:
+        return _compiles(v)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "ContentRules":
+        if self.min_chars > self.max_chars:
+            raise ValueError("min_chars must not exceed max_chars")
+        return self
+
+
+class IntegrationConfig(_Strict):
+    """The integration stage: a smoke evaluation of the version on every configured model."""
+
+    cases_per_spectrum: int = Field(default=2, ge=1, le=50, description="Cases per spectrum in the smoke run.")
+    max_format_error_rate: float = Field(default=0.05, ge=0, le=1, description="Share of smoke answers allowed "
+                                         "to miss the `format` scorer's shape (score 0). Provider errors are "
+                                         "never allowed.")
+
+
+class QualityRules(_Strict):
+    """The quality stage: overrides of the rules the optimization evidence must satisfy (default: the
+    pipeline's `optimization` settings and the `warning` threshold)."""
+
+    min_quality: float | None = Field(default=None, ge=0, le=100, description="Lowest overall quality (points) "
+                                      "of the version on the serving models; default the `warning` threshold.")
+    min_effect: float | None = Field(default=None, ge=0, le=1, description="Smallest paired improvement "
+                                     "(score units); default `optimization.min_effect`.")
+    spectrum_margin: float | None = Field(default=None, ge=0, le=1, description="How much worse any spectrum may "
+                                          "get (score units); default `optimization.spectrum_margin`.")
+    alpha: float | None = Field(default=None, gt=0, lt=0.5, description="Significance level; default "
+                                "`optimization.alpha`.")
+    require_current_baseline: bool = Field(default=True, description="The evidence must compare the version "
+                                           "against the prompt now in production (not an older one).")
+
+
+class GuardrailConfig(_Strict):
+    """Limits that roll a canary back at once (each optional)."""
+
+    max_error_rate: float | None = Field(default=0.05, ge=0, le=1, description="Treatment error-rate ceiling.")
+    max_error_rate_increase: float | None = Field(default=0.02, ge=0, le=1, description="Treatment minus "
+                                                  "control error rate ceiling.")
+    max_p95_latency_ms: float | None = Field(default=None, gt=0, description="Treatment p95 latency ceiling, ms.")
+    max_p95_latency_increase_ms: float | None = Field(default=None, gt=0, description="Treatment minus control "
+                                                      "p95 latency ceiling, ms.")
+    min_requests: int = Field(default=20, ge=1, description="Treatment requests before the guardrails apply.")
+
+
+class CanaryConfig(_Strict):
+    """The canary: a traffic split schedule and the sequential test that ends it."""
+
+    schedule: list[float] = Field(default_factory=lambda: [10.0, 50.0, 100.0], min_length=2,
+                                  description="Percent of requests served the new version, step by step; "
+                                  "strictly increasing, ending at 100 (the promotion).")
+    step_min_requests: int = Field(default=50, ge=1, description="Treatment requests seen at a step before the "
+                                   "split moves to the next one (never to 100: that takes a promote decision).")
+    look_size: int = Field(default=200, ge=1, description="Requests between two looks of the canary flow "
+                           "(simulated traffic sends this many per look).")
+    look_interval_seconds: float = Field(default=60.0, gt=0, description="Wait between looks when watching "
+                                         "real traffic.")
+    max_looks: int = Field(default=500, ge=1, description="Looks before a watching flow gives up (the canary "
+                           "stays running).")
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Error rate of each side of the test.")
+    min_effect: float = Field(default=0.0, ge=0, le=1, description="Improvement (score units) the new version "
+                              "must show to be promoted.")
+    max_per_arm: int = Field(default=500, ge=2, description="Horizon: requests per arm; reaching it without "
+                             "evidence of improvement rolls back.")
+    min_per_arm: int = Field(default=20, ge=2, description="Scored requests per arm before quality decides.")
+    guardrails: GuardrailConfig = Field(default_factory=GuardrailConfig)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: list[float]) -> list[float]:
+        if any(not 0 < p <= 100 for p in v):
+            raise ValueError("every step must be a percentage in (0, 100]")
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError("steps must be strictly increasing")
+        if v[-1] != 100:
+            raise ValueError("the last step must be 100 (full rollout)")
+        return v
+
+    @model_validator(mode="after")
+    def _arms(self) -> "CanaryConfig":
+        if self.min_per_arm > self.max_per_arm:
+            raise ValueError("min_per_arm must not exceed max_per_arm")
+        return self
+
+
+class DeploymentConfig(_Strict):
+    """How a pipeline's prompt reaches production: targets, the four validation stages and the canary."""
+
+    targets: list[TargetConfig] = Field(default_factory=list, description="Where the production prompt is "
+                                        "written; a deployment succeeds on all of them or on none.")
+    variables: list[str] | None = Field(default=None, description="The variables the application supplies "
+                                        "when it renders the prompt; default: the configured template's.")
+    serving_models: list[str] | None = Field(default=None, description="Models (from the pipeline's `models`) "
+                                             "that serve production traffic; default: all of them.")
+    content: ContentRules = Field(default_factory=ContentRules)
+    integration: IntegrationConfig = Field(default_factory=IntegrationConfig)
+    quality: QualityRules = Field(default_factory=QualityRules)
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    lock_lease_seconds: float = Field(default=900.0, gt=0, description="How long a deployment may hold the "
+                                      "pipeline's deployment lock before another may take it over.")
+
+
 class PipelineConfig(_Strict):
     description: str = ""
     prompt: PromptConfig
@@ -173,6 +325,7 @@ class PipelineConfig(_Strict):
     repeats: int = Field(default=1, ge=1, le=100, description="Calls per model x case.")
     max_error_rate: float = Field(default=0.05, ge=0, le=1, description="Results suite ceiling on terminal errors.")
     optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
+    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
 
     @field_validator("models")
     @classmethod
@@ -279,11 +432,64 @@ def _check_names(cfg: PromptcycleConfig, file: str) -> None:
                 raise ConfigError(f"unknown model {judge_model!r}; known: {', '.join(sorted(cfg.models))}",
                                   file=file, path=f"{path}.model", found=judge_model,
                                   expected="a name from `models`")
+        _check_deployment(pname, pipe, file)
+        opt = pipe.optimization
+        # The default list is the built-in strategies (tests pin it); the registry is imported only for
+        # names a user wrote, because importing it pulls in the diagnosis module and pandas.
+        if opt.strategies != OptimizationConfig.model_fields["strategies"].default_factory():
+            from promptcycle.optimize.strategies import strategies  # the registry, with the built-in strategies
+
+            for i, name in enumerate(opt.strategies):
+                if name not in strategies:
+                    raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(strategies.names())}",
+                                      file=file, path=f"pipelines.{pname}.optimization.strategies.{i}", found=name,
+                                      expected="a registered strategy")
+        if opt.optimizer_model is not None and opt.optimizer_model not in cfg.models:
+            raise ConfigError(f"unknown model {opt.optimizer_model!r}; known: {', '.join(sorted(cfg.models))}",
+                              file=file, path=f"pipelines.{pname}.optimization.optimizer_model",
+                              found=opt.optimizer_model, expected="a name from `models`")
         variables = pipe.prompt.to_template().variables
         if not variables:
             raise ConfigError("the prompt uses no {{variables}}, so every case would get the same prompt",
                               file=file, path=f"pipelines.{pname}.prompt.template",
                               expected="at least one {{variable}}")
+
+
+def _check_deployment(pname: str, pipe: PipelineConfig, file: str) -> None:
+    """Deployment targets name a registered kind with valid options; serving models are the pipeline's."""
+    from promptcycle.deploy.targets import target_kinds  # the registry, with the built-in targets
+
+    base = f"pipelines.{pname}.deployment"
+    for i, model in enumerate(pipe.deployment.serving_models or []):
+        if model not in pipe.models:
+            raise ConfigError(f"serving model {model!r} is not one of the pipeline's models "
+                              f"({', '.join(pipe.models)})", file=file, path=f"{base}.serving_models.{i}",
+                              found=model, expected="a name from the pipeline's `models`")
+    seen: set[str] = set()
+    for i, target in enumerate(pipe.deployment.targets):
+        path = f"{base}.targets.{i}"
+        if target.kind not in target_kinds:
+            raise ConfigError(f"unknown target kind {target.kind!r}; known: {', '.join(target_kinds.names())}",
+                              file=file, path=f"{path}.kind", found=target.kind, expected="a target kind")
+        if target.label in seen:
+            raise ConfigError(f"two targets are named {target.label!r}; give each a distinct `name`",
+                              file=file, path=f"{path}.name", found=target.label, expected="a unique name")
+        seen.add(target.label)
+        try:
+            target_kinds.get(target.kind).Options.model_validate(target.options)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            sub = _dotted(err["loc"])
+            if err["type"] == "extra_forbidden":
+                detail, found = "unknown key", None
+            elif err["type"] == "missing":
+                detail, found = "missing required key", None
+            else:
+                detail, found = err["msg"].removeprefix("Value error, "), err["input"]
+            shown = f" (found {_describe(found)})" if found is not None else ""
+            raise ConfigError(f"{detail}{shown}", file=file,
+                              path=f"{path}.options" + (f".{sub}" if sub != "(top level)" else ""),
+                              found=found, expected=detail) from None
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> PromptcycleConfig:

@@ -156,14 +156,21 @@ def test_killed_run_resumes_without_recalling_and_matches_uninterrupted(tmp_path
     assert fresh.returncode == 0, err2[-3000:]
     uninterrupted = json.loads(out2)
 
-    # Answers and content scores are deterministic, so they must match exactly; the latency score
-    # uses measured wall-clock latency, so the weighted overall may differ by a hair between runs.
+    # Answers and content scores are deterministic, so they must match exactly. The latency score is
+    # measured wall-clock time, so it may differ between any two runs; with identical content a cell's
+    # quality can then differ by at most the latency weight (0.1) x 100 points.
     content = ["model", "case_id", "repeat", "output", "score_completeness", "score_accuracy", "score_format"]
-    resumed_frame = MetricsStore(store).results_frame(summary["run_id"])[content].reset_index(drop=True)
-    fresh_frame = MetricsStore(fresh_store).results_frame(uninterrupted["run_id"])[content].reset_index(drop=True)
-    assert resumed_frame.equals(fresh_frame)
+    resumed_frame = MetricsStore(store).results_frame(summary["run_id"])
+    fresh_frame = MetricsStore(fresh_store).results_frame(uninterrupted["run_id"])
+    assert resumed_frame[content].reset_index(drop=True).equals(fresh_frame[content].reset_index(drop=True))
+
+    def content_quality(frame):
+        scored = frame.assign(q=0.4 * frame.score_completeness + 0.4 * frame.score_accuracy + 0.1 * frame.score_format)
+        return scored.groupby(["model", "spectrum"])["q"].mean().round(12).to_dict()
+
+    assert content_quality(resumed_frame) == content_quality(fresh_frame)
     cells = {(c["model"], c["spectrum"]): c for c in uninterrupted["cells"]}
     for c in summary["cells"]:
         twin = cells[(c["model"], c["spectrum"])]
         assert (c["n"], c["errors"]) == (twin["n"], twin["errors"])
-        assert abs(c["quality"] - twin["quality"]) <= 0.5
+        assert abs(c["quality"] - twin["quality"]) <= 10.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 
 from pydantic import SecretStr
 
@@ -18,7 +19,10 @@ from promptcycle.providers.base import ChatProvider
 
 __all__ = ["get_provider", "close_providers"]
 
-_providers: dict[tuple[int, str, str], ChatProvider] = {}
+# Keyed by the loop object itself (weakly): a client's pool and locks belong to one loop, and a new
+# loop may reuse a dead one's id().
+_providers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], ChatProvider]]" = \
+    weakref.WeakKeyDictionary()
 
 
 def get_provider(config: PromptcycleConfig, name: str, api_key: SecretStr | None = None) -> ChatProvider:
@@ -26,15 +30,14 @@ def get_provider(config: PromptcycleConfig, name: str, api_key: SecretStr | None
     pconf = config.providers[name]
     models = {m: c for m, c in config.models.items() if c.provider == name}
     identity = json.dumps([pconf.model_dump(), {m: c.model_dump() for m, c in models.items()}], sort_keys=True)
-    key = (id(loop), name, identity)
-    provider = _providers.get(key)
+    per_loop = _providers.setdefault(loop, {})
+    provider = per_loop.get((name, identity))
     if provider is None:
-        provider = _providers[key] = build_provider(name, pconf, models, api_key=api_key)
+        provider = per_loop[(name, identity)] = build_provider(name, pconf, models, api_key=api_key)
     return provider
 
 
 async def close_providers() -> None:
     """Close the clients created on the running loop."""
-    loop_id = id(asyncio.get_running_loop())
-    for key in [k for k in _providers if k[0] == loop_id]:
-        await _providers.pop(key).aclose()
+    for provider in _providers.pop(asyncio.get_running_loop(), {}).values():
+        await provider.aclose()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Iterable
 
 from promptcycle.store.records import ResponseRecord, ResultRecord
@@ -100,13 +101,17 @@ class RunIO:
                 self._last_flush = time.monotonic()
 
 
-_ios: dict[tuple[int, str, str], RunIO] = {}
+# Keyed by the loop object itself (weakly): asyncio locks belong to one loop, and a new loop may
+# reuse a dead one's id().
+_ios: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], RunIO]]" = \
+    weakref.WeakKeyDictionary()
 
 
 def run_io(store, run_id: str) -> RunIO:
     """The RunIO of `run_id` on the running event loop (created on first use)."""
-    key = (id(asyncio.get_running_loop()), str(store.path), run_id)
-    io = _ios.get(key)
+    per_loop = _ios.setdefault(asyncio.get_running_loop(), {})
+    key = (str(store.path), run_id)
+    io = per_loop.get(key)
     if io is None:
-        io = _ios[key] = RunIO(store, run_id)
+        io = per_loop[key] = RunIO(store, run_id)
     return io

@@ -1,0 +1,143 @@
+"""The optimization phase: find a better prompt, with statistical evidence that it is better.
+
+    diagnose the baseline → generate candidates (validated: they render, nothing of dev/test leaked)
+    → estimate the spend → screen on dev → confirm the best few on test against the current prompt
+    → label the winner `candidate` (or say honestly that none is better, or that the design cannot tell)
+
+Every evaluation is a run in the store, so re-running the same command after a kill resumes it; a
+call paid once (same model, prompt, case, repeat) is never paid again, in any run or phase. Hard caps
+on calls and cost (pipelines.yaml `optimization.max_calls` / `max_cost_usd`, or the flow's
+parameters) stop the search cleanly with the valid part of the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.runtime import flow_run
+
+from flows.baseline import baseline
+from promptcycle.errors import RunFailedError
+from promptcycle.evaluation import progress
+from promptcycle.evaluation.context import load_pipeline
+from promptcycle.evaluation.pool import close_providers
+from promptcycle.optimize.budget import BudgetEstimate
+from promptcycle.optimize.search import CONFIRM, SCREEN, Arm, OptimizationSummary
+from tasks.optimization import (
+    Confirmation,
+    OptimizationPlan,
+    Screening,
+    confirm_on_test,
+    diagnose_baseline,
+    estimate_budget,
+    evaluate_prompt,
+    fail_optimization,
+    find_baseline,
+    generate_candidates,
+    label_candidate,
+    open_evaluations,
+    prepare_optimization,
+    publish_diagnosis,
+    publish_estimate,
+    publish_optimization_report,
+    rank_on_dev,
+)
+from tasks.reports import artifact_key
+
+__all__ = ["optimization"]
+
+
+@flow(name="optimization", flow_run_name="optimization-{pipeline}")
+async def optimization(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
+                       store_path: str | None = None, baseline_run_id: str | None = None,
+                       strategies: list[str] | None = None, max_calls: int | None = None,
+                       max_cost_usd: float | None = None, limit: int | None = None) -> OptimizationSummary:
+    """Search for a prompt that beats the pipeline's current one, and label it `candidate` if one does.
+
+    Args:
+        pipeline: the pipeline's name in pipelines.yaml.
+        config_path: path to pipelines.yaml.
+        store_path: the DuckDB file (default: the config's `store`).
+        baseline_run_id: the baseline run to start from (default: the latest of the configured prompt;
+            one is run first when there is none).
+        strategies: strategy names (default: the pipeline's `optimization.strategies`).
+        max_calls: hard cap on paid calls (default: `optimization.max_calls`).
+        max_cost_usd: hard cap on cost in USD (default: `optimization.max_cost_usd`).
+        limit: use only the first N cases of each spectrum (a quick, smaller search).
+    """
+    logger = get_run_logger()
+    baseline_run_id = find_baseline(config_path, pipeline, store_path, baseline_run_id, limit)
+    if baseline_run_id is None:
+        logger.info("no baseline run of the configured prompt yet: running one first")
+        baseline_run_id = (await baseline(pipeline=pipeline, config_path=config_path, store_path=store_path,
+                                          limit=limit)).run_id
+    plan = prepare_optimization(config_path, pipeline, store_path, baseline_run_id, strategies, max_calls,
+                                max_cost_usd, limit, flow_run.get_id())
+    logger.info("%s optimization %s from baseline %s", "resuming" if plan.resumed else "starting", plan.run_id,
+                baseline_run_id)
+    try:
+        publish_diagnosis(plan, diagnose_baseline(plan))
+        candidates = await generate_candidates(plan)
+        estimate = estimate_budget(plan, candidates)
+        for line in estimate.lines():
+            logger.info(line)
+        publish_estimate(plan, estimate)
+
+        # a strategy's own call (meta) can already meet the cap
+        stopped_in = "generation" if any(row.status == "stopped" for row in candidates) else None
+        screening = Screening(rows=candidates)
+        if stopped_in is None and any(row.status == "unscreened" for row in candidates):
+            arms = open_evaluations(plan, SCREEN, [r for r in candidates if r.status == "unscreened"])
+            if await _evaluate(plan, arms, estimate, "screening on dev"):
+                stopped_in = "screening"
+            screening = rank_on_dev(plan, candidates, arms)
+
+        confirmation = Confirmation(rows=screening.rows)
+        selected = [row for row in screening.rows if row.status == "selected"]
+        if selected and stopped_in is None:
+            arms = open_evaluations(plan, CONFIRM, selected)
+            if await _evaluate(plan, arms, estimate, "confirming on test"):
+                stopped_in = "confirmation"
+            confirmation = confirm_on_test(plan, screening.rows, arms, stopped_in is not None)
+
+        summary = label_candidate(plan, confirmation, estimate, stopped_in, screening.current_dev)
+    except Exception as exc:
+        fail_optimization(plan, f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        await close_providers()
+    logger.info("%s: %s", summary.outcome, summary.reason)
+    publish_optimization_report(summary)
+    return summary
+
+
+async def _evaluate(plan: OptimizationPlan, arms: list[Arm], estimate: BudgetEstimate, stage: str) -> bool:
+    """Evaluate the arms one after another (each arm's models at once), so that when the budget runs out
+    the arms already finished are whole. Returns True when the budget stopped it."""
+    logger = get_run_logger()
+    progress.report_total(sum(len(a.models) * a.repeats * _cases(plan, a.split) for a in arms))
+    progress_id = await create_progress_artifact(progress=0.0, key=artifact_key("optimization-progress", plan.pipeline),
+                                                 description=f"{stage.capitalize()} in run {plan.run_id}")
+    for done, arm in enumerate(arms):
+        outcomes = await asyncio.gather(*(
+            evaluate_prompt(plan.config_path, plan.pipeline, plan.store_path, plan.limit, plan.run_id, arm.run_id,
+                            arm.kind, arm.prompt_hash, model, arm.split, arm.repeats, plan.max_calls,
+                            plan.max_cost_usd, estimate.cost_per_call)
+            for model in arm.models), return_exceptions=True)
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            raise RunFailedError(f"{len(failures)} of {len(arm.models)} evaluations of {arm.prompt_hash} failed "
+                                 f"while {stage}; first: {type(failures[0]).__name__}: {failures[0]} — re-run the "
+                                 "same command to resume")
+        await update_progress_artifact(progress_id, 100.0 * (done + 1) / len(arms))
+        if any(o["budget_exhausted"] for o in outcomes):
+            logger.info("the budget cap was reached while %s (%s)", stage, arm.prompt_hash)
+            return True
+    return False
+
+
+def _cases(plan: OptimizationPlan, split: str) -> int:
+    ctx = load_pipeline(plan.config_path, plan.pipeline, limit=plan.limit, store=plan.store_path)
+    return sum(1 for c in ctx.cases if ctx.splits.get(c.id) == split)
