@@ -14,7 +14,6 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from promptcycle.errors import ConfigError, DataQualityError, DatasetError, PromptcycleError

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import datetime, timezone
 
@@ -11,16 +10,14 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from promptcycle.errors import DataQualityError
-from promptcycle.evaluation.cells import CellSpec, evaluate_cell
+from promptcycle.evaluation.cells import CellSpec
 from promptcycle.evaluation.context import fingerprint, load_pipeline
-from promptcycle.evaluation.pool import get_provider
 from promptcycle.evaluation.summary import RunSummary, summarize_stored_run
 from promptcycle.quality.worker import validate_dataset, validate_run_results, warm_up
-from promptcycle.scoring import build_scorers
 from promptcycle.store.remote import open_store
 from promptcycle.store.records import PromptVersionRecord, RunRecord
-from tasks.retry import BACKOFF, final_attempt, retry_if_transient
-from tasks.limits import provider_slot
+from tasks.retry import BACKOFF, retry_if_transient
+from tasks.cells import run_cell
 from tasks.secrets import resolve_api_key
 
 __all__ = ["BaselinePlan", "prepare_baseline", "evaluate_cell_task", "check_results", "summarize_run",
@@ -95,25 +92,10 @@ async def evaluate_cell_task(config_path: str, pipeline: str, store_path: str | 
                              spectrum: str, repeats: int, limit: int | None) -> dict:
     """Evaluate one model on one spectrum: every case and repeat not yet recorded for the run."""
     ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
-    mconf = ctx.config.models[model]
-
-    def key_of(name: str):
-        return resolve_api_key(ctx.config, name)
-
-    provider = get_provider(ctx.config, mconf.provider, key_of(mconf.provider))
-
-    async def complete(model_name: str, messages: list[dict[str, str]]):
-        judge = ctx.config.models[model_name]
-        return await get_provider(ctx.config, judge.provider, key_of(judge.provider)).complete(model_name, messages)
-
-    spec = CellSpec(run_id=run_id, pipeline=pipeline, model_name=model, model=mconf, spectrum=spectrum,
-                    prompt=ctx.prompt, cases=ctx.cases_of(spectrum), splits=ctx.splits, repeats=repeats,
-                    weights=ctx.weights)
-    async with provider_slot(ctx.config, mconf.provider):
-        outcome = await evaluate_cell(spec, provider=provider, provider_name=mconf.provider,
-                                      scorers=build_scorers(ctx.pipeline.scorers, complete=complete),
-                                      store=open_store(ctx.store_path),
-                                      final_attempt=final_attempt(CELL_RETRIES))
+    spec = CellSpec(run_id=run_id, pipeline=pipeline, model_name=model, model=ctx.config.models[model],
+                    spectrum=spectrum, prompt=ctx.prompt, cases=ctx.cases_of(spectrum), splits=ctx.splits,
+                    repeats=repeats, weights=ctx.weights)
+    outcome = await run_cell(ctx, spec, retries=CELL_RETRIES)
     return outcome.__dict__ | {"error_messages": outcome.error_messages[:3]}
 
 

@@ -23,7 +23,7 @@ from promptcycle.errors import (
     ProviderError,
     RunFailedError,
 )
-from promptcycle.evaluation.cells import CellSpec, call_key, evaluate_cell
+from promptcycle.evaluation.cells import CellSpec, call_key
 from promptcycle.evaluation.context import PipelineContext, fingerprint, load_pipeline
 from promptcycle.evaluation.pool import get_provider
 from promptcycle.optimize import CandidatePrompt, Diagnosis, StrategyContext, create_strategy, strategies
@@ -57,12 +57,12 @@ from promptcycle.optimize.leakage import CandidateScreening, screen_candidates
 from promptcycle.prompts import PromptTemplate
 from promptcycle.providers.base import Completion
 from promptcycle.quality.worker import validate_dataset, warm_up
-from promptcycle.scoring import build_scorers
 from promptcycle.store.records import DecisionRecord, PromptVersionRecord, ResponseRecord, RunRecord
 from promptcycle.store.remote import open_store
 from tasks.baseline import new_run_id
 from tasks.reports import artifact_key
-from tasks.retry import BACKOFF, final_attempt, retry_if_transient
+from tasks.cells import run_cell
+from tasks.retry import BACKOFF, retry_if_transient
 from tasks.secrets import resolve_api_key
 
 __all__ = ["OptimizationPlan", "Screening", "Confirmation", "find_baseline", "prepare_optimization",
@@ -429,26 +429,13 @@ async def evaluate_prompt(config_path: str, pipeline: str, store_path: str | Non
     failure."""
     ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
     store = open_store(ctx.store_path)
-    mconf = ctx.config.models[model]
-
-    def key_of(name: str):
-        return resolve_api_key(ctx.config, name)
-
-    provider = get_provider(ctx.config, mconf.provider, key_of(mconf.provider))
-
-    async def complete(model_name: str, messages: list[dict[str, str]]):
-        judge = ctx.config.models[model_name]
-        return await get_provider(ctx.config, judge.provider, key_of(judge.provider)).complete(model_name, messages)
-
-    spec = CellSpec(run_id=run_id, pipeline=pipeline, model_name=model, model=mconf, spectrum=split,
-                    prompt=_prompt(store, prompt_hash), splits=ctx.splits, repeats=repeats, weights=ctx.weights,
-                    cases=[c for c in ctx.cases if ctx.splits.get(c.id) == split])
+    spec = CellSpec(run_id=run_id, pipeline=pipeline, model_name=model, model=ctx.config.models[model],
+                    spectrum=split, prompt=_prompt(store, prompt_hash), splits=ctx.splits, repeats=repeats,
+                    weights=ctx.weights, cases=[c for c in ctx.cases if ctx.splits.get(c.id) == split])
     budget = budget_for(store, optimization_run_id, max_calls=max_calls, max_cost_usd=max_cost_usd,
                         cost_per_call=cost_per_call)
     try:
-        outcome = await evaluate_cell(spec, provider=provider, provider_name=mconf.provider,
-                                      scorers=build_scorers(ctx.pipeline.scorers, complete=complete), store=store,
-                                      final_attempt=final_attempt(CELL_RETRIES), budget=budget)
+        outcome = await run_cell(ctx, spec, retries=CELL_RETRIES, budget=budget)
     except BudgetExceededError as exc:
         stopped = exc.outcome
         return stopped.__dict__ | {"error_messages": stopped.error_messages[:3], "budget_exhausted": True}
