@@ -1,4 +1,4 @@
-"""Prefect blocks holding provider credentials.
+"""Prefect blocks holding provider and deployment-target credentials.
 
 Create one in the Prefect UI (Blocks → "Provider Credentials") or in code:
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-__all__ = ["ProviderCredentials"]
+__all__ = ["ProviderCredentials", "WebhookCredentials"]
 
 
 class ProviderCredentials(Block):
@@ -28,3 +28,20 @@ class ProviderCredentials(Block):
 
     def get_api_key(self) -> SecretStr:
         return self.api_key
+
+
+class WebhookCredentials(Block):
+    """The token a deployment webhook sends to the application's reload endpoint.
+
+    Name it in pipelines.yaml under a webhook target's `options.credentials_block`.
+    """
+
+    _block_type_name = "Webhook Credentials"
+    _block_type_slug = "promptcycle-webhook-credentials"
+    _description = "Token promptcycle sends with a deployment webhook (POST of the production prompt)."
+
+    token: SecretStr = Field(description="The token, sent as 'Authorization: Bearer <token>' (or in the target's "
+                             "configured header); stored encrypted, never logged.")
+
+    def get_token(self) -> SecretStr:
+        return self.token

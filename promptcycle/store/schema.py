@@ -188,7 +188,106 @@ _V2 = Migration(2, "prompt labels, label events, decisions, diagnoses", (
     """,
 ))
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
+# Deployments are listed newest first per pipeline by `seq` (max + 1 under the file lock), like label
+# events. A pipeline has at most one running canary and one deployment lock: both are checked and
+# written inside one transaction, which holds the file exclusively. Production results are keyed by
+# (pipeline, request_id), so re-reporting or re-ingesting a request changes nothing.
+_V3 = Migration(3, "deployments, stage reports, canaries and their looks, production results, deploy locks", (
+    """
+    CREATE TABLE deployments (
+        deployment_id VARCHAR PRIMARY KEY,
+        seq           BIGINT NOT NULL,
+        pipeline      VARCHAR NOT NULL,
+        scope         VARCHAR NOT NULL DEFAULT '',
+        kind          VARCHAR NOT NULL,
+        status        VARCHAR NOT NULL,
+        from_hash     VARCHAR,
+        to_hash       VARCHAR NOT NULL,
+        forced        BOOLEAN NOT NULL,
+        actor         VARCHAR NOT NULL,
+        reason        VARCHAR,
+        targets_json  VARCHAR,
+        evidence_json VARCHAR,
+        flow_run_id   VARCHAR,
+        created_at    TIMESTAMP NOT NULL,
+        finished_at   TIMESTAMP
+    )
+    """,
+    """
+    CREATE TABLE stage_reports (
+        deployment_id VARCHAR NOT NULL,
+        stage         VARCHAR NOT NULL,
+        status        VARCHAR NOT NULL CHECK (status IN ('passed', 'failed', 'skipped')),
+        reason        VARCHAR NOT NULL,
+        report_json   VARCHAR,
+        created_at    TIMESTAMP NOT NULL,
+        PRIMARY KEY (deployment_id, stage)
+    )
+    """,
+    """
+    CREATE TABLE canaries (
+        canary_id            VARCHAR PRIMARY KEY,
+        pipeline             VARCHAR NOT NULL,
+        scope                VARCHAR NOT NULL DEFAULT '',
+        deployment_id        VARCHAR,
+        control_hash         VARCHAR NOT NULL,
+        treatment_hash       VARCHAR NOT NULL,
+        status               VARCHAR NOT NULL,
+        step                 INTEGER NOT NULL,
+        split_pct            DOUBLE NOT NULL CHECK (split_pct >= 0 AND split_pct <= 100),
+        step_start_treatment INTEGER NOT NULL DEFAULT 0,
+        looks                INTEGER NOT NULL DEFAULT 0,
+        settings_json        VARCHAR,
+        decision_json        VARCHAR,
+        reason               VARCHAR,
+        actor                VARCHAR NOT NULL,
+        started_at           TIMESTAMP NOT NULL,
+        updated_at           TIMESTAMP NOT NULL,
+        finished_at          TIMESTAMP
+    )
+    """,
+    """
+    CREATE TABLE canary_looks (
+        canary_id     VARCHAR NOT NULL,
+        look          INTEGER NOT NULL,
+        split_pct     DOUBLE NOT NULL,
+        n_control     INTEGER NOT NULL,
+        n_treatment   INTEGER NOT NULL,
+        action        VARCHAR NOT NULL,
+        reason        VARCHAR NOT NULL,
+        decision_json VARCHAR,
+        created_at    TIMESTAMP NOT NULL,
+        PRIMARY KEY (canary_id, look)
+    )
+    """,
+    """
+    CREATE TABLE production_results (
+        pipeline      VARCHAR NOT NULL,
+        request_id    VARCHAR NOT NULL,
+        prompt_hash   VARCHAR NOT NULL,
+        scope         VARCHAR NOT NULL DEFAULT '',
+        canary_id     VARCHAR,
+        arm           VARCHAR,
+        model         VARCHAR,
+        score         DOUBLE CHECK (score IS NULL OR (score >= 0 AND score <= 1)),
+        error         BOOLEAN NOT NULL,
+        latency_ms    DOUBLE,
+        metadata_json VARCHAR,
+        created_at    TIMESTAMP NOT NULL,
+        PRIMARY KEY (pipeline, request_id)
+    )
+    """,
+    """
+    CREATE TABLE deploy_locks (
+        pipeline    VARCHAR PRIMARY KEY,
+        holder      VARCHAR NOT NULL,
+        acquired_at TIMESTAMP NOT NULL,
+        expires_at  TIMESTAMP NOT NULL
+    )
+    """,
+))
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _BOOKKEEPING = """

@@ -1,0 +1,88 @@
+"""The canary phase: look at the running canary until the sequential test (or a guardrail) decides.
+
+    find the pipeline's running canary → [send simulated traffic] → look: decide on every outcome so
+    far, move the split when due → … → promote (targets, then labels) or roll back (production
+    restored on every target)
+
+Against real traffic the flow looks once (a schedule runs it, e.g. every few minutes) or, with
+`watch`, every `look_interval_seconds` until the canary ends; the application reports outcomes with
+`log_production_result`, or as a JSONL file the flow ingests first (`ingest_path`). Offline, `simulate_traffic=N` sends N
+simulated production requests, `look_size` before each look, so a whole canary runs end to end.
+Each look is stored with its evidence; the progress artifact shows how much of the test's horizon
+has been observed, and the markdown artifact every look so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from tasks.deployment import (
+    conclude_canary_task,
+    find_canary,
+    flow_actor,
+    ingest_outcomes,
+    look_canary,
+    send_simulated_traffic,
+)
+from tasks.reports import artifact_key
+
+__all__ = ["canary"]
+
+
+@flow(name="canary", flow_run_name="canary-{pipeline}")
+async def canary(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
+                 store_path: str | None = None, simulate_traffic: int | None = None, seed: int = 0,
+                 watch: bool = False, max_looks: int | None = None, error_rates: dict[str, float] | None = None,
+                 ingest_path: str | None = None, actor: str | None = None) -> dict:
+    """Look at the pipeline's running canary, and promote or roll it back when the test decides.
+
+    Args:
+        pipeline: the pipeline's name in pipelines.yaml.
+        config_path: path to pipelines.yaml.
+        store_path: the DuckDB file (default: the config's `store`).
+        simulate_traffic: send this many simulated production requests (`look_size` per look).
+        seed: seed of the simulated traffic.
+        watch: keep looking every `look_interval_seconds` until the canary ends (real traffic).
+        max_looks: stop after this many looks (default: the canary's `max_looks`).
+        error_rates: simulated failure rate per arm, e.g. {"treatment": 0.2} (exercises the guardrails).
+        ingest_path: a JSONL file of production outcomes to record before the first look.
+        actor: who concludes (default: the user and this flow run).
+    """
+    actor = actor or flow_actor("canary")
+    state = find_canary(config_path, pipeline, store_path)
+    settings = state["settings"]
+    canary_id = state["canary_id"]
+    ingested = ingest_outcomes(config_path, pipeline, store_path, ingest_path) if ingest_path else None
+    progress_id = await create_progress_artifact(progress=0.0, key=artifact_key("canary-progress", pipeline),
+                                                 description=f"Share of the horizon observed by canary {canary_id}")
+    sent, looks, last, outcome = 0, 0, None, None
+    for i in range(max_looks or settings["max_looks"]):
+        if simulate_traffic:
+            batch = min(settings["look_size"], simulate_traffic - sent)
+            if batch <= 0:
+                break
+            await send_simulated_traffic(config_path, pipeline, store_path, batch, seed * 100_003 + state["looks"] + i,
+                                         error_rates)
+            sent += batch
+        elif i > 0:
+            if not watch:
+                break
+            await asyncio.sleep(settings["look_interval_seconds"])
+        last = look_canary(config_path, pipeline, store_path, canary_id)
+        looks += 1
+        fraction = last.decision.information_fraction or 0.0
+        await update_progress_artifact(progress_id, progress=100.0 if last.action != "continue"
+                                       else min(99.0, 100.0 * fraction))
+        if last.action != "continue":
+            outcome = conclude_canary_task(config_path, pipeline, store_path, last, actor)
+            break
+    return {"canary_id": canary_id, "pipeline": pipeline, "control": state["control"], "simulated": bool(sent),
+            "treatment": state["treatment"], "looks": looks, "simulated_requests": sent,
+            "action": last.action if last else None, "reason": last.reason if last else None,
+            "split_pct": last.next_split_pct if last else state["split_pct"],
+            "decision": last.decision.to_dict() if last else None, "outcome": outcome, "ingested": ingested,
+            "status": ("promoted" if outcome and outcome["kind"] == "promote" else
+                       "rolled_back" if outcome else "running")}

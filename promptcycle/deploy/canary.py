@@ -1,0 +1,174 @@
+"""The canary: a new version serves a growing share of production traffic until a sequential test decides.
+
+    canary = begin_canary(store, pipeline="customer-insights", control_hash=production, treatment_hash=version,
+                          config=pipe.deployment.canary, actor="deployment flow run …")
+    ...                                      # the application serves requests (resolve_prompt) and
+                                             # reports outcomes (log_production_result)
+    look = look_at_canary(store, canary.canary_id)
+    look.action                              # "promote" | "rollback" | "continue"
+
+The split follows the configured schedule (e.g. 10% → 50% → 100%): after each look that continues
+— no guardrail breached, no decision yet — the split moves to the next step once the treatment has
+served `step_min_requests` requests at the current one. The last step, 100%, is the promotion
+itself: it takes a "promote" decision, and only from the step before it — when the test favours the
+new version earlier, the split moves to the next step at once and the canary goes on (the test stays
+valid: promoting at a later crossing of the boundary is a subset of crossing it at some look). A
+rollback — harm, the horizon, a guardrail — ends the canary at any step. Each look runs
+`promptcycle.stats.sequential.decide_canary` on every outcome reported so far (its error rates hold
+however often it looks, whatever the split), and is recorded in the store with its evidence.
+
+Outcomes belong to the canary when they were served by one of its two versions and were reported
+with its id, or without an id while it ran. The canary's settings are frozen when it starts, so
+editing pipelines.yaml mid-canary does not change the test under way.
+
+One canary per pipeline: `begin_canary` refuses a second while one runs. Canaries of different
+pipelines share nothing but the store.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from promptcycle.deploy.locks import DeploymentConflictError
+from promptcycle.errors import PromptcycleError
+from promptcycle.stats.sequential import CanaryDecision, Guardrails, decide_canary
+from promptcycle.store import MetricsStore
+from promptcycle.store.records import CanaryRecord
+
+__all__ = ["CanaryArms", "CanaryLook", "begin_canary", "read_arms", "look_at_canary", "new_canary_id"]
+
+
+def new_canary_id(pipeline: str) -> str:
+    return f"canary-{pipeline}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
+
+
+def begin_canary(store: MetricsStore, *, pipeline: str, control_hash: str, treatment_hash: str, config: Any,
+                 actor: str, scope: str = "", deployment_id: str | None = None) -> CanaryRecord:
+    """Start a canary of `treatment_hash` against production `control_hash` at the schedule's first step.
+
+    `config` is the pipeline's `CanaryConfig`. Raises `DeploymentConflictError` when the pipeline
+    already has a running canary.
+    """
+    settings = config.model_dump()
+    record, created = store.start_canary(CanaryRecord(
+        canary_id=new_canary_id(pipeline), pipeline=pipeline, scope=scope, deployment_id=deployment_id,
+        control_hash=control_hash, treatment_hash=treatment_hash, actor=actor, step=0,
+        split_pct=float(config.schedule[0]), settings=settings,
+        reason=f"canary of {treatment_hash} against production {control_hash}"))
+    if not created:
+        raise DeploymentConflictError(
+            f"pipeline {pipeline!r} already has a running canary {record.canary_id} ({record.control_hash} -> "
+            f"{record.treatment_hash} at {record.split_pct:g}%); one canary per pipeline at a time — wait for it "
+            f"to end (`promptcycle canary --pipeline {pipeline}`) or roll it back (`promptcycle rollback`)")
+    return record
+
+
+@dataclass(frozen=True)
+class CanaryArms:
+    """Each arm's outcomes in arrival order, aligned request by request (NaN: no score / latency)."""
+
+    control_ids: list[str]
+    control_scores: np.ndarray
+    control_errors: np.ndarray
+    control_latencies: np.ndarray
+    treatment_ids: list[str]
+    treatment_scores: np.ndarray
+    treatment_errors: np.ndarray
+    treatment_latencies: np.ndarray
+
+
+def read_arms(store: MetricsStore, canary: CanaryRecord) -> CanaryArms:
+    """The outcomes of `canary` so far, split into control (production) and treatment (the new version)."""
+    rows = store.production_results(canary.pipeline, prompt_hashes=[canary.control_hash, canary.treatment_hash],
+                                    scope=canary.scope, since=canary.started_at, until=canary.finished_at,
+                                    canary_id=canary.canary_id)
+    arms: dict[bool, list] = {False: [], True: []}
+    for r in rows:
+        arms[r.prompt_hash == canary.treatment_hash].append(r)
+
+    def columns(items: list) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        nan = float("nan")
+        return ([r.request_id for r in items],
+                np.array([nan if r.score is None or r.error else float(r.score) for r in items], dtype=float),
+                np.array([bool(r.error) for r in items], dtype=bool),
+                np.array([nan if r.latency_ms is None else float(r.latency_ms) for r in items], dtype=float))
+
+    c, t = columns(arms[False]), columns(arms[True])
+    return CanaryArms(*c, *t)
+
+
+@dataclass(frozen=True)
+class CanaryLook:
+    """One look: what to do ("promote", "rollback" or "continue") and why, the test's decision with its
+    evidence, and what happened to the split."""
+
+    canary_id: str
+    pipeline: str
+    look: int
+    action: str
+    reason: str
+    split_pct: float  # the split the outcomes were served under (the current step)
+    next_split_pct: float  # the split from now on
+    advanced: bool
+    requests_control: int  # every request reported, errors included
+    requests_treatment: int
+    decision: CanaryDecision
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["decision"] = self.decision.to_dict()
+        return data
+
+
+def _guardrails(settings: dict[str, Any]) -> Guardrails:
+    g = settings.get("guardrails") or {}
+    return Guardrails(max_error_rate=g.get("max_error_rate"), max_error_rate_increase=g.get("max_error_rate_increase"),
+                      max_p95_latency_ms=g.get("max_p95_latency_ms"),
+                      max_p95_latency_increase_ms=g.get("max_p95_latency_increase_ms"),
+                      min_requests=int(g.get("min_requests", 20)))
+
+
+def look_at_canary(store: MetricsStore, canary_id: str) -> CanaryLook:
+    """Decide the running canary on the outcomes reported so far, record the look, move the split if due."""
+    canary = store.get_canary(canary_id)
+    if canary is None:
+        raise PromptcycleError(f"no canary {canary_id!r} in {store.path}")
+    if canary.status != "running":
+        raise PromptcycleError(f"canary {canary_id} is {canary.status}, not running; nothing to look at")
+    s = canary.settings
+    arms = read_arms(store, canary)
+    decision = decide_canary(
+        arms.control_scores, arms.treatment_scores, control_ids=arms.control_ids, treatment_ids=arms.treatment_ids,
+        alpha=float(s["alpha"]), min_effect=float(s["min_effect"]), max_per_arm=int(s["max_per_arm"]),
+        min_per_arm=int(s["min_per_arm"]), guardrails=_guardrails(s),
+        control_errors=arms.control_errors, treatment_errors=arms.treatment_errors,
+        control_latencies_ms=arms.control_latencies, treatment_latencies_ms=arms.treatment_latencies)
+    n_treatment = len(arms.treatment_ids)
+    schedule = [float(x) for x in s["schedule"]]
+    step, split, step_start = canary.step, canary.split_pct, canary.step_start_treatment
+    last_step = len(schedule) - 2  # the step before 100%: the only one a promotion leaves from
+    action, reason, advanced = decision.action, decision.reason, False
+    if action == "promote" and step < last_step:
+        action = "continue"
+        reason = (f"Continue at {schedule[step + 1]:g}%: the test favours the new version, but the schedule "
+                  f"promotes only from {schedule[last_step]:g}%. " + decision.reason)
+        advanced = True
+    elif action == "continue" and step < last_step and n_treatment - step_start >= int(s["step_min_requests"]):
+        advanced = True
+    if advanced:
+        step, split, step_start = step + 1, schedule[step + 1], n_treatment
+    look = canary.looks + 1
+    store.write_canary_look(canary_id, look, split_pct=canary.split_pct, n_control=decision.n_control,
+                            n_treatment=decision.n_treatment, action=action, reason=reason,
+                            decision={**decision.to_dict(), "requests_control": len(arms.control_ids),
+                                      "requests_treatment": n_treatment, "next_split_pct": split})
+    store.update_canary(canary_id, looks=look, step=step, split_pct=split, step_start_treatment=step_start,
+                        decision=decision.to_dict(), reason=reason)
+    return CanaryLook(canary_id=canary_id, pipeline=canary.pipeline, look=look, action=action, reason=reason,
+                      split_pct=canary.split_pct, next_split_pct=split, advanced=advanced,
+                      requests_control=len(arms.control_ids), requests_treatment=n_treatment, decision=decision)

@@ -1,0 +1,234 @@
+"""Prefect tasks of the deployment and canary phases: thin wrappers over `promptcycle.deploy`.
+
+Each task loads the pipeline by name, does one unit of work in the domain, stores what it found
+and publishes it as an artifact. Clients and locks are never passed between tasks.
+"""
+
+from __future__ import annotations
+
+import getpass
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
+
+from promptcycle.deploy.canary import CanaryLook, look_at_canary
+from promptcycle.deploy.gate import GateDecision, decide_gate
+from promptcycle.deploy.locks import release_lock, renew_lock
+from promptcycle.deploy.release import (
+    DeploymentError,
+    ReleasePlan,
+    conclude_canary,
+    plan_release,
+    record_gate,
+    release_version,
+    start_release_canary,
+)
+from promptcycle.deploy.stages import run_stage
+from promptcycle.deploy.validation import StageReport
+from promptcycle.errors import ConfigError
+from promptcycle.evaluation.context import load_pipeline
+from promptcycle.store import MetricsStore
+from tasks.reports import artifact_key
+from tasks.retry import BACKOFF, retry_if_transient
+from tasks.secrets import resolve_api_key
+
+__all__ = ["flow_actor", "block_secret", "prepare_deployment", "validate_stage", "gate_deployment",
+           "release_deployment", "start_canary", "finish_deployment", "find_canary", "send_simulated_traffic",
+           "ingest_outcomes", "look_canary", "conclude_canary_task"]
+
+
+def flow_actor(phase: str) -> str:
+    """Who moves labels from a flow: the user and the flow run (recorded with every deployment event)."""
+    from prefect.runtime import flow_run
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        user = "unknown user"
+    return f"{user} via {phase} flow run {flow_run.get_name() or flow_run.get_id() or '(local)'}"
+
+
+def block_secret(name: str) -> SecretStr:
+    """The token of the 'Webhook Credentials' block `name`."""
+    from blocks.credentials import WebhookCredentials
+
+    try:
+        return WebhookCredentials.load(name).get_token()
+    except ValueError:
+        raise ConfigError(f"no Webhook Credentials block named {name!r} (create it in the Prefect UI or with "
+                          "WebhookCredentials(token=...).save(name))", path="deployment.targets.options."
+                          "credentials_block", found=name, expected="an existing block name") from None
+
+
+@task(name="prepare-deployment", cache_policy=NO_CACHE)
+def prepare_deployment(config_path: str, pipeline: str, store_path: str | None, version: str | None, canary: bool,
+                       force: bool, actor: str, flow_run_id: str | None = None) -> ReleasePlan:
+    """Take the pipeline's deployment lock, pick the version, and record the deployment."""
+    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    return plan_release(ctx.config, pipeline, MetricsStore(ctx.store_path), version=version, canary=canary,
+                        force=force, actor=actor, flow_run_id=flow_run_id)
+
+
+@task(name="validate-stage", task_run_name="{stage}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=BACKOFF,
+      retry_jitter_factor=0.5, retry_condition_fn=retry_if_transient)
+async def validate_stage(config_path: str, pipeline: str, store_path: str | None, plan: ReleasePlan, stage: str,
+                         skip_reason: str | None = None) -> StageReport:
+    """Run one validation stage on the plan's version; store its report and publish it."""
+    from promptcycle.evaluation.pool import close_providers
+
+    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    store = MetricsStore(ctx.store_path)
+    renew_lock(store, pipeline, plan.deployment_id, plan.lease_seconds)
+    try:
+        report = await run_stage(ctx, store, plan, stage, key_of=lambda name: resolve_api_key(ctx.config, name),
+                                 skip_reason=skip_reason)
+    finally:
+        await close_providers()
+    await create_markdown_artifact(key=artifact_key("deploy", pipeline, stage), markdown=report.to_markdown(),
+                                   description=f"The {stage} stage of deployment {plan.deployment_id} "
+                                               f"(version {plan.version})")
+    return report
+
+
+@task(name="gate-deployment", cache_policy=NO_CACHE)
+def gate_deployment(config_path: str, pipeline: str, store_path: str | None, plan: ReleasePlan,
+                    reports: list[StageReport]) -> GateDecision:
+    """Decide the gate over the four stage reports and store the decision with its evidence."""
+    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    gate = decide_gate(reports, force=plan.force)
+    record_gate(MetricsStore(ctx.store_path), plan, gate, reports)
+    lines = [f"# Gate — `{pipeline}` version `{plan.version}`", "",
+             f"**{gate.decision.upper()}** — {gate.reason}", "",
+             f"Deployment `{plan.deployment_id}` ({plan.kind}), production now `{plan.production or 'none'}`.", "",
+             "| stage | status | reason |", "|---|---|---|"]
+    lines += [f"| {r.stage} | {r.status} | {r.reason.replace('|', '/')} |" for r in reports]
+    create_markdown_artifact(key=artifact_key("deploy-gate", pipeline), markdown="\n".join(lines),
+                             description=f"The gate decision of deployment {plan.deployment_id}")
+    return gate
+
+
+@task(name="release-deployment", cache_policy=NO_CACHE)
+def release_deployment(config_path: str, pipeline: str, store_path: str | None, plan: ReleasePlan,
+                       gate: GateDecision) -> dict[str, Any]:
+    """Write the version to every target (all or nothing) and move the labels."""
+    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    store = MetricsStore(ctx.store_path)
+    renew_lock(store, pipeline, plan.deployment_id, plan.lease_seconds)
+    record = release_version(ctx.config, store, plan, gate, block_secret=block_secret)
+    create_table_artifact(key=artifact_key("deploy-targets", pipeline), table=record.targets or
+                          [{"target": "(none)", "status": "no targets configured", "detail": "labels only"}],
+                          description=f"Targets of deployment {plan.deployment_id}: version {plan.version}")
+    return {"deployment_id": record.deployment_id, "status": record.status, "targets": record.targets,
+            "version": plan.version, "previous": plan.production}
+
+
+@task(name="start-canary", cache_policy=NO_CACHE)
+def start_canary(config_path: str, pipeline: str, store_path: str | None, plan: ReleasePlan,
+                 gate: GateDecision) -> dict[str, Any]:
+    """Start the canary of the plan's version (production and the targets stay as they are)."""
+    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    canary = start_release_canary(ctx.config, MetricsStore(ctx.store_path), plan, gate)
+    return {"canary_id": canary.canary_id, "split_pct": canary.split_pct, "control": canary.control_hash,
+            "treatment": canary.treatment_hash}
+
+
+@task(name="finish-deployment", cache_policy=NO_CACHE)
+def finish_deployment(config_path: str, pipeline: str, store_path: str | None, plan: ReleasePlan,
+                      error: str | None = None) -> None:
+    """Give the deployment lock back; a deployment that stopped on an error is recorded as failed."""
+    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    store = MetricsStore(ctx.store_path)
+    try:
+        record = store.get_deployment(plan.deployment_id)
+        if error is not None and record is not None and record.status == "validating":
+            store.update_deployment(plan.deployment_id, status="failed", reason=error[:2000], finished=True)
+    finally:
+        release_lock(store, pipeline, plan.deployment_id)
+
+
+# -- canary -----------------------------------------------------------------------------------------------------
+
+@task(name="find-canary", cache_policy=NO_CACHE)
+def find_canary(config_path: str, pipeline: str, store_path: str | None) -> dict[str, Any]:
+    """The pipeline's running canary (id, arms, split, settings); `DeploymentError` when none runs."""
+    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    canary = MetricsStore(ctx.store_path).active_canary(pipeline)
+    if canary is None:
+        raise DeploymentError(f"pipeline {pipeline!r} has no running canary; start one with "
+                              f"`promptcycle deploy --pipeline {pipeline} --canary`")
+    return {"canary_id": canary.canary_id, "control": canary.control_hash, "treatment": canary.treatment_hash,
+            "split_pct": canary.split_pct, "looks": canary.looks, "settings": canary.settings}
+
+
+@task(name="send-simulated-traffic", cache_policy=NO_CACHE)
+async def send_simulated_traffic(config_path: str, pipeline: str, store_path: str | None, requests: int,
+                                 seed: int, error_rates: dict[str, float] | None = None) -> dict[str, Any]:
+    """Simulated production requests through resolve_prompt, the simulated models and the scorers."""
+    from promptcycle.deploy.traffic import simulate_traffic
+
+    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    summary = await simulate_traffic(ctx, requests=requests, seed=seed, error_rates=error_rates)
+    return summary.to_dict()
+
+
+@task(name="ingest-outcomes", cache_policy=NO_CACHE)
+def ingest_outcomes(config_path: str, pipeline: str, store_path: str | None, path: str) -> dict[str, Any]:
+    """Record the production outcomes of a JSONL file (all or nothing; a request id is recorded once)."""
+    from promptcycle.deploy.serving import ingest_production_results
+
+    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    report = ingest_production_results(ctx.config.resolve_path(path), pipeline=pipeline, store=ctx.store_path)
+    return {"path": report.path, "lines": report.lines, "new": report.new, "duplicates": report.duplicates}
+
+
+@task(name="look-canary", task_run_name="look at {canary_id}", cache_policy=NO_CACHE, retries=2,
+      retry_delay_seconds=BACKOFF, retry_jitter_factor=0.5, retry_condition_fn=retry_if_transient)
+def look_canary(config_path: str, pipeline: str, store_path: str | None, canary_id: str) -> CanaryLook:
+    """One look of the sequential test on every outcome so far; moves the split when due."""
+    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    store = MetricsStore(ctx.store_path)
+    look = look_at_canary(store, canary_id)
+    _publish_looks(store, pipeline, canary_id)
+    return look
+
+
+@task(name="conclude-canary", cache_policy=NO_CACHE)
+def conclude_canary_task(config_path: str, pipeline: str, store_path: str | None, look: CanaryLook,
+                         actor: str) -> dict[str, Any]:
+    """Promote (targets, then labels) or roll back (production restored on every target)."""
+    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    store = MetricsStore(ctx.store_path)
+    record = conclude_canary(ctx.config, store, look, actor=actor, block_secret=block_secret)
+    _publish_looks(store, pipeline, look.canary_id)
+    return {"deployment_id": record.deployment_id, "kind": record.kind, "status": record.status,
+            "version": record.to_hash, "targets": record.targets}
+
+
+def _look_row(look: dict[str, Any]) -> dict[str, Any]:
+    d = look["decision"] or {}
+
+    def fmt(x: Any) -> str:
+        return f"{x:+.4f}" if isinstance(x, (int, float)) else "—"
+
+    return {"look": look["look"], "split %": look["split_pct"], "control": look["n_control"],
+            "treatment": look["n_treatment"], "effect": fmt(d.get("effect")),
+            "CI": f"{fmt(d.get('ci_low'))} … {fmt(d.get('ci_high'))}", "action": look["action"]}
+
+
+def _publish_looks(store: MetricsStore, pipeline: str, canary_id: str) -> None:
+    """The canary's looks so far as a markdown artifact (a new version per look)."""
+    canary = store.get_canary(canary_id)
+    rows = [_look_row(x) for x in store.canary_looks(canary_id)]
+    header = list(rows[0]) if rows else []
+    lines = [f"# Canary `{canary_id}` — {canary.status}", "",
+             f"`{canary.control_hash}` (production) vs `{canary.treatment_hash}` (new) · split now "
+             f"{canary.split_pct:g}% · schedule {', '.join(f'{x:g}%' for x in canary.settings['schedule'])}", "",
+             f"Last look: {canary.reason}", ""]
+    if rows:
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
+    create_markdown_artifact(key=artifact_key("canary", pipeline), markdown="\n".join(lines),
+                             description=f"Looks of canary {canary_id}")
