@@ -16,7 +16,11 @@
     ├── StoreError                  the metrics store failed
     ├── RunFailedError              a run could not finish (it stays resumable)
     ├── BudgetExceededError         a call or cost cap was reached
-    └── GateError                   a deployment gate refused
+    ├── GateError                   a deployment gate refused
+    ├── DeploymentError             a deployment cannot go ahead as asked
+    ├── DeploymentConflictError     another deployment of the pipeline is under way
+    ├── TargetError                 a deployment target could not be written or restored
+    └── ServingError                no prompt can be served, or an outcome cannot be recorded
 
 `is_retryable(exc)` is the single predicate that the client's retry loop and Prefect's
 `retry_condition_fn` both use.
@@ -42,6 +46,10 @@ __all__ = [
     "RunFailedError",
     "BudgetExceededError",
     "GateError",
+    "DeploymentError",
+    "DeploymentConflictError",
+    "TargetError",
+    "ServingError",
     "is_retryable",
 ]
 
@@ -145,6 +153,26 @@ class BudgetExceededError(PromptcycleError):
 
 class GateError(PromptcycleError):
     """A deployment gate refused a prompt version."""
+
+
+class DeploymentError(PromptcycleError):
+    """The deployment cannot go ahead as asked (nothing to deploy or roll back to, already in production …)."""
+
+
+class DeploymentConflictError(PromptcycleError):
+    """Another deployment (or canary conclusion) of the pipeline is under way, or a canary is running."""
+
+
+class TargetError(PromptcycleError):
+    """A target could not be written (or restored). `outcomes` says what every target did."""
+
+    def __init__(self, message: str, outcomes: object = ()):
+        self.outcomes = list(outcomes)  # type: ignore[call-overload]
+        super().__init__(message)
+
+
+class ServingError(PromptcycleError):
+    """No prompt can be served (nothing deployed, no store), or an outcome cannot be recorded."""
 
 
 def is_retryable(exc: BaseException) -> bool:

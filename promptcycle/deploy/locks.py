@@ -17,14 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from promptcycle.errors import PromptcycleError
+from promptcycle.errors import DeploymentConflictError
 from promptcycle.store import MetricsStore
 
 __all__ = ["DeploymentConflictError", "take_lock", "renew_lock", "release_lock", "deployment_lock"]
 
 
-class DeploymentConflictError(PromptcycleError):
-    """Another deployment (or canary conclusion) of the pipeline is under way, or a canary is running."""
 
 
 def take_lock(store: MetricsStore, pipeline: str, holder: str, lease_seconds: float, *,

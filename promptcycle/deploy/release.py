@@ -26,7 +26,7 @@ from promptcycle.deploy.canary import CanaryLook, begin_canary
 from promptcycle.deploy.gate import GateDecision
 from promptcycle.deploy.locks import DeploymentConflictError, deployment_lock, take_lock
 from promptcycle.deploy.targets import DeployedPrompt, SecretLookup, TargetError, apply_targets, build_targets
-from promptcycle.errors import ConfigError, PromptcycleError
+from promptcycle.errors import ConfigError, DeploymentError
 from promptcycle.store import MetricsStore
 from promptcycle.store.records import (
     STAGES,
@@ -51,8 +51,6 @@ __all__ = [
 ]
 
 
-class DeploymentError(PromptcycleError):
-    """The deployment cannot go ahead as asked (nothing to deploy or roll back to, already in production …)."""
 
 
 def new_deployment_id(pipeline: str, kind: str = "deploy") -> str:

@@ -41,7 +41,7 @@ from typing import Any
 
 import duckdb
 
-from promptcycle.errors import PromptcycleError
+from promptcycle.errors import ServingError
 from promptcycle.prompts import PromptTemplate
 
 __all__ = [
@@ -64,8 +64,6 @@ BUCKETS = 10_000
 logger = logging.getLogger("promptcycle.serving")
 
 
-class ServingError(PromptcycleError):
-    """No prompt can be served (nothing deployed, no store), or an outcome cannot be recorded."""
 
 
 @dataclass(frozen=True)

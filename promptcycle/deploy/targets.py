@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from promptcycle.errors import ConfigError, PromptcycleError
+from promptcycle.errors import ConfigError, TargetError
 from promptcycle.prompts import PLACEHOLDER
 from promptcycle.registry import Registry
 
@@ -61,12 +61,6 @@ PAYLOAD_FORMAT = "promptcycle.prompt/1"
 SecretLookup = Callable[[str], SecretStr]  # a credentials block name -> its secret
 
 
-class TargetError(PromptcycleError):
-    """A target could not be written (or restored). `outcomes` says what every target did."""
-
-    def __init__(self, message: str, outcomes: Sequence[TargetOutcome] = ()):
-        self.outcomes = list(outcomes)
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
