@@ -20,7 +20,7 @@ from tasks.retry import BACKOFF, retry_if_transient
 from tasks.cells import run_cell
 from tasks.secrets import resolve_api_key
 
-__all__ = ["BaselinePlan", "prepare_baseline", "evaluate_cell_task", "check_results", "summarize_run",
+__all__ = ["BaselinePlan", "gate_dataset", "prepare_baseline", "evaluate_cell_task", "check_results", "summarize_run",
            "fail_run", "new_run_id"]
 
 CELL_RETRIES = 3
@@ -35,6 +35,17 @@ class BaselinePlan(BaseModel):
     limit: int | None
     cells: list[tuple[str, str]]  # (model, spectrum)
     total_calls: int
+
+
+def gate_dataset(ctx, store, run_id: str) -> None:
+    """The dataset suite, before any model call: store its result; on failure close the run and stop."""
+    report = validate_dataset(ctx.configured_cases, ctx.splits, spectrums=ctx.pipeline.dataset.spectrums,
+                              min_cases_per_spectrum=ctx.pipeline.dataset.min_cases_per_spectrum,
+                              recorded_splits=store.get_splits(ctx.dataset_key))
+    store.write_dq_result(run_id, "dataset", report.success, report.to_dict())
+    if not report.success:
+        store.finish_run(run_id, "failed", {"reason": report.summary()})
+        raise DataQualityError(report.summary(), report=report)
 
 
 def new_run_id(kind: str, pipeline: str) -> str:
@@ -67,13 +78,7 @@ def prepare_baseline(config_path: str, pipeline: str, store_path: str | None, re
             simulated=all(ctx.config.providers[p].kind == "simulator" for p in ctx.providers_used()),
             config_json=ctx.pipeline.model_dump_json(), flow_run_id=flow_run_id,
             started_at=datetime.now(timezone.utc)))
-    report = validate_dataset(ctx.configured_cases, ctx.splits, spectrums=ctx.pipeline.dataset.spectrums,
-                              min_cases_per_spectrum=ctx.pipeline.dataset.min_cases_per_spectrum,
-                              recorded_splits=store.get_splits(ctx.dataset_key))
-    store.write_dq_result(run_id, "dataset", report.success, report.to_dict())
-    if not report.success:
-        store.finish_run(run_id, "failed", {"reason": report.summary()})
-        raise DataQualityError(report.summary(), report=report)
+    gate_dataset(ctx, store, run_id)
     store.write_splits(ctx.dataset_key, ctx.splits)
     store.write_prompt_version(PromptVersionRecord(
         prompt_hash=prompt.hash, pipeline=pipeline, system=prompt.system, template=prompt.template,

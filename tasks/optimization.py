@@ -56,10 +56,10 @@ from promptcycle.optimize.search import (
 from promptcycle.optimize.leakage import CandidateScreening, screen_candidates
 from promptcycle.prompts import PromptTemplate
 from promptcycle.providers.base import Completion
-from promptcycle.quality.worker import validate_dataset, warm_up
+from promptcycle.quality.worker import warm_up
 from promptcycle.store.records import DecisionRecord, PromptVersionRecord, ResponseRecord, RunRecord
 from promptcycle.store.remote import open_store
-from tasks.baseline import new_run_id
+from tasks.baseline import gate_dataset, new_run_id
 from tasks.reports import artifact_key
 from tasks.cells import run_cell
 from tasks.retry import BACKOFF, retry_if_transient
@@ -215,13 +215,7 @@ def prepare_optimization(config_path: str, pipeline: str, store_path: str | None
             config_json=json.dumps({"pipeline": json.loads(ctx.pipeline.model_dump_json()), "strategies": names,
                                     "baseline_run_id": baseline_run_id}),
             flow_run_id=flow_run_id, started_at=started_at))
-    report = validate_dataset(ctx.configured_cases, ctx.splits, spectrums=ctx.pipeline.dataset.spectrums,
-                              min_cases_per_spectrum=ctx.pipeline.dataset.min_cases_per_spectrum,
-                              recorded_splits=store.get_splits(ctx.dataset_key))
-    store.write_dq_result(run_id, "dataset", report.success, report.to_dict())
-    if not report.success:
-        store.finish_run(run_id, "failed", {"reason": report.summary()})
-        raise DataQualityError(report.summary(), report=report)
+    gate_dataset(ctx, store, run_id)
     scopes: list[str | None] = list(ctx.pipeline.models) if opt.per_model_prompts else [None]
     return OptimizationPlan(run_id=run_id, pipeline=pipeline, config_path=config_path, store_path=store_path,
                             limit=limit, resumed=previous is not None, baseline_run_id=baseline_run_id,
