@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 from promptcycle.errors import RunFailedError
 from promptcycle.evaluation import progress
 from promptcycle.evaluation.context import load_pipeline
+from promptcycle.evaluation.heap import freeze_startup_objects
 from promptcycle.evaluation.pool import close_providers
 from promptcycle.evaluation.summary import RunSummary
 from tasks.baseline import check_results, evaluate_cell_task, fail_run, prepare_baseline, summarize_run
@@ -43,6 +44,7 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
     plan = prepare_baseline(config_path, pipeline, store_path, repeats, limit, flow_run.get_id())
     logger.info("%s run %s: %d cells, %d calls", "resuming" if plan.resumed else "starting", plan.run_id,
                 len(plan.cells), plan.total_calls)
+    freeze_startup_objects()
     progress.report_total(plan.total_calls)
     progress_id = await create_progress_artifact(progress=0.0, key=artifact_key("baseline-progress", pipeline),
                                                  description=f"Cells finished in run {plan.run_id}")

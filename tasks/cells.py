@@ -29,4 +29,4 @@ async def run_cell(ctx: PipelineContext, spec: CellSpec, *, retries: int, budget
         return await evaluate_cell(spec, provider=provider_of(spec.model_name), provider_name=provider_name,
                                    scorers=build_scorers(ctx.pipeline.scorers, complete=complete),
                                    store=open_store(ctx.store_path), final_attempt=final_attempt(retries),
-                                   budget=budget)
+                                   budget=budget, concurrency=ctx.config.providers[provider_name].max_concurrency)

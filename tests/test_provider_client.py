@@ -275,7 +275,7 @@ def test_a_failed_half_open_probe_reopens_the_breaker():
     assert state == "open"
 
 
-@pytest.mark.parametrize("limit", [4, 40])  # 40 spans three connection pools
+@pytest.mark.parametrize("limit", [4, 40])
 def test_concurrency_limit_holds_at_the_server(limit: int):
     async def burst(provider: OpenAICompatibleProvider):
         return await asyncio.gather(*(provider.complete("nano", MESSAGES, seed=i) for i in range(3 * limit)))

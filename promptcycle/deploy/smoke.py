@@ -62,7 +62,8 @@ async def run_smoke(ctx: PipelineContext, prompt: PromptTemplate, *, run_id: str
                         prompt=prompt, cases=cases[spectrum], splits=ctx.splits, repeats=1, weights=ctx.weights)
         provider = get_provider(ctx.config, mconf.provider, key_of(mconf.provider))
         return await evaluate_cell(spec, provider=provider, provider_name=mconf.provider, scorers=scorers,
-                                   store=store, final_attempt=True)
+                                   store=store, final_attempt=True,
+                                   concurrency=ctx.config.providers[mconf.provider].max_concurrency)
 
     pairs = [(m, s) for m in models for s in spectrums if cases[s]]
     results = await asyncio.gather(*(cell(m, s) for m, s in pairs), return_exceptions=True)

@@ -37,14 +37,24 @@ from promptcycle.store.records import ResponseRecord, ResultRecord
 if TYPE_CHECKING:
     from promptcycle.optimize.budget import Budget
 
-__all__ = ["CellSpec", "CellOutcome", "call_key", "evaluate_cell", "RetryCellError"]
+__all__ = ["CellSpec", "CellOutcome", "call_key", "call_keys", "evaluate_cell", "RetryCellError"]
 
 def call_key(provider: str, model: ModelConfig, messages: list[dict[str, str]], repeat: int) -> str:
     """The identity of a paid call: same key, same call — never paid for twice."""
-    payload = json.dumps(
-        [provider, model.model, model.temperature, model.max_tokens, repeat, messages],
-        separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    return call_keys(provider, model, messages, [repeat])[0]
+
+
+def call_keys(provider: str, model: ModelConfig, messages: list[dict[str, str]],
+              repeats: Sequence[int]) -> list[str]:
+    """`call_key` of each repeat of one call, encoding the messages once.
+
+    A key hashes the compact JSON of [provider, model id, temperature, max_tokens, repeat, messages];
+    ledgers in existing stores depend on these exact bytes.
+    """
+    head = json.dumps([provider, model.model, model.temperature, model.max_tokens],
+                      separators=(",", ":"), ensure_ascii=False)[:-1]
+    tail = json.dumps(messages, separators=(",", ":"), ensure_ascii=False)
+    return [hashlib.sha256(f"{head},{int(r)},{tail}]".encode()).hexdigest()[:32] for r in repeats]
 
 
 @dataclass(frozen=True)
@@ -98,10 +108,13 @@ async def _score(scorers: dict[str, Scorer], sample: Sample) -> tuple[dict[str, 
 
 async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name: str,
                         scorers: dict[str, Scorer], store,
-                        final_attempt: bool = True, budget: Budget | None = None) -> CellOutcome:
+                        final_attempt: bool = True, budget: Budget | None = None,
+                        concurrency: int | None = None) -> CellOutcome:
     """Evaluate every (case, repeat) of the cell that the run has not recorded yet.
 
-    With a `budget`, every paid call must be granted by it first (see the module docstring).
+    `concurrency` bounds the cell's calls under way at once (the provider's own limit is the
+    natural value; None starts them all). With a `budget`, every paid call must be granted by it
+    first (see the module docstring).
     """
     outcome = CellOutcome(model=spec.model_name, spectrum=spec.spectrum)
     prompt_hash = spec.prompt.hash
@@ -109,12 +122,13 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
     done = await io.completed(spec.model_name)
     todo: list[tuple[Case, int, list[dict[str, str]], str]] = []
     for case in spec.cases:
+        repeats = [r for r in range(spec.repeats) if (case.id, r) not in done]
+        outcome.skipped += spec.repeats - len(repeats)
+        if not repeats:
+            continue
         messages = spec.prompt.render(case.inputs)
-        for repeat in range(spec.repeats):
-            if (case.id, repeat) in done:
-                outcome.skipped += 1
-                continue
-            todo.append((case, repeat, messages, call_key(provider_name, spec.model, messages, repeat)))
+        keys = call_keys(provider_name, spec.model, messages, repeats)
+        todo.extend((case, repeat, messages, key) for repeat, key in zip(repeats, keys))
     if outcome.skipped:
         progress.report_done(outcome.skipped)
     if not todo:
@@ -184,8 +198,17 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
         await io.add(response, row)
         progress.report_done()
 
+    pending = iter(todo)  # shared by the workers: each call is taken once
+
+    async def worker() -> None:
+        for item in pending:
+            await one(*item)
+
     async with io:  # flushes when the run's last active cell ends, or this one fails
-        await asyncio.gather(*(one(*t) for t in todo))
+        # At most `concurrency` calls of this cell are under way: a call's request is built only
+        # when a worker takes it, not all at once when the cell starts.
+        workers = len(todo) if concurrency is None else max(1, min(concurrency, len(todo)))
+        await asyncio.gather(*(worker() for _ in range(workers)))
         if outcome.stopped:  # raised inside the block, so what was made is flushed first
             error = BudgetExceededError(
                 f"the budget ran out: {outcome.stopped} of {len(todo)} calls to {spec.model_name} on "

@@ -41,6 +41,7 @@ from promptcycle.errors import (
 from promptcycle.providers.base import Completion
 from promptcycle.providers.breaker import CircuitBreaker
 from promptcycle.providers.limits import RequestLimits
+from promptcycle.providers.transport import AiohttpTransport
 from promptcycle.sim.server import SIMULATED_HEADER, SYSTEM_FINGERPRINT
 
 __all__ = ["OpenAICompatibleProvider", "ProviderStats", "parse_retry_after", "estimate_tokens"]
@@ -48,7 +49,6 @@ __all__ = ["OpenAICompatibleProvider", "ProviderStats", "parse_retry_after", "es
 logger = logging.getLogger("promptcycle.providers")
 
 _DEBUG = logging.DEBUG
-_CONNECTIONS_PER_POOL = 16
 
 
 def estimate_tokens(text: str) -> int:
@@ -107,7 +107,11 @@ class OpenAICompatibleProvider:
         self.stats = ProviderStats()
         self.limits = RequestLimits(config.max_concurrency, config.requests_per_minute)
         self.breaker = CircuitBreaker(config.circuit_failure_threshold, config.circuit_reset_seconds, name=name)
-        self._url = self.base_url + "/chat/completions"
+        try:  # parsed once: httpx2 would parse a string URL again on every request
+            self._url = httpx2.URL(self.base_url + "/chat/completions")
+        except httpx2.InvalidURL as exc:
+            raise ConfigError(f"provider {name!r} has an invalid base_url: {exc}", path=f"providers.{name}.base_url",
+                              found=config.base_url, expected="an http(s) URL such as https://api.openai.com/v1") from exc
         if api_key is not None and not isinstance(api_key, SecretStr):
             raise TypeError("api_key must be a pydantic SecretStr (so that it stays masked), "
                             f"found {type(api_key).__name__}")
@@ -115,21 +119,16 @@ class OpenAICompatibleProvider:
         headers = {"content-type": "application/json", "accept": "application/json"}
         if self._secret:
             headers["authorization"] = f"Bearer {self._secret}"
-        # Several small pools instead of one big one: the pool's bookkeeping is linear in its
-        # connections on every request; at 64 connections, 4 pools of 16 took ~10% less CPU per
-        # call than one pool (median of 5 runs). Each request goes to the least-busy pool. A given transport
-        # brings its own connection handling, so it gets one client.
-        shards = 1 if transport is not None else -(-config.max_concurrency // _CONNECTIONS_PER_POOL)
-        per_pool = -(-config.max_concurrency // shards)
-        self._clients = [httpx2.AsyncClient(
+        # The network goes through aiohttp's pool under httpx2's client (see transport.py for why);
+        # a given transport (the in-process simulator, tests) replaces it.
+        if transport is None:
+            transport = AiohttpTransport(max_connections=config.max_concurrency, keepalive_expiry=30.0)
+        self._client = httpx2.AsyncClient(
             headers=headers,
             timeout=httpx2.Timeout(config.timeout_seconds),
-            limits=httpx2.Limits(max_connections=per_pool, max_keepalive_connections=per_pool,
-                                 keepalive_expiry=30.0),
             transport=transport,
             follow_redirects=False,
-        ) for _ in range(shards)]
-        self._client_load = [0] * shards
+        )
         self._random = random.random
 
     def __repr__(self) -> str:
@@ -142,8 +141,7 @@ class OpenAICompatibleProvider:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for client in self._clients:
-            await client.aclose()
+        await self._client.aclose()
 
     async def complete(self, model: str, messages: list[dict[str, str]], *, seed: int | None = None,
                        temperature: float | None = None, max_tokens: int | None = None) -> Completion:
@@ -165,7 +163,7 @@ class OpenAICompatibleProvider:
             payload["max_tokens"] = max_tokens
         if seed is not None:
             payload["seed"] = seed
-        body = json.dumps(payload).encode()
+        body = _Body(payload)
 
         stats = self.stats
         stats.calls += 1
@@ -209,17 +207,14 @@ class OpenAICompatibleProvider:
                              error.kind, delay)
             await asyncio.sleep(delay)
 
-    async def _attempt(self, body: bytes, messages: list[dict[str, str]], spec: ModelConfig, model: str,
+    async def _attempt(self, body: _Body, messages: list[dict[str, str]], spec: ModelConfig, model: str,
                        attempt: int) -> Completion | ProviderError:
         """One HTTP request: a Completion, or the typed error it ended with (returned, not raised)."""
         self.stats.attempts += 1
         async with self.limits:
-            load = self._client_load
-            shard = load.index(min(load)) if len(load) > 1 else 0
-            load[shard] += 1
             start = time.perf_counter()
             try:
-                response = await self._clients[shard].post(self._url, content=body)
+                response = await self._client.post(self._url, content=body.encoded())
             except httpx2.TimeoutException as exc:
                 return ProviderTimeoutError(self._scrub(f"{self.name}: no answer within "
                                                         f"{self.config.timeout_seconds:g} s ({type(exc).__name__})"),
@@ -231,8 +226,6 @@ class OpenAICompatibleProvider:
                 return ProviderConnectionError(self._scrub(f"{self.name}: {type(exc).__name__} "
                                                            f"connecting to {self.base_url}: {exc}"),
                                                provider=self.name)
-            finally:
-                load[shard] -= 1
             latency_ms = (time.perf_counter() - start) * 1000.0
         status = response.status_code
         if status != 200:
@@ -306,6 +299,25 @@ class OpenAICompatibleProvider:
     def _count(counter: dict[str, int], error: ProviderError) -> None:
         kind = error.kind
         counter[kind] = counter.get(kind, 0) + 1
+
+
+class _Body:
+    """A request body, encoded once and only when a request slot is free.
+
+    Encoding waits for the slot because many calls may queue for few slots: their bodies would
+    otherwise be encoded all at once, stalling the event loop for the calls under way.
+    """
+
+    __slots__ = ("payload", "_encoded")
+
+    def __init__(self, payload: dict[str, Any]):
+        self.payload = payload
+        self._encoded: bytes | None = None
+
+    def encoded(self) -> bytes:
+        if self._encoded is None:
+            self._encoded = json.dumps(self.payload).encode()
+        return self._encoded
 
 
 def _error_message(response: httpx2.Response) -> str:
