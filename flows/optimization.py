@@ -22,6 +22,7 @@ from flows.baseline import baseline
 from promptcycle.errors import RunFailedError
 from promptcycle.evaluation import progress
 from promptcycle.evaluation.context import load_pipeline
+from promptcycle.evaluation.heap import freeze_startup_objects
 from promptcycle.evaluation.pool import close_providers
 from promptcycle.optimize.budget import BudgetEstimate
 from promptcycle.optimize.search import CONFIRM, SCREEN, Arm, OptimizationSummary
@@ -77,6 +78,7 @@ async def optimization(pipeline: str = "customer-insights", config_path: str = "
                                 max_cost_usd, limit, flow_run.get_id())
     logger.info("%s optimization %s from baseline %s", "resuming" if plan.resumed else "starting", plan.run_id,
                 baseline_run_id)
+    freeze_startup_objects()
     try:
         publish_diagnosis(plan, diagnose_baseline(plan))
         candidates = await generate_candidates(plan)

@@ -2,15 +2,16 @@
 
 `httpx2.AsyncClient` stays the interface (URLs, headers, timeouts, response decoding, the typed
 `httpx2` errors the provider maps); only the bytes on the wire move to aiohttp, whose HTTP/1.1
-parser is compiled. On this project's throughput bench (`bench/baseline_throughput.py`, 64
-connections, 100 ms answers) httpx2's own pool cost about 1.3 ms of CPU per call and this
-transport about 0.75 ms, which decides whether one event loop keeps 64 requests in flight.
+parser is compiled. `bench/http_client_cpu.py` measures why: with 64 connections to the
+sim-server, httpx2's own pool costs about 1.3 ms of CPU per request and httpx2 over this transport
+about 0.75 ms, which decides whether one event loop keeps 64 requests in flight.
 
 Behaviour kept from httpx2's default transport: the whole body is read before the response is
 returned (responses here are small JSON documents, never streamed); content decoding is left to
 httpx2 (aiohttp's own decompression is off); the pool holds `max_connections` keep-alive
-connections; HTTPS is verified against certifi's bundle, as httpx2 does; aiohttp's errors surface
-as the matching `httpx2` exceptions, so callers see one error vocabulary.
+connections; HTTPS is verified with httpx2's own default context (the system's trust store, or
+SSL_CERT_FILE / SSL_CERT_DIR); aiohttp's errors surface as the matching `httpx2` exceptions, so
+callers see one error vocabulary.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import ssl
 
 import aiohttp
 import httpx2
+from yarl import URL
 
 __all__ = ["AiohttpTransport"]
 
@@ -69,7 +71,8 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         body = await request.aread()
         options = {"ssl": _verified_context()} if request.url.scheme == "https" else {}
         try:
-            async with session.request(request.method, str(request.url), headers=request.headers.multi_items(),
+            # httpx2 has already percent-encoded the URL: aiohttp must send it as it is.
+            async with session.request(request.method, URL(str(request.url), encoded=True), headers=request.headers.multi_items(),
                                        data=body or None, timeout=self._timeout(request),
                                        allow_redirects=False, skip_auto_headers=("Content-Type",),
                                        **options) as response:
@@ -100,10 +103,8 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
 
 @functools.cache
 def _verified_context() -> ssl.SSLContext:
-    """TLS verified against certifi's bundle, as httpx2 verifies (built on the first HTTPS request)."""
-    import certifi
-
-    return ssl.create_default_context(cafile=certifi.where())
+    """httpx2's own default: the system's trust store, or SSL_CERT_FILE / SSL_CERT_DIR when set."""
+    return httpx2.create_ssl_context()
 
 
 def _describe(exc: BaseException) -> str:

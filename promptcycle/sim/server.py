@@ -277,17 +277,18 @@ class SimServerApp:
     async def _chat(self, scope: dict, receive: Any, send: Any) -> None:
         state = self.state
         state.requests += 1
-        state.arrivals.append(time.monotonic())
+        arrived = time.monotonic()
+        state.arrivals.append(arrived)
         state.in_flight += 1
         if state.in_flight > state.max_in_flight:
             state.max_in_flight = state.in_flight
         try:
-            status = await self._answer_chat(scope, receive, send)
+            status = await self._answer_chat(scope, receive, send, arrived)
         finally:
             state.in_flight -= 1
         state.statuses[status] += 1
 
-    async def _answer_chat(self, scope: dict, receive: Any, send: Any) -> int:
+    async def _answer_chat(self, scope: dict, receive: Any, send: Any, arrived: float) -> int:
         body = b""
         while True:
             message = await receive()
@@ -331,7 +332,9 @@ class SimServerApp:
             logger.exception("simulated model %s failed to respond", model)
             await self._send(send, 500, _error_body("The simulator failed to respond.", "server_error"))
             return 500
-        delay = self._latency_s(reply.latency_s)
+        # The latency counts from the request's arrival: reading the body and computing the reply
+        # happen within it, as a real model's processing does, not on top of it.
+        delay = self._latency_s(reply.latency_s) - (time.monotonic() - arrived)
         if fault == "timeout":
             delay += self.faults.hang_seconds
         if delay > 0:
