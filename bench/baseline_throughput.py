@@ -13,8 +13,8 @@ prints:
   (including Prefect's temporary server start and the data-quality suites);
 - the provider-bound ideal = calls × latency ÷ concurrency, and efficiency = ideal ÷ evaluation wall;
 - CPU milliseconds per call of this (the pipeline) process over the evaluation window;
-- the CPU the sim-server and the data worker used in the same window (they share the machine's
-  cores with the pipeline process);
+- the CPU the sim-server, the data worker and Prefect's server used in the same window (they share
+  the machine's cores with the pipeline process);
 - peak RSS of this process; DuckDB bytes per result row; the mean recorded latency.
 
 All answers are simulated.
@@ -74,14 +74,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def child_pids() -> list[int]:
-    """This process's direct children (the sim-server and the data worker)."""
-    children = []
+def child_pids() -> dict[int, str]:
+    """This process's direct children (sim-server, data worker, Prefect's server), pid -> command line."""
+    children = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
-                    children.append(int(entry.name))
+                    children[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except (OSError, ValueError, IndexError):
                 continue
     return children
@@ -114,8 +114,11 @@ class Window:
         if self.start_wall is None and total:
             self.total = total
             self.start_wall, self.start_cpu = time.perf_counter(), time.process_time()
-            self.others = [pid for pid in child_pids() if pid != self.server_pid]
+            children = child_pids()
+            self.workers = [pid for pid, cmd in children.items() if "promptcycle.dataworker" in cmd]
+            self.others = [pid for pid in children if pid != self.server_pid and pid not in self.workers]
             self.start_server_cpu = cpu_seconds(self.server_pid)
+            self.start_worker_cpu = sum(cpu_seconds(pid) for pid in self.workers)
             self.start_others_cpu = sum(cpu_seconds(pid) for pid in self.others)
             self.rss_before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             self.heavy_modules = [m for m in ("pandas", "pyarrow", "duckdb", "great_expectations", "numpy")
@@ -123,6 +126,7 @@ class Window:
         if total and done >= total:
             self.end_wall, self.end_cpu = time.perf_counter(), time.process_time()
             self.end_server_cpu = cpu_seconds(self.server_pid)
+            self.end_worker_cpu = sum(cpu_seconds(pid) for pid in self.workers)
             self.end_others_cpu = sum(cpu_seconds(pid) for pid in self.others)
             self.rss_after_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -181,7 +185,8 @@ def main() -> int:
             "cpu_ms_per_call": round(cpu * 1000 / calls, 3),
             # Context: the other processes share this machine's cores during the window.
             "sim_server_cpu_ms_per_call": round((window.end_server_cpu - window.start_server_cpu) * 1000 / calls, 3),
-            "data_worker_cpu_ms_per_call": round((window.end_others_cpu - window.start_others_cpu) * 1000 / calls, 3),
+            "data_worker_cpu_ms_per_call": round((window.end_worker_cpu - window.start_worker_cpu) * 1000 / calls, 3),
+            "prefect_server_cpu_ms_per_call": round((window.end_others_cpu - window.start_others_cpu) * 1000 / calls, 3),
             "peak_rss_mb": round(peak_rss_mb, 1),
             "peak_rss_before_evaluation_mb": round(window.rss_before_mb, 1),
             "peak_rss_after_evaluation_mb": round(window.rss_after_mb, 1),

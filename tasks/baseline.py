@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime, timezone
 
@@ -97,9 +98,10 @@ async def evaluate_cell_task(config_path: str, pipeline: str, store_path: str | 
                              spectrum: str, repeats: int, limit: int | None) -> dict:
     """Evaluate one model on one spectrum: every case and repeat not yet recorded for the run."""
     ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
+    prompt = ctx.prompt
     spec = CellSpec(run_id=run_id, pipeline=pipeline, model_name=model, model=ctx.config.models[model],
-                    spectrum=spectrum, prompt=ctx.prompt, cases=ctx.cases_of(spectrum), splits=ctx.splits,
-                    repeats=repeats, weights=ctx.weights)
+                    spectrum=spectrum, prompt=prompt, cases=ctx.cases_of(spectrum), splits=ctx.splits,
+                    repeats=repeats, weights=ctx.weights, render_case=functools.partial(ctx.messages, prompt))
     outcome = await run_cell(ctx, spec, retries=CELL_RETRIES)
     return outcome.__dict__ | {"error_messages": outcome.error_messages[:3]}
 

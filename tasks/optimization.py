@@ -6,6 +6,7 @@ from the prompt registry by its hash.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from datetime import datetime, timezone
@@ -23,7 +24,7 @@ from promptcycle.errors import (
     ProviderError,
     RunFailedError,
 )
-from promptcycle.evaluation.cells import CellSpec, call_key
+from promptcycle.evaluation.cells import CellSpec, call_key, call_keys
 from promptcycle.evaluation.context import PipelineContext, fingerprint, load_pipeline
 from promptcycle.evaluation.pool import get_provider
 from promptcycle.optimize import CandidatePrompt, Diagnosis, StrategyContext, create_strategy, strategies
@@ -341,8 +342,8 @@ def _planned(ctx: PipelineContext, store, stage: str, prompt: PromptTemplate, mo
     keys: dict[str, list[str]] = {}
     for model in models:
         mconf = ctx.config.models[model]
-        keys[model] = [call_key(mconf.provider, mconf, prompt.render(c.inputs), r) for c in cases
-                       for r in range(repeats)]
+        keys[model] = [key for c in cases
+                       for key in call_keys(mconf.provider, mconf, ctx.messages(prompt, c), range(repeats))]
     paid = store.get_responses([k for ks in keys.values() for k in ks])
     return [PlannedEvaluation(stage=stage, model=m, calls=len(ks), reused=sum(k in paid for k in ks),
                               extra_input_chars=extra) for m, ks in keys.items()]
@@ -423,9 +424,11 @@ async def evaluate_prompt(config_path: str, pipeline: str, store_path: str | Non
     failure."""
     ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
     store = open_store(ctx.store_path)
+    prompt = _prompt(store, prompt_hash)
     spec = CellSpec(run_id=run_id, pipeline=pipeline, model_name=model, model=ctx.config.models[model],
-                    spectrum=split, prompt=_prompt(store, prompt_hash), splits=ctx.splits, repeats=repeats,
-                    weights=ctx.weights, cases=[c for c in ctx.cases if ctx.splits.get(c.id) == split])
+                    spectrum=split, prompt=prompt, splits=ctx.splits, repeats=repeats, weights=ctx.weights,
+                    cases=[c for c in ctx.cases if ctx.splits.get(c.id) == split],
+                    render_case=functools.partial(ctx.messages, prompt))
     budget = budget_for(store, optimization_run_id, max_calls=max_calls, max_cost_usd=max_cost_usd,
                         cost_per_call=cost_per_call)
     try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -69,6 +69,9 @@ class CellSpec:
     splits: dict[str, str]
     repeats: int
     weights: dict[str, float]
+    # The messages of a case (default: `prompt.render(case.inputs)`); PipelineContext.messages
+    # shares one rendering between the cells of every model.
+    render_case: Callable[[Case], list[dict[str, str]]] | None = None
 
 
 @dataclass
@@ -126,7 +129,7 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
         outcome.skipped += spec.repeats - len(repeats)
         if not repeats:
             continue
-        messages = spec.prompt.render(case.inputs)
+        messages = spec.render_case(case) if spec.render_case is not None else spec.prompt.render(case.inputs)
         keys = call_keys(provider_name, spec.model, messages, repeats)
         todo.extend((case, repeat, messages, key) for repeat, key in zip(repeats, keys))
     if outcome.skipped:

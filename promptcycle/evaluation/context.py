@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from promptcycle.config import PipelineConfig, PromptcycleConfig, load_config
@@ -33,6 +33,7 @@ class PipelineContext:
     dataset_key: str  # identifies the dataset whose splits are recorded in the store
     dataset_hash: str
     store_path: Path
+    _rendered: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def prompt(self) -> PromptTemplate:
@@ -47,6 +48,15 @@ class PipelineContext:
         """Every case of the configured spectrums (other spectrums in the file are not this pipeline's)."""
         wanted = set(self.pipeline.dataset.spectrums)
         return [c for c in self.all_cases if c.spectrum in wanted]
+
+    def messages(self, prompt: PromptTemplate, case: Case) -> list[dict[str, str]]:
+        """The chat messages of `case` under `prompt`, rendered once per process: the cells of every
+        model share them (rendering a record as indented JSON is the costly part). Do not mutate."""
+        key = (prompt, case.id)  # case ids are unique within the pipeline's dataset
+        messages = self._rendered.get(key)
+        if messages is None:
+            messages = self._rendered[key] = prompt.render(case.inputs)
+        return messages
 
     def cases_of(self, spectrum: str) -> list[Case]:
         return [c for c in self.cases if c.spectrum == spectrum]
