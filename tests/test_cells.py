@@ -52,3 +52,15 @@ def test_a_cell_has_at_most_its_concurrency_under_way(tmp_path):
         assert server.state.max_in_flight == 3
     assert outcome.called == 24 and outcome.errors == 0
     assert len(MetricsStore(tmp_path / "m.duckdb").results_frame("run-1")) == 24
+
+
+def test_a_pipeline_renders_each_case_once_per_prompt(repo_config):
+    from promptcycle.evaluation.context import load_pipeline
+
+    ctx = load_pipeline(repo_config, "customer-insights")
+    case = ctx.cases[0]
+    first = ctx.messages(PROMPT, case)
+    assert first == PROMPT.render(case.inputs)
+    assert ctx.messages(PROMPT, case) is first  # shared by the cells of every model
+    other = PromptTemplate(system=PROMPT.system, template=PROMPT.template + "\nBe brief.")
+    assert ctx.messages(other, case) == other.render(case.inputs) != first

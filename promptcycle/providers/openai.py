@@ -1,8 +1,8 @@
 """The client for any OpenAI-compatible chat-completions endpoint (and the simulator, which speaks the same).
 
-One `OpenAICompatibleProvider` per provider: one pooled `httpx2.AsyncClient`, a concurrency cap and
-rate limiter (`RequestLimits`), a `CircuitBreaker`, and a retry loop with exponential backoff and full
-jitter that honours Retry-After. Failures surface as the typed errors of `promptcycle.errors`
+One `OpenAICompatibleProvider` per provider: one `httpx2.AsyncClient` over a pooled aiohttp
+transport (transport.py), a concurrency cap and rate limiter (`RequestLimits`), a `CircuitBreaker`,
+and a retry loop with exponential backoff and full jitter that honours Retry-After. Failures surface as the typed errors of `promptcycle.errors`
 (`is_retryable` tells them apart); the API key is sent only as a bearer header and is scrubbed from
 every error message.
 
