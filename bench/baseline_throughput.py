@@ -65,6 +65,20 @@ def wait_healthy(port: int, timeout: float = 30.0) -> None:
     raise SystemExit(f"sim-server on port {port} did not become healthy in {timeout:.0f} s")
 
 
+def start_sim_server(latency_ms: float) -> tuple[subprocess.Popen, int]:
+    """`promptcycle sim-server` on a free loopback port with a fixed latency, once it answers /health."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "promptcycle.cli", "sim-server", "--port", str(port),
+                               "--latency-ms", str(latency_ms), "--latency-dist", "fixed"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(port)
+    except BaseException:
+        server.terminate()
+        raise
+    return server, port
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of another process (Linux /proc), 0.0 once it is gone."""
     try:
@@ -145,12 +159,8 @@ def main() -> int:
     per_repeat = len(load_cases("bundled:customer_insights")) * 7
     repeats = max(1, -(-args.calls // per_repeat))
     workdir = Path(tempfile.mkdtemp(prefix="promptcycle-bench-"))
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "promptcycle.cli", "sim-server", "--port", str(port),
-                               "--latency-ms", str(args.latency_ms), "--latency-dist", "fixed"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, port = start_sim_server(args.latency_ms)
     try:
-        wait_healthy(port)
         config = write_config(workdir, port, args.concurrency, timeout=30.0)
         from flows.baseline import baseline
         from promptcycle.evaluation import progress

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.baseline_throughput import free_port, wait_healthy  # noqa: E402
+from bench.baseline_throughput import start_sim_server  # noqa: E402
 
 BODY = json.dumps({
     "model": "sim-small", "temperature": 0.0, "seed": 1,
@@ -95,12 +94,8 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--clients", default="httpx2-pool,httpx2-aiohttp,aiohttp")
     args = parser.parse_args()
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "promptcycle.cli", "sim-server", "--port", str(port),
-                               "--latency-ms", str(args.latency_ms), "--latency-dist", "fixed"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, port = start_sim_server(args.latency_ms)
     try:
-        wait_healthy(port)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         print(f"HTTP client CPU — {args.requests} requests, {args.concurrency} at a time, simulated answers "
               f"after {args.latency_ms:g} ms")
