@@ -14,6 +14,7 @@ import httpx2
 import pytest
 import trustme
 
+from promptcycle.errors import ConfigError
 from promptcycle.providers.transport import AiohttpTransport
 from simserver import ServerThread, unused_port
 
@@ -144,19 +145,35 @@ def test_a_refused_connection_is_an_httpx2_connect_error():
         asyncio.run(go())
 
 
-def test_https_is_verified(tmp_path):
-    """A certificate no trusted authority signed is refused; plain HTTPS otherwise works end to end."""
+def test_https_is_verified_against_the_trusted_authorities(tmp_path, monkeypatch):
+    """A certificate no trusted authority signed is refused before any request is sent; once its
+    authority is trusted (SSL_CERT_FILE, as httpx2 reads it), the same server is reached."""
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
-    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certfile, keyfile, cafile = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
     cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
     cert.private_key_pem.write_to_path(str(keyfile))
+    ca.cert_pem.write_to_path(str(cafile))
     app = Recorder()
     with ServerThread(app=app, scheme="https", ssl_certfile=str(certfile), ssl_keyfile=str(keyfile)) as server:
         async def go():
             async with client() as http:
-                await http.get(f"https://127.0.0.1:{server.port}/echo")
+                return await http.get(f"https://127.0.0.1:{server.port}/echo")
 
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        other = tmp_path / "other-ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(other))
+        monkeypatch.setenv("SSL_CERT_FILE", str(other))
         with pytest.raises(httpx2.ConnectError, match="(?i)certificate"):
             asyncio.run(go())
-    assert app.seen == []  # refused before any request was sent
+        assert app.seen == []
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-bundle.pem"))
+        with pytest.raises(ConfigError, match="SSL_CERT_FILE") as info:
+            asyncio.run(go())
+        assert "no-such-bundle.pem" in str(info.value)
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(cafile))
+        response = asyncio.run(go())
+    assert response.json() == {"path": "/echo"}
+    assert len(app.seen) == 1

@@ -17,12 +17,14 @@ callers see one error vocabulary.
 from __future__ import annotations
 
 import asyncio
-import functools
+import os
 import ssl
 
 import aiohttp
 import httpx2
 from yarl import URL
+
+from promptcycle.errors import ConfigError
 
 __all__ = ["AiohttpTransport"]
 
@@ -43,6 +45,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         self.max_connections = max_connections
         self.keepalive_expiry = keepalive_expiry
         self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | None = None
         self._timeouts: dict[tuple, aiohttp.ClientTimeout] = {}
 
     def _open(self) -> aiohttp.ClientSession:
@@ -52,6 +55,21 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                               cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout())
         return self._session
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """httpx2's own default, built on the first HTTPS request: the system's trust store, or
+        SSL_CERT_FILE / SSL_CERT_DIR when set."""
+        if self._ssl is None:
+            try:
+                self._ssl = httpx2.create_ssl_context()
+            except (OSError, ssl.SSLError) as exc:
+                found = ", ".join(f"{k}={os.environ[k]}" for k in ("SSL_CERT_FILE", "SSL_CERT_DIR")
+                                  if os.environ.get(k)) or "the system's trust store"
+                expected = "a readable PEM bundle (SSL_CERT_FILE) or certificate directory (SSL_CERT_DIR)"
+                raise ConfigError(f"cannot load the certificate authorities that verify HTTPS from {found}: "
+                                  f"{exc}; expected {expected}, or neither set to use the system's trust store",
+                                  path="environment", found=found, expected=expected) from exc
+        return self._ssl
 
     def _timeout(self, request: httpx2.Request) -> aiohttp.ClientTimeout:
         """httpx2's per-phase timeouts in aiohttp's terms (cached: most requests share one)."""
@@ -69,7 +87,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         session = self._session or self._open()
         body = await request.aread()
-        options = {"ssl": _verified_context()} if request.url.scheme == "https" else {}
+        options = {"ssl": self._ssl_context()} if request.url.scheme == "https" else {}
         try:
             # httpx2 has already percent-encoded the URL: aiohttp must send it as it is.
             async with session.request(request.method, URL(str(request.url), encoded=True), headers=request.headers.multi_items(),
@@ -99,12 +117,6 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-
-@functools.cache
-def _verified_context() -> ssl.SSLContext:
-    """httpx2's own default: the system's trust store, or SSL_CERT_FILE / SSL_CERT_DIR when set."""
-    return httpx2.create_ssl_context()
 
 
 def _describe(exc: BaseException) -> str:
