@@ -32,8 +32,9 @@ class ServerThread:
 
     def __init__(self, faults: FaultConfig | None = None, latency: LatencyOverride | None = None, *,
                  require_api_key: str | None = None, app=None, scheme: str = "http", **uvicorn_options):
-        """`app` serves another ASGI app instead of the simulator; `uvicorn_options` (e.g. ssl_certfile,
-        ssl_keyfile, with scheme="https") go to uvicorn.Config."""
+        """`app` serves another ASGI app instead of the simulator; `uvicorn_options` go to uvicorn.Config
+        over the defaults (e.g. lifespan="off" for an app without one; ssl_certfile and ssl_keyfile,
+        with scheme="https")."""
         self.app: SimServerApp = app or create_app(faults, latency, require_api_key=require_api_key)
         # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
         # without it every keep-alive response stalls ~40 ms on delayed ACKs.
@@ -42,9 +43,9 @@ class ServerThread:
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
         self.base_url = f"{scheme}://127.0.0.1:{self.port}/v1"
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on",
-                                timeout_keep_alive=75, timeout_graceful_shutdown=1, server_header=False,
-                                **uvicorn_options)
+        options = dict(log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=75,
+                       timeout_graceful_shutdown=1, server_header=False) | uvicorn_options
+        config = uvicorn.Config(self.app, **options)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name=f"sim-server-{self.port}", daemon=True)

@@ -28,15 +28,7 @@ class Recorder:
         self.in_flight = 0
         self.max_in_flight = 0
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+    async def __call__(self, scope, receive, send):  # HTTP only: served with lifespan="off"
         body = b""
         while True:
             message = await receive()
@@ -79,7 +71,7 @@ def client(**options) -> httpx2.AsyncClient:
 
 def test_requests_arrive_as_httpx2_built_them_and_responses_come_back_whole():
     app = Recorder()
-    with ServerThread(app=app) as server:
+    with ServerThread(app=app, lifespan="off") as server:
         async def go():
             async with client(headers={"authorization": "Bearer k-123"}) as http:
                 response = await http.post(f"http://127.0.0.1:{server.port}/echo", content=b'{"a": 1}',
@@ -99,7 +91,7 @@ def test_requests_arrive_as_httpx2_built_them_and_responses_come_back_whole():
 
 
 def test_gzip_and_chunked_bodies_are_decoded_by_httpx2():
-    with ServerThread(app=Recorder()) as server:
+    with ServerThread(app=Recorder(), lifespan="off") as server:
         async def go():
             async with client() as http:
                 return (await http.get(f"http://127.0.0.1:{server.port}/gzip"),
@@ -112,7 +104,7 @@ def test_gzip_and_chunked_bodies_are_decoded_by_httpx2():
 
 def test_connections_are_kept_alive_and_capped():
     app = Recorder()
-    with ServerThread(app=app) as server:
+    with ServerThread(app=app, lifespan="off") as server:
         async def go():
             async with client(max_connections=3) as http:
                 for _ in range(5):  # one after another: one connection
@@ -127,7 +119,7 @@ def test_connections_are_kept_alive_and_capped():
 
 
 def test_a_slow_answer_is_an_httpx2_read_timeout():
-    with ServerThread(app=Recorder()) as server:
+    with ServerThread(app=Recorder(), lifespan="off") as server:
         async def go():
             async with client(timeout=httpx2.Timeout(0.3)) as http:
                 await http.get(f"http://127.0.0.1:{server.port}/slow")
@@ -155,7 +147,8 @@ def test_https_is_verified_against_the_trusted_authorities(tmp_path, monkeypatch
     cert.private_key_pem.write_to_path(str(keyfile))
     ca.cert_pem.write_to_path(str(cafile))
     app = Recorder()
-    with ServerThread(app=app, scheme="https", ssl_certfile=str(certfile), ssl_keyfile=str(keyfile)) as server:
+    with ServerThread(app=app, lifespan="off", scheme="https", ssl_certfile=str(certfile),
+                      ssl_keyfile=str(keyfile)) as server:
         async def go():
             async with client() as http:
                 return await http.get(f"https://127.0.0.1:{server.port}/echo")

@@ -10,20 +10,19 @@ read once.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+from promptcycle.sim.jsonscan import iter_json_objects
 from promptcycle.sim.lexicon import FIELD_DOMAINS, link_question
 
 __all__ = ["JUDGE_OPENING", "RecordField", "PromptReading", "read_messages", "humanize"]
 
 JUDGE_OPENING = "You are an impartial evaluation judge."
 _RECORD_MIN_LEAVES = 8  # JSON objects this big are records (never checklists or example answers)
-_DECODER = json.JSONDecoder()
 
 _JSON_WORD = re.compile(r"\bjson\b")
 _EXPLICIT_FORMAT = re.compile("|".join([
@@ -90,21 +89,6 @@ class PromptReading:
 def humanize(name: str) -> str:
     """The label of a field: snake_case with "_" -> " "."""
     return name.replace("_", " ")
-
-
-def _json_objects(text: str) -> list[tuple[int, int, dict]]:
-    found = []
-    i = text.find("{")
-    while i != -1:
-        try:
-            obj, end = _DECODER.raw_decode(text, i)
-        except ValueError:
-            i = text.find("{", i + 1)
-            continue
-        if isinstance(obj, dict):
-            found.append((i, end, obj))
-        i = text.find("{", end)
-    return found
 
 
 def _leaves(obj: dict, section: str | None, out: list[RecordField], seen: set[str]) -> None:
@@ -204,7 +188,7 @@ def _read_levers(instructions: str, fields: tuple[tuple[str, str | None], ...]) 
     groups = _named_groups(instructions, fields)
     examples = min(len(_EXAMPLE_HEADER.findall(instructions)), len(_ANSWER_MARKER.findall(instructions)))
     example_json = examples > 0 and any(_count_leaves(obj) < _RECORD_MIN_LEAVES
-                                        for _, _, obj in _json_objects(instructions))
+                                        for _, _, obj in iter_json_objects(instructions))
     # numbered lines are steps unless they are a numbered checklist of fields
     labels = [_padded_label(n) for n in groups]
     numbered = [ln for ln in _NUMBERED_LINE.findall(instructions)
@@ -246,7 +230,7 @@ def _read(messages: tuple[tuple[str, str], ...]) -> PromptReading:
                              False, 0, input_chars)
 
     # the record: the biggest JSON object of the user message; other record-sized objects are cut too
-    objects = [(s, e, obj, _count_leaves(obj)) for s, e, obj in _json_objects(user_text)]
+    objects = [(s, e, obj, _count_leaves(obj)) for s, e, obj in iter_json_objects(user_text)]
     record, record_text, outside = None, "", user_text
     if objects:
         start, end, record, size = max(objects, key=lambda o: (o[3], o[0]))

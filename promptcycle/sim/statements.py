@@ -13,6 +13,8 @@ import math
 import re
 from typing import Any
 
+from promptcycle.sim.jsonscan import iter_json_objects
+
 __all__ = ["normalize_key", "read_statements", "parse_value", "values_match"]
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
@@ -21,7 +23,6 @@ _LABEL_LINE = re.compile(
     r"^\s*(?:[-*•]\s*|\d+[.)]\s*)?(?:\*\*)?([A-Za-z][A-Za-z0-9 _/()-]{0,60}?)(?:\*\*)?\s*:\s*(.+?)\s*$")
 _SENTENCE = re.compile(r"\b[Tt]he ([a-z][a-z0-9 _]{1,60}?) (?:is|was|are|were) (.+?)(?:\.(?=\s|$)|;|\n|$)")
 _NUMBER = re.compile(r"^[-+]?\$?[-+]?[\d,]*\.?\d+(?:e[-+]?\d+)?\s*%?$", re.IGNORECASE)
-_DECODER = json.JSONDecoder()
 _TRUE = {"yes", "true", "y"}
 _FALSE = {"no", "false", "n"}
 
@@ -49,18 +50,10 @@ def _json_statements(text: str) -> dict[str, Any] | None:
             out: dict[str, Any] = {}
             _flatten(obj, out)
             return out
-    i = text.find("{")
-    while i != -1:
-        try:
-            obj, _ = _DECODER.raw_decode(text, i)
-        except ValueError:
-            i = text.find("{", i + 1)
-            continue
-        if isinstance(obj, dict):
-            out = {}
-            _flatten(obj, out)
-            return out
-        i = text.find("{", i + 1)
+    for _, _, obj in iter_json_objects(text):  # the first object embedded in prose
+        out = {}
+        _flatten(obj, out)
+        return out
     return None
 
 
