@@ -23,11 +23,12 @@ from promptcycle.evaluation.pool import close_providers
 from promptcycle.evaluation.summary import RunSummary
 from tasks.baseline import check_results, evaluate_cell_task, fail_run, prepare_baseline, summarize_run
 from tasks.reports import artifact_key, publish_baseline_report
+from tasks.runs import is_simulated, run_name, tag_flow_run
 
 __all__ = ["baseline"]
 
 
-@flow(name="baseline", flow_run_name="baseline-{pipeline}")
+@flow(name="baseline", flow_run_name=run_name("baseline"))
 async def baseline(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
                    store_path: str | None = None, repeats: int | None = None,
                    limit: int | None = None) -> RunSummary:
@@ -41,11 +42,12 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
         limit: evaluate only the first N cases of each spectrum.
     """
     logger = get_run_logger()
+    await tag_flow_run(pipeline, "baseline", is_simulated(config_path, pipeline))
     plan = prepare_baseline(config_path, pipeline, store_path, repeats, limit, flow_run.get_id())
     logger.info("%s run %s: %d cells, %d calls", "resuming" if plan.resumed else "starting", plan.run_id,
                 len(plan.cells), plan.total_calls)
     freeze_startup_objects()
-    progress.report_total(plan.total_calls)
+    progress.report_total(plan.total_calls, phase="baseline")
     progress_id = await create_progress_artifact(progress=0.0, key=artifact_key("baseline-progress", pipeline),
                                                  description=f"Cells finished in run {plan.run_id}")
 

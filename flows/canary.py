@@ -10,6 +10,11 @@ Against real traffic the flow looks once (a schedule runs it, e.g. every few min
 simulated production requests, `look_size` before each look, so a whole canary runs end to end.
 Each look is stored with its evidence; the progress artifact shows how much of the test's horizon
 has been observed, and the markdown artifact every look so far.
+
+Outcomes are machine-readable: a decided canary ends in the state `Completed` named `Promoted` or
+`RolledBack` (a canary still running ends plain `Completed`), and emits the Prefect event
+`promptcycle.canary.promoted` / `promptcycle.canary.rolled_back` about the resource
+`promptcycle.pipeline.<name>` with the canary, deployment and versions in its payload.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import asyncio
 
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.states import Completed
 
 from tasks.deployment import (
     conclude_canary_task,
@@ -28,11 +34,14 @@ from tasks.deployment import (
     send_simulated_traffic,
 )
 from tasks.reports import artifact_key
+from tasks.runs import is_simulated, run_name, tag_flow_run
 
-__all__ = ["canary"]
+__all__ = ["canary", "FINAL_STATES"]
+
+FINAL_STATES = {"promoted": "Promoted", "rolled_back": "RolledBack"}
 
 
-@flow(name="canary", flow_run_name="canary-{pipeline}")
+@flow(name="canary", flow_run_name=run_name("canary"))
 async def canary(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
                  store_path: str | None = None, simulate_traffic: int | None = None, seed: int = 0,
                  watch: bool = False, max_looks: int | None = None, error_rates: dict[str, float] | None = None,
@@ -52,6 +61,7 @@ async def canary(pipeline: str = "customer-insights", config_path: str = "pipeli
         actor: who concludes (default: the user and this flow run).
     """
     actor = actor or flow_actor("canary")
+    await tag_flow_run(pipeline, "canary", bool(simulate_traffic) or is_simulated(config_path, pipeline))
     state = find_canary(config_path, pipeline, store_path)
     settings = state["settings"]
     canary_id = state["canary_id"]
@@ -79,10 +89,15 @@ async def canary(pipeline: str = "customer-insights", config_path: str = "pipeli
         if last.action != "continue":
             outcome = conclude_canary_task(config_path, pipeline, store_path, last, actor)
             break
-    return {"canary_id": canary_id, "pipeline": pipeline, "control": state["control"], "simulated": bool(sent),
-            "treatment": state["treatment"], "looks": looks, "simulated_requests": sent,
-            "action": last.action if last else None, "reason": last.reason if last else None,
-            "split_pct": last.next_split_pct if last else state["split_pct"],
-            "decision": last.decision.to_dict() if last else None, "outcome": outcome, "ingested": ingested,
-            "status": ("promoted" if outcome and outcome["kind"] == "promote" else
-                       "rolled_back" if outcome else "running")}
+    result = {"canary_id": canary_id, "pipeline": pipeline, "control": state["control"], "simulated": bool(sent),
+              "treatment": state["treatment"], "looks": looks, "simulated_requests": sent,
+              "action": last.action if last else None, "reason": last.reason if last else None,
+              "split_pct": last.next_split_pct if last else state["split_pct"],
+              "decision": last.decision.to_dict() if last else None, "outcome": outcome, "ingested": ingested,
+              "status": ("promoted" if outcome and outcome["kind"] == "promote" else
+                         "rolled_back" if outcome else "running")}
+    # Automations tell the outcomes apart by the final state's name (and by the event conclude emits).
+    if result["status"] == "running":
+        return result
+    return Completed(name=FINAL_STATES[result["status"]], message=f"{result['status']}: {result['reason']}",
+                     data=result)

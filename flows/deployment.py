@@ -26,11 +26,12 @@ from tasks.deployment import (
     start_canary,
     validate_stage,
 )
+from tasks.runs import is_simulated, run_name, tag_flow_run
 
 __all__ = ["deployment"]
 
 
-@flow(name="deployment", flow_run_name="deploy-{pipeline}")
+@flow(name="deployment", flow_run_name=run_name("deploy"))
 async def deployment(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
                      store_path: str | None = None, version: str | None = None, canary: bool = False,
                      force: bool = False, simulate_traffic: int | None = None, traffic_seed: int = 0,
@@ -50,6 +51,7 @@ async def deployment(pipeline: str = "customer-insights", config_path: str = "pi
         actor: who deploys (default: the user and this flow run).
     """
     actor = actor or flow_actor("deployment")
+    await tag_flow_run(pipeline, "deployment", is_simulated(config_path, pipeline))
     plan = prepare_deployment(config_path, pipeline, store_path, version, canary, force, actor, flow_run.get_id())
     error = None
     try:

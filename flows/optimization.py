@@ -46,11 +46,12 @@ from tasks.optimization import (
     rank_on_dev,
 )
 from tasks.reports import artifact_key
+from tasks.runs import is_simulated, run_name, tag_flow_run
 
 __all__ = ["optimization"]
 
 
-@flow(name="optimization", flow_run_name="optimization-{pipeline}")
+@flow(name="optimization", flow_run_name=run_name("optimization"))
 async def optimization(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
                        store_path: str | None = None, baseline_run_id: str | None = None,
                        strategies: list[str] | None = None, max_calls: int | None = None,
@@ -69,6 +70,7 @@ async def optimization(pipeline: str = "customer-insights", config_path: str = "
         limit: use only the first N cases of each spectrum (a quick, smaller search).
     """
     logger = get_run_logger()
+    await tag_flow_run(pipeline, "optimization", is_simulated(config_path, pipeline))
     baseline_run_id = find_baseline(config_path, pipeline, store_path, baseline_run_id, limit)
     if baseline_run_id is None:
         logger.info("no baseline run of the configured prompt yet: running one first")
@@ -119,7 +121,7 @@ async def _evaluate(plan: OptimizationPlan, arms: list[Arm], estimate: BudgetEst
     """Evaluate the arms one after another (each arm's models at once), so that when the budget runs out
     the arms already finished are whole. Returns True when the budget stopped it."""
     logger = get_run_logger()
-    progress.report_total(sum(len(a.models) * a.repeats * _cases(plan, a.split) for a in arms))
+    progress.report_total(sum(len(a.models) * a.repeats * _cases(plan, a.split) for a in arms), phase=stage)
     progress_id = await create_progress_artifact(progress=0.0, key=artifact_key("optimization-progress", plan.pipeline),
                                                  description=f"{stage.capitalize()} in run {plan.run_id}")
     for done, arm in enumerate(arms):

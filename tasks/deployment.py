@@ -33,6 +33,7 @@ from promptcycle.evaluation.context import load_pipeline
 from promptcycle.store import MetricsStore
 from tasks.reports import artifact_key
 from tasks.retry import BACKOFF, retry_if_transient
+from tasks.runs import emit_outcome
 from tasks.secrets import resolve_api_key
 
 __all__ = ["flow_actor", "block_secret", "prepare_deployment", "validate_stage", "gate_deployment",
@@ -203,6 +204,12 @@ def conclude_canary_task(config_path: str, pipeline: str, store_path: str | None
     store = MetricsStore(ctx.store_path)
     record = conclude_canary(ctx.config, store, look, actor=actor, block_secret=block_secret)
     _publish_looks(store, pipeline, look.canary_id)
+    canary = store.get_canary(look.canary_id)
+    outcome = "promoted" if record.kind == "promote" else "rolled_back"
+    emit_outcome(f"promptcycle.canary.{outcome}", pipeline, {
+        "canary_id": look.canary_id, "deployment_id": record.deployment_id, "status": record.status,
+        "control": canary.control_hash, "treatment": canary.treatment_hash, "production": record.to_hash,
+        "reason": look.reason, "looks": look.look})
     return {"deployment_id": record.deployment_id, "kind": record.kind, "status": record.status,
             "version": record.to_hash, "targets": record.targets}
 

@@ -182,7 +182,7 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
             outcome.error_messages.append(str(exc))
             await io.add(None, result_row(case, repeat, None, scores={}, overall=0.0, error=str(exc)[:500],
                                                error_kind=exc.kind, attempts=None, simulated=None))
-            progress.report_done()
+            progress.report_done(errors=1)
             return
         except BaseException:
             if budget is not None:
