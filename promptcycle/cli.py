@@ -28,7 +28,9 @@ OFFLINE_DEFAULTS = {
     "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
     "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
+    # Flow and task run logs reach the Prefect API (the UI's Logs tab) at INFO; only the console is quiet.
+    "PREFECT_LOGGING_LEVEL": "INFO",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
 }
 
 
@@ -51,6 +53,40 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], human: Callable[[],
         print(json.dumps(payload, default=str))
     else:
         human()
+
+
+# -- flow runs: run a flow, and say where to find it in Prefect ---------------------------------------------------
+
+class FlowRun:
+    """The flow run a command started: its id, name and UI URL (None on Prefect's temporary server)."""
+
+    def __init__(self, state) -> None:
+        from tasks.runs import flow_run_url
+
+        self.state = state
+        self.id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
+        self.url = flow_run_url(self.id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"flow_run_id": self.id, "flow_run_url": self.url}
+
+    def line(self) -> str:
+        if self.url:
+            return f"flow run: {self.url}"
+        return (f"flow run {self.id} (temporary server, no UI: set PREFECT_API_URL to a Prefect server to keep "
+                "runs, logs and artifacts in its UI)")
+
+
+def run_flow(args: argparse.Namespace, flow, **parameters) -> tuple[Any, FlowRun]:
+    """Run `flow` to its end; print where its flow run is (unless --json); return its result and the run.
+    A failed run raises its error, after saying where the run is."""
+    import asyncio
+
+    state = asyncio.run(flow(**parameters, return_state=True))
+    run = FlowRun(state)
+    if not getattr(args, "json", False):
+        print(run.line(), file=sys.stderr)
+    return state.result(), run
 
 
 # -- validate ---------------------------------------------------------------------------------------------------
@@ -88,26 +124,48 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 # -- baseline ---------------------------------------------------------------------------------------------------
 
-def _progress_bar(enabled: bool):
-    """A rich progress bar fed by promptcycle.evaluation.progress (on stderr, only on a terminal)."""
+PROGRESS_LINE_SECONDS = 5.0
+
+
+def _progress_bar(enabled: bool, plain: bool = False, interval: float = PROGRESS_LINE_SECONDS):
+    """Progress fed by promptcycle.evaluation.progress, on stderr: a rich bar naming the phase on a terminal
+    (`enabled`); off one (`plain`), a plain line when a phase starts, every `interval` seconds and when it
+    ends, e.g. "screening on dev: 1,234/5,000 calls, 3 errors"."""
     from contextlib import contextmanager
 
     from promptcycle.evaluation import progress
 
     @contextmanager
     def bar():
-        if not enabled:
+        if enabled:
+            with _rich_bar(progress):
+                yield
+        elif plain:
+            with _plain_lines(progress, interval):
+                yield
+        else:
             yield
-            return
+
+    return bar()
+
+
+def _rich_bar(progress):
+    from contextlib import contextmanager
+
+    @contextmanager
+    def bar():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
             TimeRemainingColumn
 
-        with Progress(TextColumn("[bold]calls"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn(), transient=False) as prog:
-            task_id = prog.add_task("calls", total=None)
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[errors]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                      transient=False) as prog:
+            task_id = prog.add_task("calls", total=None, errors="")
 
             def listener(done: int, total: int | None) -> None:
-                prog.update(task_id, completed=done, total=total)
+                now = progress.snapshot()
+                prog.update(task_id, completed=done, total=total, description=now.phase,
+                            errors=f"{now.errors:,} errors" if now.errors else "")
 
             progress.add_listener(listener)
             try:
@@ -116,6 +174,51 @@ def _progress_bar(enabled: bool):
                 progress.remove_listener(listener)
 
     return bar()
+
+
+def _plain_lines(progress, interval: float):
+    import threading
+    import time
+    from contextlib import contextmanager
+
+    @contextmanager
+    def lines():
+        lock = threading.Lock()
+        last = {"line": None, "at": 0.0, "phase": None}
+
+        def emit(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+            last["line"], last["at"] = line, time.monotonic()
+
+        def listener(done: int, total: int | None) -> None:
+            now = progress.snapshot()
+            with lock:
+                if now.phase != last["phase"] or (total is not None and done >= total):
+                    last["phase"] = now.phase
+                    if now.line() != last["line"]:
+                        emit(now.line())
+
+        stop = threading.Event()
+
+        def ticker() -> None:
+            while not stop.wait(min(interval, 1.0)):
+                with lock:
+                    line = progress.snapshot().line()
+                    if last["phase"] is not None and time.monotonic() - last["at"] >= interval \
+                            and line != last["line"]:
+                        emit(line)
+
+        thread = threading.Thread(target=ticker, name="promptcycle-progress", daemon=True)
+        progress.add_listener(listener)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            progress.remove_listener(listener)
+            thread.join(timeout=2)
+
+    return lines()
 
 
 def _print_summary(summary) -> None:
@@ -165,8 +268,6 @@ def _print_summary(summary) -> None:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     """Run the baseline flow for one pipeline."""
-    import asyncio
-
     from promptcycle.config import load_config
 
     load_config(args.config).pipeline(args.pipeline)  # fail fast on config errors, before Prefect starts
@@ -175,14 +276,13 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     warm_up()  # Great Expectations imports in its worker while Prefect starts
     from flows.baseline import baseline
 
-    show_bar = not args.json and sys.stderr.isatty()
     if not args.json:
         print(f"Running the baseline of {args.pipeline!r} (Prefect starts a temporary server unless "
               f"PREFECT_API_URL is set; the first start takes ~20 s) …", file=sys.stderr)
-    with _progress_bar(show_bar):
-        summary = asyncio.run(baseline(pipeline=args.pipeline, config_path=str(args.config),
-                                       store_path=args.store, repeats=args.repeats, limit=args.limit))
-    _emit(args, json.loads(summary.model_dump_json()), lambda: _print_summary(summary))
+    with _progress_bar(not args.json and sys.stderr.isatty(), plain=not args.json and not sys.stderr.isatty()):
+        summary, run = run_flow(args, baseline, pipeline=args.pipeline, config_path=str(args.config),
+                                store_path=args.store, repeats=args.repeats, limit=args.limit)
+    _emit(args, json.loads(summary.model_dump_json()) | run.to_json(), lambda: _print_summary(summary))
     return 0
 
 

@@ -32,6 +32,8 @@ __all__ = [
     "GuardrailConfig",
     "CanaryConfig",
     "DeploymentConfig",
+    "ResultsExpectation",
+    "ResultsQualityConfig",
     "PipelineConfig",
     "PromptcycleConfig",
     "load_config",
@@ -314,6 +316,38 @@ class DeploymentConfig(_Strict):
                                       "pipeline's deployment lock before another may take it over.")
 
 
+# -- results suite expectations (pipelines.<name>.quality) -------------------------------------------------------
+
+RESULT_EXPECTATION_COLUMNS = ("overall", "latency_ms")  # besides the pipeline's scorer names
+
+
+class ResultsExpectation(_Strict):
+    """One expectation the results suite adds: the column's values lie in [min, max] on at least `mostly`
+    of the rows that have a value (errored rows have none)."""
+
+    column: str = Field(description="A scorer of the pipeline (its score, 0–1), `overall` (0–1) or `latency_ms`.")
+    min: float | None = Field(default=None, description="Lowest value allowed (inclusive).")
+    max: float | None = Field(default=None, description="Highest value allowed (inclusive).")
+    mostly: float = Field(default=1.0, gt=0, le=1, description="Share of the rows with a value that must lie "
+                          "in [min, max].")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ResultsExpectation":
+        if self.min is None and self.max is None:
+            raise ValueError("give `min`, `max` or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is above max ({self.max:g})")
+        return self
+
+
+class ResultsQualityConfig(_Strict):
+    """The pipeline's own expectations on its results, checked by the results suite with the built-in ones."""
+
+    results_expectations: list[ResultsExpectation] = Field(
+        default_factory=list, description="Expectations on result columns, e.g. "
+        "`{column: format, min: 0.95, mostly: 0.95}`; one on `format` replaces the built-in format expectation.")
+
+
 class PipelineConfig(_Strict):
     description: str = ""
     prompt: PromptConfig
@@ -324,6 +358,7 @@ class PipelineConfig(_Strict):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     repeats: int = Field(default=1, ge=1, le=100, description="Calls per model x case.")
     max_error_rate: float = Field(default=0.05, ge=0, le=1, description="Results suite ceiling on terminal errors.")
+    quality: ResultsQualityConfig = Field(default_factory=ResultsQualityConfig)
     optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
     deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
 
@@ -433,6 +468,7 @@ def _check_names(cfg: PromptcycleConfig, file: str) -> None:
                                   file=file, path=f"{path}.model", found=judge_model,
                                   expected="a name from `models`")
         _check_deployment(pname, pipe, file)
+        _check_results_expectations(pname, pipe, file)
         opt = pipe.optimization
         # The default list is the built-in strategies (tests pin it); the registry is imported only for
         # names a user wrote, because importing it pulls in the diagnosis module and pandas.
@@ -453,6 +489,18 @@ def _check_names(cfg: PromptcycleConfig, file: str) -> None:
             raise ConfigError("the prompt uses no {{variables}}, so every case would get the same prompt",
                               file=file, path=f"pipelines.{pname}.prompt.template",
                               expected="at least one {{variable}}")
+
+
+def _check_results_expectations(pname: str, pipe: PipelineConfig, file: str) -> None:
+    """Each results expectation names a column the results suite has: a scorer of the pipeline, or one of
+    RESULT_EXPECTATION_COLUMNS."""
+    known = [*pipe.scorers, *RESULT_EXPECTATION_COLUMNS]
+    for i, expectation in enumerate(pipe.quality.results_expectations):
+        if expectation.column not in known:
+            raise ConfigError(f"unknown column {expectation.column!r} for a results expectation; known: "
+                              f"{', '.join(known)}", file=file,
+                              path=f"pipelines.{pname}.quality.results_expectations.{i}.column",
+                              found=expectation.column, expected="a scorer of the pipeline, overall or latency_ms")
 
 
 def _check_deployment(pname: str, pipe: PipelineConfig, file: str) -> None:

@@ -14,6 +14,7 @@ from promptcycle.errors import DataQualityError
 from promptcycle.evaluation.cells import CellSpec
 from promptcycle.evaluation.context import fingerprint, load_pipeline
 from promptcycle.evaluation.summary import RunSummary, summarize_stored_run
+from promptcycle.quality.suites import results_expectations
 from promptcycle.quality.worker import validate_dataset, validate_run_results, warm_up
 from promptcycle.store.remote import open_store
 from promptcycle.store.records import PromptVersionRecord, RunRecord
@@ -109,13 +110,15 @@ async def evaluate_cell_task(config_path: str, pipeline: str, store_path: str | 
 @task(name="check-results", cache_policy=NO_CACHE)
 def check_results(config_path: str, pipeline: str, store_path: str | None, run_id: str, repeats: int,
                   limit: int | None) -> dict:
-    """The results suite: every model x case x repeat present, scores in range, errors under the ceiling."""
+    """The results suite: every model x case x repeat present, scores in range, errors under the ceiling,
+    answers in the expected format (JSON pipelines) and the pipeline's own `quality.results_expectations`."""
     ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
     store = open_store(ctx.store_path)
     report = validate_run_results(ctx.store_path, run_id, scorer_names=list(ctx.pipeline.scorers),
                                   expected_models=list(ctx.pipeline.models),
                                   expected_case_ids=[c.id for c in ctx.cases], repeats=repeats,
-                                  max_error_rate=ctx.pipeline.max_error_rate)
+                                  max_error_rate=ctx.pipeline.max_error_rate,
+                                  expectations=results_expectations(ctx.pipeline))
     store.write_dq_result(run_id, "results", report.success, report.to_dict())
     if not report.success:
         store.finish_run(run_id, "failed", {"reason": report.summary()})

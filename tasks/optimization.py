@@ -57,6 +57,7 @@ from promptcycle.optimize.search import (
 from promptcycle.optimize.leakage import CandidateScreening, screen_candidates
 from promptcycle.prompts import PromptTemplate
 from promptcycle.providers.base import Completion
+from promptcycle.quality.suites import results_expectations
 from promptcycle.quality.worker import warm_up
 from promptcycle.store.records import DecisionRecord, PromptVersionRecord, ResponseRecord, RunRecord
 from promptcycle.store.remote import open_store
@@ -444,7 +445,7 @@ def _check_arms(ctx: PipelineContext, arms: list[Arm],
     case_ids = {split: [c.id for c in ctx.cases if ctx.splits.get(c.id) == split] for split in ("dev", "test")}
     return dataworker.call(check_stored_arms, str(ctx.store_path), arms, case_ids=case_ids,
                            scorers=list(ctx.pipeline.scorers), max_error_rate=ctx.pipeline.max_error_rate,
-                           model_groups=model_groups or [])
+                           model_groups=model_groups or [], expectations=results_expectations(ctx.pipeline))
 
 
 @task(name="rank-on-dev", cache_policy=NO_CACHE)

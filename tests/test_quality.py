@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -11,6 +12,8 @@ from promptcycle.config import DatasetConfig, SplitConfig
 from promptcycle.datasets import Case, assign_splits, load_cases
 from promptcycle.errors import DataQualityError
 from promptcycle.quality import QualityReport, raise_for_failure, validate_dataset, validate_results
+
+REPO = Path(__file__).resolve().parent.parent
 
 SPECTRUMS = ["credit_analysis", "customer_profile"]
 MIN_CASES = 4
@@ -268,3 +271,87 @@ def test_missing_score_column_is_named():
     frame = make_results().drop(columns=["score_format"])
     failure = only_failure(check_results(frame))
     assert failure["expectation"] == "results columns present" and failure["examples"] == ["score_format"]
+
+
+# -- the format expectation and the pipeline's own expectations ---------------------------------------------------
+
+def _pipeline(tmp_path, quality: dict | None = None, format_kind: str | None = "json"):
+    import shutil
+
+    import yaml
+
+    from promptcycle.config import load_config
+
+    path = tmp_path / "pipelines.yaml"
+    shutil.copy(REPO / "pipelines.yaml", path)
+    data = yaml.safe_load(path.read_text())
+    pipe = data["pipelines"]["customer-insights"]
+    if format_kind is None:
+        del pipe["scorers"]["format"]
+    else:
+        pipe["scorers"]["format"]["kind"] = format_kind
+        if format_kind == "regex":
+            pipe["scorers"]["format"]["pattern"] = "^Answer:"
+    if quality is not None:
+        pipe["quality"] = quality
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path).pipeline("customer-insights")
+
+
+def test_all_answers_non_json_fail_the_results_suite_of_a_json_pipeline(tmp_path):
+    from promptcycle.quality.suites import results_expectations
+
+    frame = make_results()
+    frame["score_format"] = 0.0  # every answer failed the JSON shape
+    expectations = results_expectations(_pipeline(tmp_path))
+    report = validate_results(frame, expected_models=MODELS, expected_case_ids=CASE_IDS, repeats=2,
+                              scorer_names=SCORERS, max_error_rate=0.2, expectations=expectations)
+    failure = only_failure(report)
+    assert failure["expectation"] == "score_format >= 0.5 on 50.0% of rows (JSON pipeline)"
+    assert failure["detail"] == "12 of 12 rows with a value not >= 0.5 (0.0% >= 0.5, needed 50.0%)"
+    # The same answers pass once most are JSON; a pipeline without a JSON format scorer has no such check.
+    frame.loc[:6, "score_format"] = 1.0
+    assert validate_results(frame, expected_models=MODELS, expected_case_ids=CASE_IDS, repeats=2,
+                            scorer_names=SCORERS, max_error_rate=0.2, expectations=expectations).success
+    assert results_expectations(_pipeline(tmp_path, format_kind="regex")) == []
+    assert results_expectations(_pipeline(tmp_path, format_kind=None)) == []
+
+
+def test_a_pipelines_own_expectations_run_in_the_results_suite(tmp_path):
+    from promptcycle.quality.suites import results_expectations
+
+    pipe = _pipeline(tmp_path, {"results_expectations": [{"column": "format", "min": 0.95, "mostly": 0.95},
+                                                         {"column": "latency_ms", "max": 121}]})
+    expectations = results_expectations(pipe)
+    assert [e["column"] for e in expectations] == ["format", "latency_ms"]  # its own replaces the built-in
+    frame = make_results()  # score_format 0.8 everywhere; latency 120 or 121
+    report = validate_results(frame, expected_models=MODELS, expected_case_ids=CASE_IDS, repeats=2,
+                              scorer_names=SCORERS, max_error_rate=0.2, expectations=expectations)
+    failure = only_failure(report)
+    assert failure["expectation"] == "score_format >= 0.95 on 95.0% of rows"
+    assert failure["unexpected_count"] == 12
+    frame["score_format"] = 1.0
+    frame.loc[0, "score_format"] = 0.5  # 1 of 12 below: 91.7% < 95%
+    assert not validate_results(frame, expected_models=MODELS, expected_case_ids=CASE_IDS, repeats=2,
+                                scorer_names=SCORERS, max_error_rate=0.2, expectations=expectations).success
+    frame.loc[0, "score_format"] = 1.0
+    assert validate_results(frame, expected_models=MODELS, expected_case_ids=CASE_IDS, repeats=2,
+                            scorer_names=SCORERS, max_error_rate=0.2, expectations=expectations).success
+
+
+@pytest.mark.parametrize("expectation, path, message", [
+    ({"column": "tone", "min": 0.5}, "results_expectations.0.column", "unknown column 'tone'"),
+    ({"column": "format"}, "results_expectations.0", "give `min`, `max` or both"),
+    ({"column": "format", "min": 0.9, "max": 0.5}, "results_expectations.0", "min (0.9) is above max (0.5)"),
+    ({"column": "format", "min": 0.5, "mostly": 1.5}, "results_expectations.0.mostly", "less than or equal to 1"),
+    ({"column": "format", "minimum": 0.5}, "results_expectations.0.minimum", "unknown key"),
+])
+def test_bad_results_expectations_fail_at_load_naming_file_and_path(tmp_path, expectation, path, message):
+    from promptcycle.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        _pipeline(tmp_path, {"results_expectations": [expectation]})
+    text = str(info.value)
+    assert str(tmp_path / "pipelines.yaml") in text
+    assert f"pipelines.customer-insights.quality.{path}" in text
+    assert message in text

@@ -69,8 +69,7 @@ def _print_canary(console, result: dict[str, Any]) -> None:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Run the deployment flow: four stages, the gate, then the targets and labels — or a canary."""
-    import asyncio
-
+    from promptcycle.cli import run_flow
     from promptcycle.config import load_config
 
     if args.simulate_traffic is not None and not args.canary:
@@ -83,10 +82,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     _starting(args, f"Deploying {args.pipeline!r}")
     from flows.deployment import deployment
 
-    result = asyncio.run(deployment(pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
-                                    version=args.version, canary=args.canary, force=args.force,
-                                    simulate_traffic=args.simulate_traffic, traffic_seed=args.seed,
-                                    actor=f"{_user()} via promptcycle deploy"))
+    result, run = run_flow(args, deployment, pipeline=args.pipeline, config_path=str(args.config),
+                           store_path=args.store, version=args.version, canary=args.canary, force=args.force,
+                           simulate_traffic=args.simulate_traffic, traffic_seed=args.seed,
+                           actor=f"{_user()} via promptcycle deploy")
 
     def human() -> None:
         console = _console()
@@ -108,14 +107,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         if result.get("canary"):
             _print_canary(console, result["canary"])
 
-    _emit(args, {"success": True, **result}, human)
+    _emit(args, {"success": True, **result, **run.to_json()}, human)
     return 0
 
 
 def cmd_canary(args: argparse.Namespace) -> int:
     """Run the canary flow: look (optionally on simulated traffic) until the test decides."""
-    import asyncio
-
+    from promptcycle.cli import run_flow
     from promptcycle.config import load_config
 
     load_config(args.config).pipeline(args.pipeline)
@@ -131,11 +129,12 @@ def cmd_canary(args: argparse.Namespace) -> int:
     _starting(args, f"Looking at the canary of {args.pipeline!r}")
     from flows.canary import canary
 
-    result = asyncio.run(canary(pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
-                                simulate_traffic=args.simulate_traffic, seed=args.seed, watch=args.watch,
-                                max_looks=args.max_looks, error_rates=error_rates, ingest_path=args.ingest,
-                                actor=f"{_user()} via promptcycle canary"))
-    _emit(args, {"success": True, **result}, lambda: _print_canary(_console(), result))
+    result, run = run_flow(args, canary, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
+                           simulate_traffic=args.simulate_traffic, seed=args.seed, watch=args.watch,
+                           max_looks=args.max_looks, error_rates=error_rates, ingest_path=args.ingest,
+                           actor=f"{_user()} via promptcycle canary")
+    _emit(args, {"success": True, **result, **run.to_json(), "final_state": run.state.name},
+          lambda: _print_canary(_console(), result))
     return 0
 
 

@@ -302,7 +302,8 @@ class ArmCheck(BaseModel):
 
 def check_stored_arms(store_path: str, arms: Sequence[Arm], *, case_ids: Mapping[str, Sequence[str]],
                       scorers: Sequence[str], max_error_rate: float,
-                      model_groups: Sequence[Sequence[str]] = ()) -> dict[str, ArmCheck]:
+                      model_groups: Sequence[Sequence[str]] = (),
+                      expectations: Sequence[Mapping[str, Any]] = ()) -> dict[str, ArmCheck]:
     """Check each arm's stored results: complete arms go through the results suite (stored as the arm
     run's data-quality result; the run is closed) and are scored; the current prompt's arm is also
     scored over each of `model_groups`. Incomplete arms (the budget stopped them) stay open."""
@@ -319,7 +320,8 @@ def check_stored_arms(store_path: str, arms: Sequence[Arm], *, case_ids: Mapping
         check = ArmCheck(run_id=arm.run_id, complete=done >= expected, observations=done, expected=expected)
         if check.complete:
             report = validate_results(rows, expected_models=list(arm.models), expected_case_ids=ids,
-                                      repeats=arm.repeats, scorer_names=list(scorers), max_error_rate=max_error_rate)
+                                      repeats=arm.repeats, scorer_names=list(scorers), max_error_rate=max_error_rate,
+                                      expectations=expectations)
             store.write_dq_result(arm.run_id, "results", report.success, report.to_dict())
             check.quality = arm_quality(rows)
             check.problem = None if report.success else f"results suite failed: {report.summary()}"

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
     from promptcycle.datasets.cases import Case
 
-__all__ = ["validate_dataset", "validate_results", "RESULT_COLUMNS", "Check", "run_checks", "gx_expectations"]
+__all__ = ["validate_dataset", "validate_results", "results_expectations", "RESULT_COLUMNS", "Check", "run_checks",
+           "gx_expectations"]
 
 # Columns every results frame carries, besides one `score_<name>` per scorer.
 RESULT_COLUMNS = ("model", "case_id", "repeat", "spectrum", "overall", "latency_ms", "error", "error_kind")
@@ -283,8 +284,49 @@ def _case_row(case: Any, splits: Mapping[str, str], recorded: Mapping[str, str] 
 # Results suite
 # --------------------------------------------------------------------------------------------
 
+# The built-in format expectation of a pipeline whose `format` scorer asks for JSON: most answered rows
+# have the shape (a JSON object; with require_keys, at least half of those keys).
+DEFAULT_FORMAT_EXPECTATION = {"column": "format", "min": 0.5, "max": None, "mostly": 0.5}
+JSON_FORMAT_KINDS = ("json", "json_schema")
+
+
+def results_expectations(pipeline: Any) -> list[dict[str, Any]]:
+    """The expectations a pipeline (a `PipelineConfig`) adds to its results suite: its own
+    `quality.results_expectations`, plus the built-in format expectation when its `format` scorer asks
+    for JSON and none of its own is on `format`."""
+    own = [e.model_dump() for e in pipeline.quality.results_expectations]
+    format_options = pipeline.scorers.get("format")
+    if format_options is not None and (format_options or {}).get("kind", "json") in JSON_FORMAT_KINDS \
+            and not any(e["column"] == "format" for e in own):
+        own.append(dict(DEFAULT_FORMAT_EXPECTATION, builtin=True))
+    return own
+
+
+def _expectation_checks(data: "pd.DataFrame", expectations: Sequence[Mapping[str, Any]],
+                        scorer_names: list[str]) -> list[_Check]:
+    import pandas as pd
+
+    gxe = _gx_expectations()
+    checks = []
+    for e in expectations:
+        column = f"score_{e['column']}" if e["column"] in scorer_names else e["column"]
+        if column not in data.columns:
+            continue  # a missing column is reported by "results columns present"
+        data[column] = pd.to_numeric(data[column], errors="coerce").astype("float64")
+        lo, hi, mostly = e.get("min"), e.get("max"), float(e.get("mostly", 1.0))
+        bounds = (f">= {lo:g}" if hi is None else f"<= {hi:g}" if lo is None else f"in [{lo:g}, {hi:g}]")
+        label = f"{column} {bounds} on {_percent(mostly)} of rows" + (" (JSON pipeline)" if e.get("builtin") else "")
+        n_valued = int(data[column].notna().sum())
+        checks.append(_Check(
+            label, gxe.ExpectColumnValuesToBeBetween(column=column, min_value=lo, max_value=hi, mostly=mostly),
+            column, lambda n, v, r, b=bounds, k=n_valued, m=mostly:
+            f"{n} of {k} rows with a value not {b} ({_percent(1 - n / k if k else 0)} {b}, needed {_percent(m)})"))
+    return checks
+
+
 def validate_results(frame: "pd.DataFrame", *, expected_models: list[str], expected_case_ids: list[str],
-                     repeats: int, scorer_names: list[str], max_error_rate: float) -> QualityReport:
+                     repeats: int, scorer_names: list[str], max_error_rate: float,
+                     expectations: Sequence[Mapping[str, Any]] = ()) -> QualityReport:
     """Check a run's results before they are stored or used by a gate.
 
     `frame` has one row per (model, case_id, repeat) — repeats numbered 0 … repeats-1 — with
@@ -294,7 +336,8 @@ def validate_results(frame: "pd.DataFrame", *, expected_models: list[str], expec
     Expectations: the columns are present; every score and `overall` lies in [0, 1] and is
     present unless the row errored; latency_ms >= 0; every model x case x repeat of the expected
     grid appears exactly once and no row lies outside it; the share of errored rows is at most
-    `max_error_rate`, overall and for each model.
+    `max_error_rate`, overall and for each model; and each of `expectations` (dicts with column — a
+    scorer name, overall or latency_ms —, min, max, mostly; see `results_expectations`).
     """
     import pandas as pd
 
@@ -339,6 +382,7 @@ def validate_results(frame: "pd.DataFrame", *, expected_models: list[str], expec
             gxe.ExpectColumnMeanToBeBetween(column="_errored_number", min_value=0, max_value=max_error_rate),
             "error", lambda n, v, r: f"{_percent(rate)} of {len(data)} rows errored",
             examples=kinds, count=int(data["_errored"].sum())))
+    checks += _expectation_checks(data, expectations, scorer_names)
     failures = _run_checks(data, checks, "_key")
     n_expectations = len(checks)
 
