@@ -33,7 +33,7 @@ from promptcycle.evaluation.context import load_pipeline
 from promptcycle.store import MetricsStore
 from tasks.reports import artifact_key
 from tasks.retry import BACKOFF, retry_if_transient
-from tasks.runs import emit_outcome
+from tasks.runs import emit_outcome, flow_run_url
 from tasks.secrets import resolve_api_key
 
 __all__ = ["flow_actor", "block_secret", "prepare_deployment", "validate_stage", "gate_deployment",
@@ -106,9 +106,38 @@ def gate_deployment(config_path: str, pipeline: str, store_path: str | None, pla
              f"Deployment `{plan.deployment_id}` ({plan.kind}), production now `{plan.production or 'none'}`.", "",
              "| stage | status | reason |", "|---|---|---|"]
     lines += [f"| {r.stage} | {r.status} | {r.reason.replace('|', '/')} |" for r in reports]
+    lines += _version_markdown(MetricsStore(ctx.store_path), plan, reports)
     create_markdown_artifact(key=artifact_key("deploy-gate", pipeline), markdown="\n".join(lines),
                              description=f"The gate decision of deployment {plan.deployment_id}")
     return gate
+
+
+def _version_markdown(store: MetricsStore, plan: ReleasePlan, reports: list[StageReport]) -> list[str]:
+    """The runs behind the evidence (linked to their flow runs), the version's text and its diff against
+    production."""
+    from promptcycle.promptdiff import diff_markdown, prompt_markdown
+
+    lines: list[str] = []
+    quality = next((r for r in reports if r.stage == "quality"), None)
+    runs = [x for x in [(quality.details or {}).get("run_id") if quality else None] if x]
+    for run_id in runs:
+        record = store.get_run(run_id)
+        url = flow_run_url(record.flow_run_id) if record and record.flow_run_id else None
+        shown = f"[`{run_id}`]({url})" if url else f"`{run_id}`" + (
+            f" (flow run `{record.flow_run_id}`)" if record and record.flow_run_id else "")
+        lines += ["", f"Evidence: optimization run {shown}."]
+    version = store.get_prompt_version(plan.version)
+    if version is None:
+        return lines
+    lines += ["", f"## Version `{plan.version}`", "", prompt_markdown(version.system, version.template)]
+    production = store.get_prompt_version(plan.production) if plan.production else None
+    if production is not None:
+        lines += ["", f"## Diff against production `{plan.production}`", "",
+                  diff_markdown((production.system, production.template), (version.system, version.template),
+                                f"production {plan.production}", f"version {plan.version}")]
+    else:
+        lines += ["", "No version is in production yet: this is the first deployment."]
+    return lines
 
 
 @task(name="release-deployment", cache_policy=NO_CACHE)

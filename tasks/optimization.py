@@ -63,6 +63,7 @@ from promptcycle.store.records import DecisionRecord, PromptVersionRecord, Respo
 from promptcycle.store.remote import open_store
 from tasks.baseline import gate_dataset, new_run_id
 from tasks.reports import artifact_key
+from tasks.runs import flow_run_url
 from tasks.cells import run_cell
 from tasks.retry import BACKOFF, retry_if_transient
 from tasks.secrets import resolve_api_key
@@ -618,6 +619,16 @@ def label_candidate(plan: OptimizationPlan, confirmation: Confirmation, estimate
         summary.candidate_system, summary.candidate_template = version.system, version.template
         summary.n_models = len(_arm_models(plan, row.scope))
         summary.current_test_quality, summary.candidate_test_quality = confirmation.test_quality[headline]
+        production = (store.get_label(plan.pipeline, "production", scope=row.scope or "")
+                      or store.get_label(plan.pipeline, "production"))
+        compared = store.get_prompt_version(production or plan.current_hash)
+        if compared is not None:
+            summary.compared_hash, summary.compared_label = compared.prompt_hash, (
+                "production" if production else "current prompt")
+            summary.compared_system, summary.compared_template = compared.system, compared.template
+    own, baseline = store.get_run(plan.run_id), store.get_run(plan.baseline_run_id)
+    summary.flow_run_id = own.flow_run_id if own else None
+    summary.baseline_flow_run_id = baseline.flow_run_id if baseline else None
     summary.spend = store.spend(plan.run_id)
     summary.finished_at = datetime.now(timezone.utc)
     # A run the cap stopped stays resumable: the same command with a higher cap continues it.
@@ -657,5 +668,5 @@ def publish_optimization_report(summary: OptimizationSummary) -> None:
         create_table_artifact(key=artifact_key("optimization-candidates", summary.pipeline), table=rows,
                               description=f"Candidates of run {summary.run_id}: dev scores, rationale{simulated}")
     create_markdown_artifact(key=artifact_key("optimization-confirmation", summary.pipeline),
-                             markdown=confirmation_markdown(summary),
+                             markdown=confirmation_markdown(summary, url_of=flow_run_url),
                              description=f"Outcome of run {summary.run_id}: {summary.outcome}{simulated}")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from promptcycle.config import Thresholds
-from promptcycle.evaluation.summary import RunSummary, latency_cost_markdown, quality_markdown
+from promptcycle.evaluation.summary import RunSummary, cells_table, latency_cost_markdown, quality_markdown
+from tasks.runs import flow_run_url
 
 __all__ = ["publish_baseline_report", "artifact_key"]
 
@@ -27,11 +29,13 @@ def publish_baseline_report(summary: RunSummary, thresholds: Thresholds) -> None
                              markdown=latency_cost_markdown(summary),
                              description=f"Latency and cost of run {summary.run_id}")
     create_table_artifact(key=artifact_key("baseline-cells", summary.pipeline),
-                          table=[c.model_dump() for c in summary.cells],
+                          table=cells_table(summary),
                           description=f"Every cell of run {summary.run_id}" +
                           (" (simulated)" if summary.simulated else ""))
+    url = flow_run_url(flow_run.get_id())
     create_markdown_artifact(key=artifact_key("baseline-run", summary.pipeline),
                              markdown=f"Run id: `{summary.run_id}` · status {summary.status} · "
                                       f"{summary.rows} results, {summary.errors} errors"
-                                      + (" · simulated" if summary.simulated else ""),
+                                      + (" · simulated" if summary.simulated else "")
+                                      + (f" · [flow run]({url})" if url else f" · flow run `{flow_run.get_id()}`"),
                              description="The run id, for `promptcycle optimize --baseline`")

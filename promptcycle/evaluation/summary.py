@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["CellQuality", "Ranked", "RunSummary", "summarize_results", "summarize_stored_run",
-           "quality_markdown", "latency_cost_markdown"]
+           "quality_markdown", "cells_table", "latency_cost_markdown"]
 
 LEVEL_MARK = {"critical": "🔴 critical", "warning": "🟠 warning", "ok": "🟡 ok", "target": "🟢 target",
               "excellent": "🟣 excellent"}
@@ -123,24 +123,35 @@ def summarize_stored_run(store_path: str | Path, run_id: str, *, scorers: list[s
 
 
 def quality_markdown(summary: RunSummary, thresholds: Thresholds) -> str:
-    spectrums = [s.name for s in summary.spectrums]  # best first, hardest last
+    """The quality matrix, one row per spectrum and one short column per model (best first), so it fits the
+    Prefect UI's artifact pane; each cell shows its points and its level's mark."""
+    marks = {level: mark.split(" ")[0] for level, mark in LEVEL_MARK.items()}
+    models = [m.name for m in summary.models]  # best first
     lines = [f"# Baseline quality — `{summary.pipeline}`",
              "",
              f"Run `{summary.run_id}` · prompt `{summary.prompt_hash}` · {summary.rows} results · "
              f"{summary.errors} errors · overall **{summary.quality:.1f}** ({summary.level})"
              + (" · **SIMULATED** (built-in simulator: not real model quality)" if summary.simulated else ""),
              "",
-             f"Levels: critical < {thresholds.critical:g} ≤ warning < {thresholds.warning:g} ≤ ok < "
-             f"{thresholds.target:g} ≤ target < {thresholds.excellent:g} ≤ excellent (points of the weighted score).",
+             f"Levels: {marks['critical']} critical < {thresholds.critical:g} ≤ {marks['warning']} warning < "
+             f"{thresholds.warning:g} ≤ {marks['ok']} ok < {thresholds.target:g} ≤ {marks['target']} target < "
+             f"{thresholds.excellent:g} ≤ {marks['excellent']} excellent (points of the weighted score).",
              "",
-             "| model | " + " | ".join(spectrums) + " | overall |",
-             "|---" * (len(spectrums) + 2) + "|"]
-    for m in summary.models:
-        row = [f"{summary.cell(m.name, s).quality:.1f} {LEVEL_MARK[summary.cell(m.name, s).level]}" for s in spectrums]
-        lines.append(f"| {m.name} | " + " | ".join(row) + f" | **{m.quality:.1f}** |")
-    lines.append("| **overall** | " + " | ".join(f"**{s.quality:.1f}**" for s in summary.spectrums)
+             "| spectrum | " + " | ".join(models) + " | all |",
+             "|---" + "|---:" * (len(models) + 1) + "|"]
+    for s in summary.spectrums:  # best first, hardest last
+        row = [f"{summary.cell(m, s.name).quality:.1f} {marks[summary.cell(m, s.name).level]}" for m in models]
+        lines.append(f"| {s.name} | " + " | ".join(row) + f" | **{s.quality:.1f}** |")
+    lines.append("| **all** | " + " | ".join(f"**{m.quality:.1f}**" for m in summary.models)
                  + f" | **{summary.quality:.1f}** |")
     return "\n".join(lines)
+
+
+def cells_table(summary: RunSummary) -> list[dict[str, object]]:
+    """Every cell as a row with short headers (the table artifact)."""
+    return [{"model": c.model, "spectrum": c.spectrum, "quality": c.quality, "level": c.level, "n": c.n,
+             "errors": c.errors, "mean ms": c.mean_latency_ms, "p95 ms": c.p95_latency_ms, "USD": c.cost_usd}
+            for c in summary.cells]
 
 
 def latency_cost_markdown(summary: RunSummary) -> str:

@@ -30,7 +30,7 @@ The **outcome** of an optimization is one of
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,7 @@ from pydantic import BaseModel
 from promptcycle.config import Thresholds
 from promptcycle.datasets.cases import Case
 from promptcycle.optimize.budget import BudgetEstimate
+from promptcycle.promptdiff import diff_markdown, prompt_markdown
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -228,6 +229,13 @@ class OptimizationSummary(BaseModel):
     candidate_rationale: str | None = None
     candidate_system: str | None = None
     candidate_template: str | None = None
+    # what the candidate is compared with in the report: the production version, else the current prompt
+    compared_hash: str | None = None
+    compared_label: str | None = None  # "production" | "current prompt"
+    compared_system: str | None = None
+    compared_template: str | None = None
+    flow_run_id: str | None = None  # the optimization's flow run
+    baseline_flow_run_id: str | None = None
     labelled: list[dict[str, str | None]] = []  # {"scope": …, "hash": …} for every label moved
     decision: str | None = None
     effect: float | None = None  # mean per-case score difference, score units (0.01 = 1 point)
@@ -394,12 +402,20 @@ def _spend_line(s: OptimizationSummary) -> str:
             f"tokens (budget: {cap}{est}).")
 
 
-def confirmation_markdown(s: OptimizationSummary) -> str:
-    """The confirmation artifact: the outcome, the evidence, per-spectrum deltas, spend vs budget."""
+def _run_link(run_id: str, flow_run_id: str | None, url_of: Callable[[str], str | None] | None) -> str:
+    url = url_of(flow_run_id) if url_of is not None and flow_run_id else None
+    return f"[`{run_id}`]({url})" if url else f"`{run_id}`" + (f" (flow run `{flow_run_id}`)" if flow_run_id else "")
+
+
+def confirmation_markdown(s: OptimizationSummary, url_of: Callable[[str], str | None] | None = None) -> str:
+    """The confirmation artifact: the outcome, the runs it describes (linked to their flow runs when
+    `url_of(flow_run_id)` gives a URL), the evidence, per-spectrum deltas, spend vs budget, and the
+    candidate's text with its diff against production (or the current prompt)."""
     lines = [f"# Optimization — `{s.pipeline}`: **{s.outcome.replace('_', ' ')}**", ""]
     if s.simulated:
         lines += ["*Simulated results (the offline simulated LLM world): the gain is within that world.*", ""]
-    lines += [s.reason, "", f"Run `{s.run_id}` · baseline run `{s.baseline_run_id}` · current prompt "
+    lines += [s.reason, "", f"Run {_run_link(s.run_id, s.flow_run_id, url_of)} · baseline run "
+              f"{_run_link(s.baseline_run_id, s.baseline_flow_run_id, url_of)} · current prompt "
               f"`{s.current_hash}`" + (f" · candidate `{s.candidate_hash}` ({s.candidate_strategy}"
                                        + (f", for {s.candidate_scope}" if s.candidate_scope else "") + ")"
                                        if s.candidate_hash else ""), ""]
@@ -424,4 +440,12 @@ def confirmation_markdown(s: OptimizationSummary) -> str:
                          f"{sp['n_cases']} | {'yes' if sp['non_inferior'] else '**no**'} |")
         lines.append("")
     lines.append(_spend_line(s))
+    if s.candidate_hash and s.candidate_template is not None:
+        lines += ["", f"## Candidate `{s.candidate_hash}` ({s.candidate_strategy})", "",
+                  prompt_markdown(s.candidate_system, s.candidate_template)]
+        if s.compared_hash and s.compared_template is not None:
+            lines += ["", f"## Diff against {s.compared_label} `{s.compared_hash}`", "",
+                      diff_markdown((s.compared_system, s.compared_template),
+                                    (s.candidate_system, s.candidate_template),
+                                    f"{s.compared_label} {s.compared_hash}", f"candidate {s.candidate_hash}")]
     return "\n".join(lines)
