@@ -82,7 +82,11 @@ def test_the_default_pipeline_deploys_canaries_and_rolls_back_offline(prefect_ha
     from prefect.artifacts import Artifact
 
     assert "rolled_back" in Artifact.get("canary-customer-insights").data
-    assert "FORCED" in Artifact.get("deploy-gate-customer-insights").data
+    gate = Artifact.get("deploy-gate-customer-insights").data
+    assert "FORCED" in gate
+    # The deployed version's text and its diff against production.
+    assert f"## Version `{worse}`" in gate and f"## Diff against production `{better}`" in gate
+    assert f"--- production {better}\n+++ version {worse}" in gate
     assert "quality" in Artifact.get("deploy-customer-insights-quality").data
 
     code, rolled = cli(capsys, "rollback", "--config", config, "--reason", "demo", "--json")

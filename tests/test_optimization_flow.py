@@ -171,6 +171,13 @@ def test_the_flow_confirms_a_better_prompt_and_labels_it_with_its_evidence(optim
 
     confirmation = Artifact.get(f"optimization-confirmation-{PIPE}")
     assert confirmation is not None and summary.run_id in confirmation.data
+    # The candidate's text, its diff against the current prompt (nothing is in production), links to the runs.
+    assert summary.candidate_template.splitlines()[-1] in confirmation.data
+    assert f"## Diff against current prompt `{summary.current_hash}`" in confirmation.data
+    assert f"--- current prompt {summary.current_hash}\n+++ candidate {summary.candidate_hash}" in confirmation.data
+    assert summary.flow_run_id and summary.baseline_flow_run_id
+    for flow_run_id in (summary.flow_run_id, summary.baseline_flow_run_id):
+        assert f"/runs/flow-run/{flow_run_id})" in confirmation.data
     assert Artifact.get(f"optimization-diagnosis-{PIPE}") is not None
     assert Artifact.get(f"optimization-candidates-{PIPE}") is not None
 
