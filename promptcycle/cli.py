@@ -58,7 +58,7 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], human: Callable[[],
 # -- flow runs: run a flow, and say where to find it in Prefect ---------------------------------------------------
 
 class FlowRun:
-    """The flow run a command started: its id, name and UI URL (None on Prefect's temporary server)."""
+    """The flow run a command started: its final state, id and UI URL (None on Prefect's temporary server)."""
 
     def __init__(self, state) -> None:
         from tasks.runs import flow_run_url
