@@ -130,10 +130,11 @@ def test_canary_outcomes_end_in_distinct_states_and_emit_events(prefect_harness,
                 name=["promptcycle.canary.promoted", "promptcycle.canary.rolled_back"])))
             return page.events
 
+    ours = {promoted["canary_id"], rolled["canary_id"]}  # other tests' canaries emit events too
     EventsWorker.drain_all()
     deadline, found = time.monotonic() + 60, []
     while time.monotonic() < deadline:
-        found = asyncio.run(events())
+        found = [e for e in asyncio.run(events()) if e.payload.get("canary_id") in ours]
         if len(found) >= 2:
             break
         time.sleep(1)
@@ -143,7 +144,7 @@ def test_canary_outcomes_end_in_distinct_states_and_emit_events(prefect_harness,
     assert up.resource.id == down.resource.id == f"promptcycle.pipeline.{PIPE}"
     assert (up.payload["control"], up.payload["treatment"], up.payload["production"]) == (first, better, better)
     assert (down.payload["control"], down.payload["treatment"], down.payload["production"]) == (better, worse, better)
-    assert down.payload["canary_id"] == rolled["canary_id"]
+    assert (up.payload["canary_id"], down.payload["canary_id"]) == (promoted["canary_id"], rolled["canary_id"])
     assert any(r.id == f"prefect.flow-run.{rolled['flow_run_id']}" for r in down.related)
 
 
