@@ -84,7 +84,8 @@ def test_a_v1_file_upgrades_to_v2_with_its_data_intact(tmp_path):
     assert (run.pipeline, run.status, run.models, run.started_at) == (PIPE, "completed", ["sim-nano"], T0)
     assert store.get_prompt_version("root").template == "{{customer}}"
     assert store.get_splits("ds") == {"c1": "train"}
-    assert store.spend(["b-1"]) == {"calls": 1, "cost_usd": 0.002, "input_tokens": 120, "output_tokens": 30}
+    assert store.spend(["b-1"]) == {"calls": 1, "answered": 1, "cost_usd": 0.002, "input_tokens": 120,
+                                    "output_tokens": 30}
     assert store.labels() == [] and store.decisions() == []
     # The new tables work on the upgraded file.
     assert store.move_label(PIPE, "production", "root", actor="test", reason="first deploy").from_hash is None
