@@ -39,6 +39,7 @@ class BaselinePlan(BaseModel):
     total_calls: int
     recorded: int = 0  # scored rows a resumed run already has
     retried: int = 0  # rows of a resumed run that ended in a terminal error: called again
+    paid_before: int = 0  # requests the run had sent before this process took it up
 
     def announcement(self) -> str:
         """What this process does, in one line: started, or resumed (and what is retried)."""
@@ -113,7 +114,8 @@ def _prepare_baseline(ctx, store, pipeline: str, repeats: int | None, limit: int
     return BaselinePlan(run_id=run_id, pipeline=pipeline, resumed=previous is not None, prompt_hash=prompt.hash,
                         repeats=repeats, limit=limit, cells=cells,
                         total_calls=len(ctx.cases) * len(ctx.pipeline.models) * repeats,
-                        recorded=recorded["scored"], retried=recorded["failed"])
+                        recorded=recorded["scored"], retried=recorded["failed"],
+                        paid_before=store.spend([run_id])["calls"] if previous is not None else 0)
 
 
 @task(name="evaluate-cell", task_run_name="{model} × {spectrum}", cache_policy=NO_CACHE,
@@ -160,7 +162,10 @@ def summarize_run(config_path: str, pipeline: str, store_path: str | None, plan:
         pipeline=pipeline,
         prompt_hash=plan.prompt_hash, status="completed", models=list(ctx.pipeline.models),
         spectrums=list(ctx.pipeline.dataset.spectrums), resumed=plan.resumed,
-        calls_paid=store.spend([plan.run_id])["calls"], calls_reused=sum(o["reused"] for o in outcomes),
+        # Every request this process sent (retries included), from the store: a cell's outcome counts
+        # only its last task attempt.
+        calls_paid=store.spend([plan.run_id])["calls"] - plan.paid_before,
+        calls_reused=sum(o["reused"] for o in outcomes),
         data_quality={d["suite"]: bool(d["success"]) for d in store.dq_results(plan.run_id)},
         started_at=run.started_at if run else None, finished_at=datetime.now(timezone.utc))
     store.finish_run(plan.run_id, "completed", json.loads(summary.model_dump_json()))

@@ -287,11 +287,12 @@ def test_spend_sums_the_ledger_by_run_ids_and_by_prefix(tmp_path):
     store.write_batch([paid("k2", "opt_8", 9.0, 9, 9)], [])  # a call already paid for stays with its payer
 
     assert store.spend(["opt_7-cand-1", "opt_7-cand-2"]) == {
-        "calls": 3, "cost_usd": pytest.approx(0.06), "input_tokens": 900, "output_tokens": 90}
-    assert store.spend("opt_7") == {"calls": 4, "cost_usd": pytest.approx(0.07), "input_tokens": 1000,
+        "calls": 3, "answered": 3, "cost_usd": pytest.approx(0.06), "input_tokens": 900, "output_tokens": 90}
+    assert store.spend("opt_7") == {"calls": 4, "answered": 4, "cost_usd": pytest.approx(0.07), "input_tokens": 1000,
                                     "output_tokens": 100}
     assert store.spend("opt_7-cand-") == store.spend(["opt_7-cand-1", "opt_7-cand-2", "opt_7-cand-2"])
-    assert store.spend(["opt_8"]) == {"calls": 0, "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0}
+    assert store.spend(["opt_8"]) == {"calls": 0, "answered": 0, "cost_usd": 0.0, "input_tokens": 0,
+                                      "output_tokens": 0}
     assert store.spend([]) == store.spend("nothing-")
     assert store.spend(("baseline-1",))["cost_usd"] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="prefix"):
