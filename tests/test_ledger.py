@@ -101,6 +101,61 @@ def test_a_run_that_ended_in_errors_is_retried_by_the_same_command(prefect_harne
         progress.remove_note_listener(notes.append)
 
 
+def test_a_cell_retries_its_errors_in_a_new_process_and_carries_their_attempts(tmp_path):
+    """The mechanism under the baseline's and the optimization's evaluations, without the engine: a
+    re-run (a new event loop, as a new process has) calls again what ended in error, and the row that
+    finally records a call counts every request it took, in this and earlier runs and task attempts."""
+    from pydantic import SecretStr
+
+    from promptcycle.config import ModelConfig, ProviderConfig
+    from promptcycle.datasets import load_cases
+    from promptcycle.evaluation.cells import CellSpec, RetryCellError, evaluate_cell
+    from promptcycle.prompts import PromptTemplate
+    from promptcycle.providers import OpenAICompatibleProvider
+    from promptcycle.scoring import build_scorers
+    from promptcycle.store import MetricsStore
+
+    cases = load_cases("bundled:customer_insights")[:6]
+    models = {"nano": ModelConfig(provider="sim", model="sim-nano")}
+    store = MetricsStore(tmp_path / "m.duckdb")
+    spec = CellSpec(run_id="run-1", pipeline="p", model_name="nano", model=models["nano"], spectrum="mixed",
+                    prompt=PromptTemplate(system="s", template="{{customer}} {{question}}"), cases=cases, splits={},
+                    repeats=1, weights={"completeness": 1.0})
+
+    def attempt(server, key: str, *, final: bool):
+        async def go():
+            conf = ProviderConfig(kind="openai", base_url=server.base_url, max_retries=1, backoff_seconds=0.01)
+            async with OpenAICompatibleProvider("sim", conf, models, api_key=SecretStr(key)) as provider:
+                return await evaluate_cell(spec, provider=provider, provider_name="sim",
+                                           scorers=build_scorers({"completeness": {"weight": 1.0}}), store=store,
+                                           final_attempt=final)
+        return asyncio.run(go())
+
+    # A 401 is answered before any fault is drawn: the 503s go to the first four authorised requests.
+    with ServerThread(FaultConfig(fail_first=4, fail_kind="server_error"), require_api_key=KEY) as server:
+        assert attempt(server, "sk-wrong", final=True).errors == 6  # a wrong key: six terminal errors
+        assert server.state.requests == 6
+        # The key fixed, one process: its first task attempt meets the 503s (two calls are left for the
+        # next attempt after their one client retry), the last attempt answers them.
+
+        async def two_task_attempts():
+            conf = ProviderConfig(kind="openai", base_url=server.base_url, max_retries=1, backoff_seconds=0.01)
+            async with OpenAICompatibleProvider("sim", conf, models, api_key=SecretStr(KEY)) as provider:
+                kwargs = dict(provider=provider, provider_name="sim", store=store,
+                              scorers=build_scorers({"completeness": {"weight": 1.0}}))
+                try:
+                    await evaluate_cell(spec, final_attempt=False, concurrency=2, **kwargs)
+                except RetryCellError:
+                    pass
+                return await evaluate_cell(spec, final_attempt=True, **kwargs)
+
+        outcome = asyncio.run(two_task_attempts())
+        assert outcome.errors == 0
+    figures = store_figures(store.path, "run-1")
+    assert figures["errors"] == 0 and figures["answered"] == 6
+    assert figures["attempts"] == server.state.requests == 6 + 4 + 6  # the 401s, the 503s and the answers
+
+
 # -- 2. every attempt is counted, waiting apart from latency ---------------------------------------------------
 
 @pytest.mark.slow
