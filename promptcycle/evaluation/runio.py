@@ -75,7 +75,9 @@ class RunIO:
                     pass
 
     async def completed(self, model: str) -> set[tuple[str, int]]:
-        """(case_id, repeat) of `model` this run already recorded (scored or terminal error)."""
+        """(case_id, repeat) of `model` this run need not call again: scored in the store, or recorded by this
+        process (scored or terminal error). The store's terminal errors are called again, their requests
+        carried over."""
         async with self._completed_lock:
             if model not in self._completed:
                 self._completed[model] = await asyncio.to_thread(self.store.completed_keys, self.run_id, model)
