@@ -19,6 +19,7 @@ from promptcycle.errors import RunFailedError
 from promptcycle.evaluation import progress
 from promptcycle.evaluation.context import load_pipeline
 from promptcycle.evaluation.heap import freeze_startup_objects
+from promptcycle.evaluation.lease import release_pipeline
 from promptcycle.evaluation.pool import close_providers
 from promptcycle.evaluation.summary import RunSummary
 from tasks.baseline import check_results, evaluate_cell_task, fail_run, prepare_baseline, summarize_run
@@ -44,8 +45,8 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
     logger = get_run_logger()
     await tag_flow_run(pipeline, "baseline", is_simulated(config_path, pipeline))
     plan = prepare_baseline(config_path, pipeline, store_path, repeats, limit, flow_run.get_id())
-    logger.info("%s run %s: %d cells, %d calls", "resuming" if plan.resumed else "starting", plan.run_id,
-                len(plan.cells), plan.total_calls)
+    logger.info(plan.announcement())
+    progress.report_note(plan.announcement())
     freeze_startup_objects()
     progress.report_total(plan.total_calls, phase="baseline")
     progress_id = await create_progress_artifact(progress=0.0, key=artifact_key("baseline-progress", pipeline),
@@ -66,6 +67,7 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
             await update_progress_artifact(progress_id, 100.0 * (len(outcomes) + len(failures)) / len(plan.cells))
     finally:
         await close_providers()
+        release_pipeline(pipeline)  # what this process pays for ends here
     if failures:
         reason = f"{len(failures)} of {len(plan.cells)} cells failed; first: {failures[0]}"
         fail_run(config_path, pipeline, store_path, plan.run_id, reason)

@@ -23,6 +23,7 @@ from promptcycle.errors import RunFailedError
 from promptcycle.evaluation import progress
 from promptcycle.evaluation.context import load_pipeline
 from promptcycle.evaluation.heap import freeze_startup_objects
+from promptcycle.evaluation.lease import release_pipeline
 from promptcycle.evaluation.pool import close_providers
 from promptcycle.optimize.budget import BudgetEstimate
 from promptcycle.optimize.search import CONFIRM, SCREEN, Arm, OptimizationSummary
@@ -80,6 +81,8 @@ async def optimization(pipeline: str = "customer-insights", config_path: str = "
                                 max_cost_usd, limit, flow_run.get_id())
     logger.info("%s optimization %s from baseline %s", "resuming" if plan.resumed else "starting", plan.run_id,
                 baseline_run_id)
+    progress.report_note(f"{'resuming' if plan.resumed else 'starting'} optimization {plan.run_id} from baseline "
+                         f"{baseline_run_id}" + (" (calls that ended in error are retried)" if plan.resumed else ""))
     freeze_startup_objects()
     try:
         publish_diagnosis(plan, diagnose_baseline(plan))
@@ -112,6 +115,7 @@ async def optimization(pipeline: str = "customer-insights", config_path: str = "
         raise
     finally:
         await close_providers()
+        release_pipeline(pipeline)
     logger.info("%s: %s", summary.outcome, summary.reason)
     publish_optimization_report(summary)
     return summary

@@ -362,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.error(f"--{name} must be at least 1")
+    from promptcycle.evaluation import progress
+
+    # Whether this process started a run, resumed one, or was refused: said on stderr, whatever --json.
+    progress.add_note_listener(lambda text: print(text, file=sys.stderr, flush=True))
     try:
         return args.func(args)
     except (ConfigError, DatasetError) as exc:

@@ -15,6 +15,7 @@
     │   └── FatalProviderError      not worth retrying (auth, bad request, unknown model)
     ├── StoreError                  the metrics store failed
     ├── RunFailedError              a run could not finish (it stays resumable)
+    ├── PipelineBusyError           another process is already spending on this pipeline
     ├── BudgetExceededError         a call or cost cap was reached
     ├── GateError                   a deployment gate refused
     ├── DeploymentError             a deployment cannot go ahead as asked
@@ -44,6 +45,7 @@ __all__ = [
     "FatalProviderError",
     "StoreError",
     "RunFailedError",
+    "PipelineBusyError",
     "BudgetExceededError",
     "GateError",
     "DeploymentError",
@@ -92,7 +94,9 @@ class DataQualityError(PromptcycleError):
 
 
 class ProviderError(PromptcycleError):
-    """A call to a model provider failed."""
+    """A call to a model provider failed; `attempts` is how many requests it sent (the client sets it)."""
+
+    attempts: int = 0
 
     def __init__(self, message: str, *, provider: str | None = None, status: int | None = None,
                  retry_after: float | None = None):
@@ -145,6 +149,10 @@ class StoreError(PromptcycleError):
 
 class RunFailedError(PromptcycleError):
     """A run could not finish; what it recorded stays, and re-running the same command resumes it."""
+
+
+class PipelineBusyError(PromptcycleError):
+    """Another live process holds the pipeline's lease (a run of it is under way); nothing was started."""
 
 
 class BudgetExceededError(PromptcycleError):

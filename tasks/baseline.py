@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from promptcycle.errors import DataQualityError
 from promptcycle.evaluation.cells import CellSpec
 from promptcycle.evaluation.context import fingerprint, load_pipeline
+from promptcycle.evaluation.lease import hold_pipeline, release_pipeline
 from promptcycle.evaluation.summary import RunSummary, summarize_stored_run
 from promptcycle.quality.suites import results_expectations
 from promptcycle.quality.worker import validate_dataset, validate_run_results, warm_up
@@ -37,6 +38,16 @@ class BaselinePlan(BaseModel):
     limit: int | None
     cells: list[tuple[str, str]]  # (model, spectrum)
     total_calls: int
+    recorded: int = 0  # scored rows a resumed run already has
+    retried: int = 0  # rows of a resumed run that ended in a terminal error: called again
+    paid_before: int = 0  # requests the run had sent before this process took it up
+
+    def announcement(self) -> str:
+        """What this process does, in one line: started, or resumed (and what is retried)."""
+        if not self.resumed:
+            return f"starting run {self.run_id}: {len(self.cells)} cells, {self.total_calls:,} calls"
+        return (f"resuming run {self.run_id}: {self.recorded:,} of {self.total_calls:,} recorded, "
+                f"{self.retried:,} ended in error and are retried")
 
 
 def gate_dataset(ctx, store, run_id: str) -> None:
@@ -59,14 +70,27 @@ def new_run_id(kind: str, pipeline: str) -> str:
 @task(name="prepare-baseline", cache_policy=NO_CACHE)
 def prepare_baseline(config_path: str, pipeline: str, store_path: str | None, repeats: int | None,
                      limit: int | None, flow_run_id: str | None = None) -> BaselinePlan:
-    """Load and check everything before any model call: config, keys, dataset suite, run record."""
+    """Load and check everything before any model call: config, keys, dataset suite, run record.
+
+    Takes the pipeline's lease first (promptcycle/evaluation/lease.py): a second process running the
+    pipeline meanwhile is refused here; the flow releases the lease when it ends."""
     warm_up()
     ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
     for provider in ctx.providers_used():
         resolve_api_key(ctx.config, provider)  # a missing key fails here, before spending
+    store = open_store(ctx.store_path)
+    hold_pipeline(store, pipeline, "baseline")
+    try:
+        return _prepare_baseline(ctx, store, pipeline, repeats, limit, flow_run_id)
+    except BaseException:
+        release_pipeline(pipeline)
+        raise
+
+
+def _prepare_baseline(ctx, store, pipeline: str, repeats: int | None, limit: int | None,
+                      flow_run_id: str | None) -> BaselinePlan:
     repeats = repeats or ctx.pipeline.repeats
     prompt = ctx.prompt
-    store = open_store(ctx.store_path)
     fp = fingerprint(ctx, kind="baseline", repeats=repeats, limit=limit, prompt_hash=prompt.hash)
     previous = store.find_resumable_run(pipeline, "baseline", fp)
     run_id = previous.run_id if previous else new_run_id("baseline", pipeline)
@@ -87,9 +111,12 @@ def prepare_baseline(config_path: str, pipeline: str, store_path: str | None, re
         variables=prompt.variables, parent_hash=None, strategy="baseline",
         rationale="The pipeline's configured prompt.", scope=None, created_at=datetime.now(timezone.utc)))
     cells = [(m, s) for m in ctx.pipeline.models for s in ctx.pipeline.dataset.spectrums]
+    recorded = store.run_progress(run_id) if previous is not None else {"scored": 0, "failed": 0}
     return BaselinePlan(run_id=run_id, pipeline=pipeline, resumed=previous is not None, prompt_hash=prompt.hash,
                         repeats=repeats, limit=limit, cells=cells,
-                        total_calls=len(ctx.cases) * len(ctx.pipeline.models) * repeats)
+                        total_calls=len(ctx.cases) * len(ctx.pipeline.models) * repeats,
+                        recorded=recorded["scored"], retried=recorded["failed"],
+                        paid_before=store.spend([run_id])["calls"] if previous is not None else 0)
 
 
 @task(name="evaluate-cell", task_run_name="{model} × {spectrum}", cache_policy=NO_CACHE,
@@ -138,7 +165,10 @@ def summarize_run(config_path: str, pipeline: str, store_path: str | None, plan:
         pipeline=pipeline,
         prompt_hash=plan.prompt_hash, status="completed", models=list(ctx.pipeline.models),
         spectrums=list(ctx.pipeline.dataset.spectrums), resumed=plan.resumed,
-        calls_paid=sum(o["called"] for o in outcomes), calls_reused=sum(o["reused"] for o in outcomes),
+        # Every request this process sent (retries included), from the store: a cell's outcome counts
+        # only its last task attempt.
+        calls_paid=store.spend([plan.run_id])["calls"] - plan.paid_before,
+        calls_reused=sum(o["reused"] for o in outcomes),
         data_quality={d["suite"]: bool(d["success"]) for d in store.dq_results(plan.run_id)},
         started_at=run.started_at if run else None, finished_at=datetime.now(timezone.utc))
     store.finish_run(plan.run_id, "completed", json.loads(summary.model_dump_json()))

@@ -26,6 +26,7 @@ from promptcycle.errors import (
 )
 from promptcycle.evaluation.cells import CellSpec, call_key, call_keys
 from promptcycle.evaluation.context import PipelineContext, fingerprint, load_pipeline
+from promptcycle.evaluation.lease import hold_pipeline, release_pipeline
 from promptcycle.evaluation.pool import get_provider
 from promptcycle.optimize import CandidatePrompt, Diagnosis, StrategyContext, create_strategy, strategies
 from promptcycle.optimize.budget import (
@@ -195,6 +196,20 @@ def prepare_optimization(config_path: str, pipeline: str, store_path: str | None
     for provider in ctx.providers_used():
         resolve_api_key(ctx.config, provider)
     store = open_store(ctx.store_path)
+    hold_pipeline(store, pipeline, "optimization")  # released by the flow when it ends
+    try:
+        return _prepare_optimization(ctx, store, pipeline, config_path, store_path, baseline_run_id, names,
+                                     max_calls, max_cost_usd, limit, flow_run_id)
+    except BaseException:
+        release_pipeline(pipeline)
+        raise
+
+
+def _prepare_optimization(ctx, store, pipeline: str, config_path: str, store_path: str | None,
+                          baseline_run_id: str, names: list[str], max_calls: int | None,
+                          max_cost_usd: float | None, limit: int | None,
+                          flow_run_id: str | None) -> OptimizationPlan:
+    opt = ctx.pipeline.optimization
     baseline = store.get_run(baseline_run_id)
     current_hash = baseline.prompt_hash or ctx.prompt.hash
     if store.get_prompt_version(current_hash) is None:

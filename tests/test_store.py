@@ -282,15 +282,17 @@ def test_a_batch_with_a_wrong_value_is_refused_whole(tmp_path):
     assert table_rows(store.path, "SELECT count(*) FROM responses") == [(0,)]
 
 
-def test_completed_keys_counts_scores_and_terminal_errors(tmp_path):
+def test_completed_keys_counts_scores_and_leaves_terminal_errors_to_retry(tmp_path):
     store = MetricsStore(tmp_path / "m.duckdb")
     rng = random.Random(5)
     rows = [make_pair("r1", "sim-nano", "c-1", 0, rng), make_pair("r1", "sim-nano", "c-1", 1, rng),
             make_pair("r1", "sim-nano", "c-2", 0, rng, failed=True), make_pair("r1", "sim-large", "c-3", 0, rng),
             make_pair("r2", "sim-nano", "c-4", 0, rng)]
     store.write_batch([r for r, _ in rows if r], [res for _, res in rows])
-    assert store.completed_keys("r1", "sim-nano") == {("c-1", 0), ("c-1", 1), ("c-2", 0)}
-    assert store.completed_keys("r1", "sim-nano", ["c-2", "c-9"]) == {("c-2", 0)}
+    assert store.completed_keys("r1", "sim-nano") == {("c-1", 0), ("c-1", 1)}
+    assert store.completed_keys("r1", "sim-nano", ["c-1", "c-2", "c-9"]) == {("c-1", 0), ("c-1", 1)}
+    assert set(store.failed_calls("r1", "sim-nano")) == {("c-2", 0)}
+    assert store.run_progress("r1") == {"scored": 3, "failed": 1}
     assert store.completed_keys("r1", "sim-nano", []) == set()
     assert store.completed_keys("r1", "sim-large") == {("c-3", 0)}
     assert store.completed_keys("r3", "sim-nano") == set()

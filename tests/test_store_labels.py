@@ -84,7 +84,8 @@ def test_a_v1_file_upgrades_to_v2_with_its_data_intact(tmp_path):
     assert (run.pipeline, run.status, run.models, run.started_at) == (PIPE, "completed", ["sim-nano"], T0)
     assert store.get_prompt_version("root").template == "{{customer}}"
     assert store.get_splits("ds") == {"c1": "train"}
-    assert store.spend(["b-1"]) == {"calls": 1, "cost_usd": 0.002, "input_tokens": 120, "output_tokens": 30}
+    assert store.spend(["b-1"]) == {"calls": 1, "answered": 1, "cost_usd": 0.002, "input_tokens": 120,
+                                    "output_tokens": 30}
     assert store.labels() == [] and store.decisions() == []
     # The new tables work on the upgraded file.
     assert store.move_label(PIPE, "production", "root", actor="test", reason="first deploy").from_hash is None
@@ -286,11 +287,12 @@ def test_spend_sums_the_ledger_by_run_ids_and_by_prefix(tmp_path):
     store.write_batch([paid("k2", "opt_8", 9.0, 9, 9)], [])  # a call already paid for stays with its payer
 
     assert store.spend(["opt_7-cand-1", "opt_7-cand-2"]) == {
-        "calls": 3, "cost_usd": pytest.approx(0.06), "input_tokens": 900, "output_tokens": 90}
-    assert store.spend("opt_7") == {"calls": 4, "cost_usd": pytest.approx(0.07), "input_tokens": 1000,
+        "calls": 3, "answered": 3, "cost_usd": pytest.approx(0.06), "input_tokens": 900, "output_tokens": 90}
+    assert store.spend("opt_7") == {"calls": 4, "answered": 4, "cost_usd": pytest.approx(0.07), "input_tokens": 1000,
                                     "output_tokens": 100}
     assert store.spend("opt_7-cand-") == store.spend(["opt_7-cand-1", "opt_7-cand-2", "opt_7-cand-2"])
-    assert store.spend(["opt_8"]) == {"calls": 0, "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0}
+    assert store.spend(["opt_8"]) == {"calls": 0, "answered": 0, "cost_usd": 0.0, "input_tokens": 0,
+                                      "output_tokens": 0}
     assert store.spend([]) == store.spend("nothing-")
     assert store.spend(("baseline-1",))["cost_usd"] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="prefix"):

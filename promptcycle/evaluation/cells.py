@@ -1,7 +1,8 @@
 """One model x spectrum cell: every case of the spectrum, every repeat, through one model.
 
 This is the unit of durable work. The store is the source of truth for resuming: observations
-already recorded for the run are skipped, and a call whose identical twin (same provider model,
+already scored for the run are skipped (a call that ended in a terminal error — a wrong key, an
+outage — is called again when the run is resumed), and a call whose identical twin (same provider model,
 messages, sampling and repeat) was ever paid for — in any run or phase — is reused from the
 `responses` ledger instead of being paid twice. New observations are flushed to the store in
 batches (shared by the run's cells, see runio.py), so a killed run loses at most one flush interval
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -144,7 +146,8 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
                             spectrum=case.spectrum, split=spec.splits.get(case.id), prompt_hash=prompt_hash,
                             call_key=key, created_at=_now(), **fields)
 
-    async def scored_row(case: Case, repeat: int, key: str, completion: Completion) -> ResultRecord:
+    async def scored_row(case: Case, repeat: int, key: str, completion: Completion, attempts: int | None,
+                         wait_ms: float | None) -> ResultRecord:
         sample = Sample(case=case, output=completion.text, model=spec.model_name,
                         latency_ms=completion.latency_ms, latency_target_ms=spec.model.latency_target_ms)
         values, explanation = await _score(scorers, sample)
@@ -152,7 +155,7 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
                           explanation=json.dumps(explanation, separators=(",", ":"), default=str),
                           latency_ms=completion.latency_ms, input_tokens=completion.input_tokens,
                           output_tokens=completion.output_tokens, cost_usd=completion.cost_usd,
-                          attempts=completion.attempts, simulated=completion.simulated)
+                          attempts=attempts, wait_ms=wait_ms, simulated=completion.simulated)
 
     async def one(case: Case, repeat: int, messages: list[dict[str, str]], key: str) -> None:
         cached = ledger.get(key)
@@ -161,7 +164,7 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
                                     output_tokens=cached.output_tokens, latency_ms=cached.latency_ms,
                                     cost_usd=cached.cost_usd, attempts=cached.attempts, simulated=cached.simulated)
             # Paid for once, by the run named in the ledger; the row keeps what the answer cost.
-            row = await scored_row(case, repeat, key, completion)
+            row = await scored_row(case, repeat, key, completion, cached.attempts, cached.wait_ms)
             outcome.reused += 1
             await io.add(None, row)
             progress.report_done()
@@ -169,25 +172,34 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
         if budget is not None and not budget.try_acquire(spec.model_name):
             outcome.stopped += 1
             return
+        started = time.perf_counter()
         try:
             completion = await provider.complete(spec.model_name, messages, seed=repeat)
         except ProviderError as exc:
             if budget is not None:
                 budget.release(spec.model_name)  # an error is not a paid call
+            waited_ms = (time.perf_counter() - started) * 1000.0
             if is_retryable(exc) and not final_attempt:
+                io.carry(spec.model_name, case.id, repeat, exc.attempts, waited_ms)  # counted where recorded
                 outcome.deferred += 1
                 outcome.error_messages.append(str(exc))
                 return
+            earlier, earlier_wait_ms = io.carried(spec.model_name, case.id, repeat)
             outcome.errors += 1
             outcome.error_messages.append(str(exc))
             await io.add(None, result_row(case, repeat, None, scores={}, overall=0.0, error=str(exc)[:500],
-                                               error_kind=exc.kind, attempts=None, simulated=None))
+                                               error_kind=exc.kind, attempts=exc.attempts + earlier,
+                                               wait_ms=waited_ms + earlier_wait_ms, simulated=None))
             progress.report_done(errors=1)
             return
         except BaseException:
             if budget is not None:
                 budget.release(spec.model_name)
             raise
+        # Waiting: queueing for a slot, failed attempts and back-off — everything but the answer's latency.
+        wait_ms = max(0.0, (time.perf_counter() - started) * 1000.0 - completion.latency_ms)
+        earlier, earlier_wait_ms = io.carried(spec.model_name, case.id, repeat)
+        attempts, wait_ms = completion.attempts + earlier, wait_ms + earlier_wait_ms
         if budget is not None:
             budget.settle(spec.model_name, completion.cost_usd)
         outcome.called += 1
@@ -195,9 +207,9 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
                                   prompt_hash=prompt_hash, case_id=case.id, repeat=repeat, output=completion.text,
                                   input_tokens=completion.input_tokens, output_tokens=completion.output_tokens,
                                   latency_ms=completion.latency_ms, cost_usd=completion.cost_usd,
-                                  attempts=completion.attempts, simulated=completion.simulated,
-                                  created_at=_now(), run_id=spec.run_id)
-        row = await scored_row(case, repeat, key, completion)
+                                  attempts=attempts, simulated=completion.simulated,
+                                  created_at=_now(), run_id=spec.run_id, wait_ms=wait_ms)
+        row = await scored_row(case, repeat, key, completion, attempts, wait_ms)
         await io.add(response, row)
         progress.report_done()
 

@@ -2,7 +2,8 @@
 
 The domain reports finished calls here; the CLI draws a progress bar (on a terminal) or prints plain
 lines (off one) and the flow updates a Prefect progress artifact. Listeners are plain callables
-`(done: int, total: int | None) -> None`; `snapshot()` adds the phase's name and its errors.
+`(done: int, total: int | None) -> None`; `snapshot()` adds the phase's name and its errors. Notes
+(one line saying what the process is doing, e.g. that it resumes a run) go to note listeners.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["ProgressListener", "ProgressSnapshot", "add_listener", "remove_listener", "report_total", "report_done",
-           "snapshot"]
+           "snapshot", "add_note_listener", "remove_note_listener", "report_note"]
 
 ProgressListener = Callable[[int, "int | None"], None]
 
@@ -35,6 +36,9 @@ class ProgressSnapshot:
         total = f"/{self.total:,}" if self.total is not None else ""
         errors = f", {self.errors:,} error{'' if self.errors == 1 else 's'}"
         return f"{self.phase}: {self.done:,}{total} calls{errors}"
+
+
+_note_listeners: list[Callable[[str], None]] = []
 
 
 def add_listener(listener: ProgressListener) -> None:
@@ -72,3 +76,21 @@ def snapshot() -> ProgressSnapshot:
     with _lock:
         return ProgressSnapshot(phase=_state["phase"], done=_state["done"], total=_state["total"],
                                 errors=_state["errors"])
+
+
+def add_note_listener(listener: Callable[[str], None]) -> None:
+    with _lock:
+        _note_listeners.append(listener)
+
+
+def remove_note_listener(listener: Callable[[str], None]) -> None:
+    with _lock:
+        if listener in _note_listeners:
+            _note_listeners.remove(listener)
+
+
+def report_note(text: str) -> None:
+    with _lock:
+        listeners = list(_note_listeners)
+    for listener in listeners:
+        listener(text)

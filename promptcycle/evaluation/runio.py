@@ -2,10 +2,17 @@
 
 Every DuckDB open costs tens of milliseconds and takes the file's lock, so the cells of a run do not
 each read and write on their own: reads of what the run already recorded and of the paid-call ledger
-are coalesced into a few queries, and new rows go through one buffer that is flushed in batches
-(every `flush_rows` rows or `flush_seconds`, when the last active cell finishes, and when a cell
-fails). What is buffered counts as recorded for this process, so a retried cell does not call again
-what an earlier attempt already answered.
+are coalesced into a few queries, and new rows go through one buffer that is flushed in batches:
+every `flush_seconds` (1 s) by a timer while cells are active, as soon as `flush_rows` rows wait, when
+the last active cell finishes, and when a cell fails. So a killed process loses at most the answers
+received in its last second (plus those of a write under way) — a re-run pays for those again. What
+is buffered counts as recorded for this process, so a retried cell does not call again what an earlier
+attempt already answered.
+
+What a call sent before it was answered — requests of attempts that failed with a retryable error and
+were left for the next task attempt, or of a terminal error recorded by an earlier run and retried now
+— is carried over (`carry`, `carried`) into the row that finally records the call, so `attempts` and
+`wait_ms` count every request it took.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ __all__ = ["RunIO", "run_io"]
 
 
 class RunIO:
-    def __init__(self, store, run_id: str, *, flush_rows: int = 2000, flush_seconds: float = 3.0):
+    def __init__(self, store, run_id: str, *, flush_rows: int = 500, flush_seconds: float = 1.0):
         self.store = store
         self.run_id = run_id
         self.flush_rows = flush_rows
@@ -39,22 +46,55 @@ class RunIO:
         self._flush_lock = asyncio.Lock()
         self._last_flush = time.monotonic()
         self._active_cells = 0
+        self._carried: dict[tuple[str, str, int], tuple[int, float]] = {}
+        self._timer: asyncio.Task | None = None
 
     async def __aenter__(self) -> "RunIO":
         self._active_cells += 1
+        if self._timer is None or self._timer.done():
+            self._timer = asyncio.create_task(self._flush_periodically())
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         self._active_cells -= 1
+        if self._active_cells == 0 and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if exc_type is not None or self._active_cells == 0:
             await self.flush()
 
+    async def _flush_periodically(self) -> None:
+        """While cells are active, write what waits at least every `flush_seconds`, even when no new
+        answer arrives to trigger it."""
+        while True:
+            await asyncio.sleep(self.flush_seconds)
+            if (self._results or self._responses) and not self._flush_lock.locked():
+                try:
+                    await self.flush()
+                except Exception:  # noqa: BLE001 - the rows stay buffered; the cells' own flush reports it
+                    pass
+
     async def completed(self, model: str) -> set[tuple[str, int]]:
-        """(case_id, repeat) of `model` this run already recorded (scored or terminal error)."""
+        """(case_id, repeat) of `model` this run need not call again: scored in the store, or recorded by this
+        process (scored or terminal error). The store's terminal errors are called again, their requests
+        carried over."""
         async with self._completed_lock:
             if model not in self._completed:
                 self._completed[model] = await asyncio.to_thread(self.store.completed_keys, self.run_id, model)
+                failed = await asyncio.to_thread(self.store.failed_calls, self.run_id, model)
+                for (case_id, repeat), sent in failed.items():
+                    if (case_id, repeat) not in self._completed[model]:
+                        self.carry(model, case_id, repeat, *sent)
             return self._completed[model]
+
+    def carry(self, model: str, case_id: str, repeat: int, attempts: int, wait_ms: float) -> None:
+        """Remember requests a call sent without being recorded (to add to the row that records it)."""
+        before = self._carried.get((model, case_id, repeat), (0, 0.0))
+        self._carried[(model, case_id, repeat)] = (before[0] + attempts, before[1] + wait_ms)
+
+    def carried(self, model: str, case_id: str, repeat: int) -> tuple[int, float]:
+        """(attempts, wait_ms) carried for a call so far, forgotten once taken."""
+        return self._carried.pop((model, case_id, repeat), (0, 0.0))
 
     async def paid(self, call_keys: Iterable[str]) -> dict[str, ResponseRecord]:
         """Ledger entries for the keys ever paid for; lookups of concurrent cells share one query."""

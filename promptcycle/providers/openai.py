@@ -178,6 +178,7 @@ class OpenAICompatibleProvider:
             except CircuitOpenError as exc:
                 stats.circuit_rejections += 1
                 self._count(stats.errors, exc)
+                exc.attempts = attempt - 1  # this attempt was never sent
                 raise exc from error  # when the breaker opened between our retries, keep why
             try:
                 result = await self._attempt(body, messages, spec, model, attempt)
@@ -190,6 +191,7 @@ class OpenAICompatibleProvider:
                 stats.completions += 1
                 return result
             error = result
+            error.attempts = attempt
             if not is_retryable(error):
                 breaker.record_success()  # the provider answered; the request itself was wrong
                 self._count(stats.errors, error)

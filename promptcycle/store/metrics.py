@@ -212,7 +212,7 @@ def _results_frame(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]
     return con.execute(
         "SELECT r.run_id, r.model, r.case_id, r.repeat, r.spectrum, r.split, r.prompt_hash, r.call_key, "
         f"r.overall{score_columns}, r.latency_ms, r.input_tokens, r.output_tokens, r.cost_usd, "
-        "r.attempts, r.error, r.error_kind, r.simulated, r.explanation, r.created_at, p.output "
+        "r.attempts, r.wait_ms, r.error, r.error_kind, r.simulated, r.explanation, r.created_at, p.output "
         "FROM results r LEFT JOIN responses p ON p.call_key = r.call_key "
         f"WHERE {where} ORDER BY r.run_id, r.model, r.case_id, r.repeat", params).df()
 
@@ -459,10 +459,11 @@ class MetricsStore:
 
     def completed_keys(self, run_id: str, model: str,
                        case_ids: Iterable[str] | None = None) -> set[tuple[str, int]]:
-        """(case_id, repeat) pairs of `model` in `run_id` that ended with a score or a recorded
-        terminal error — the work a resumed run must not redo."""
-        query = ("SELECT case_id, repeat FROM results WHERE run_id = ? AND model = ? "
-                 "AND (overall IS NOT NULL OR error IS NOT NULL)")
+        """(case_id, repeat) pairs of `model` in `run_id` that ended with a score — the work a resumed
+        run must not redo. A row that ended in a terminal error is not among them: a re-run retries it
+        (a wrong key or an outage is fixed between runs), see `failed_calls`."""
+        query = "SELECT case_id, repeat FROM results WHERE run_id = ? AND model = ? AND overall IS NOT NULL " \
+                "AND error IS NULL"
         with self._connect(f"read completed results of run {run_id}") as con:
             if case_ids is not None:
                 ids = list(dict.fromkeys(case_ids))
@@ -471,6 +472,22 @@ class MetricsStore:
                 con.register("wanted", keys_table("case_id", ids))
                 query += " AND case_id IN (SELECT case_id FROM wanted)"
             return {(case_id, repeat) for case_id, repeat in con.execute(query, [run_id, model]).fetchall()}
+
+    def failed_calls(self, run_id: str, model: str) -> dict[tuple[str, int], tuple[int, float]]:
+        """(case_id, repeat) -> (attempts, wait_ms) of the rows of `model` in `run_id` that ended in a
+        terminal error: a re-run retries them and adds what they already sent to the new row."""
+        with self._connect(f"read failed calls of run {run_id}") as con:
+            rows = con.execute("SELECT case_id, repeat, coalesce(attempts, 0), coalesce(wait_ms, 0) FROM results "
+                               "WHERE run_id = ? AND model = ? AND error IS NOT NULL", [run_id, model]).fetchall()
+        return {(case_id, repeat): (int(a), float(w)) for case_id, repeat, a, w in rows}
+
+    def run_progress(self, run_id: str) -> dict[str, int]:
+        """How much of a run is recorded: `scored` rows and `failed` rows (terminal errors)."""
+        with self._connect(f"count the results of run {run_id}") as con:
+            scored, failed = con.execute(
+                "SELECT count(*) FILTER (WHERE error IS NULL), count(*) FILTER (WHERE error IS NOT NULL) "
+                "FROM results WHERE run_id = ?", [run_id]).fetchone()
+        return {"scored": int(scored), "failed": int(failed)}
 
     def results_frame(self, run_id: str, scorers: Sequence[str] | None = None) -> pd.DataFrame:
         """One row per (model, case_id, repeat) of the run, with the response's `output` and one
@@ -488,10 +505,12 @@ class MetricsStore:
             return _results_frame(con, "r.run_id IN (SELECT run_id FROM wanted_runs)", [], scorers)
 
     def spend(self, run_ids: Sequence[str] | str) -> dict[str, int | float]:
-        """What the runs paid for, from the call ledger: `calls`, `cost_usd`, `input_tokens` and
-        `output_tokens` summed over ledger rows whose run_id is in `run_ids`, or — when `run_ids` is
-        a single string — starts with that prefix (matched literally: `_` and `%` are not
-        wildcards). A call re-used from another run's ledger entry counts for the run that paid."""
+        """What the runs paid for: `calls` (every request sent to a provider: each attempt of the
+        ledger's answered calls and of the calls that ended in a terminal error), `answered` (ledger
+        rows), `cost_usd`, `input_tokens` and `output_tokens`, over rows whose run_id is in `run_ids`,
+        or — when `run_ids` is a single string — starts with that prefix (matched literally: `_` and
+        `%` are not wildcards). A call re-used from another run's ledger entry counts for the run that
+        paid."""
         wanted: pa.Table | None = None
         if isinstance(run_ids, str):
             if not run_ids:
@@ -500,17 +519,20 @@ class MetricsStore:
         else:
             ids = list(dict.fromkeys(run_ids))
             if not ids:
-                return {"calls": 0, "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0}
+                return {"calls": 0, "answered": 0, "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0}
             wanted = keys_table("run_id", ids)
             where, params, label = "run_id IN (SELECT run_id FROM wanted_runs)", [], f"{len(ids)} runs"
         with self._connect(f"sum the spend of {label}") as con:
             if wanted is not None:
                 con.register("wanted_runs", wanted)
-            calls, cost, tokens_in, tokens_out = con.execute(
-                "SELECT count(*), coalesce(sum(cost_usd), 0), coalesce(sum(input_tokens), 0), "
-                f"coalesce(sum(output_tokens), 0) FROM responses WHERE {where}", params).fetchone()
-        return {"calls": int(calls), "cost_usd": float(cost), "input_tokens": int(tokens_in),
-                "output_tokens": int(tokens_out)}
+            answered, attempts, cost, tokens_in, tokens_out = con.execute(
+                "SELECT count(*), coalesce(sum(coalesce(attempts, 1)), 0), coalesce(sum(cost_usd), 0), "
+                f"coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0) FROM responses WHERE {where}",
+                params).fetchone()
+            (failed,) = con.execute(f"SELECT coalesce(sum(attempts), 0) FROM results WHERE {where} "
+                                    "AND error IS NOT NULL", params).fetchone()
+        return {"calls": int(attempts) + int(failed), "answered": int(answered), "cost_usd": float(cost),
+                "input_tokens": int(tokens_in), "output_tokens": int(tokens_out)}
 
     # -- prompt versions -----------------------------------------------------------------------
 
@@ -913,6 +935,46 @@ class MetricsStore:
             if found is None or found[0] != holder:
                 return False
             con.execute("DELETE FROM deploy_locks WHERE pipeline = ? AND holder = ?", [pipeline, holder])
+        return True
+
+    # -- pipeline leases -----------------------------------------------------------------------
+
+    def acquire_pipeline_lease(self, pipeline: str, holder: str, purpose: str, lease_seconds: float, *,
+                               take_from: str | None = None) -> dict[str, Any]:
+        """Take (or, for the same holder, renew) the pipeline's lease for `lease_seconds`.
+
+        It is taken when free, expired, already `holder`'s, or held by `take_from` (a holder the
+        caller knows is dead). Returns the lease as it stands after the call: its `holder` is another
+        one when it was not taken (nothing is changed then).
+        """
+        _require_text(holder, "a pipeline lease's holder")
+        if not lease_seconds > 0:
+            raise ValueError(f"lease_seconds must be > 0, not {lease_seconds!r}")
+        from datetime import timedelta
+
+        now = utc_now()
+        with self._transaction(f"take the lease of pipeline {pipeline}") as con:
+            found = _rows(con.execute("SELECT pipeline, holder, purpose, acquired_at, expires_at FROM pipeline_leases "
+                                      "WHERE pipeline = ?", [pipeline]))
+            if (found and found[0]["holder"] not in (holder, take_from)
+                    and from_db_time(found[0]["expires_at"]) > now):
+                row = found[0]
+            else:
+                acquired = found[0]["acquired_at"] if found and found[0]["holder"] == holder else to_db_time(now)
+                row = {"pipeline": pipeline, "holder": holder, "purpose": purpose, "acquired_at": acquired,
+                       "expires_at": to_db_time(now + timedelta(seconds=float(lease_seconds)))}
+                con.execute("INSERT OR REPLACE INTO pipeline_leases (pipeline, holder, purpose, acquired_at, "
+                            "expires_at) VALUES (?, ?, ?, ?, ?)",
+                            [pipeline, holder, purpose, row["acquired_at"], row["expires_at"]])
+        return {**row, "acquired_at": from_db_time(row["acquired_at"]), "expires_at": from_db_time(row["expires_at"])}
+
+    def release_pipeline_lease(self, pipeline: str, holder: str) -> bool:
+        """Give the lease back; True if `holder` held it."""
+        with self._transaction(f"release the lease of pipeline {pipeline}") as con:
+            found = con.execute("SELECT holder FROM pipeline_leases WHERE pipeline = ?", [pipeline]).fetchone()
+            if found is None or found[0] != holder:
+                return False
+            con.execute("DELETE FROM pipeline_leases WHERE pipeline = ? AND holder = ?", [pipeline, holder])
         return True
 
     # -- canaries ------------------------------------------------------------------------------

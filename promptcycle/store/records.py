@@ -127,7 +127,9 @@ class RunRecord:
 class ResponseRecord:
     """One paid model call in the ledger; `call_key` identifies the call (the caller hashes it).
 
-    `model` is the provider's model id, `run_id` the run that paid for the call.
+    `model` is the provider's model id, `run_id` the run that paid for the call. `attempts` counts
+    every request sent for it (retries included); `wait_ms` is the time it spent queueing and backing
+    off between attempts, apart from `latency_ms` (the answering attempt's own duration).
     """
 
     call_key: str
@@ -145,6 +147,7 @@ class ResponseRecord:
     simulated: bool = False
     created_at: datetime | None = None
     run_id: str | None = None
+    wait_ms: float | None = None
 
 
 @dataclass
@@ -176,6 +179,7 @@ class ResultRecord:
     error_kind: str | None = None
     simulated: bool | None = None
     created_at: datetime | None = None
+    wait_ms: float | None = None
 
 
 @dataclass

@@ -287,7 +287,26 @@ _V3 = Migration(3, "deployments, stage reports, canaries and their looks, produc
     """,
 ))
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
+# A call's `attempts` counts every HTTP request it took (in-client retries and task retries), and
+# `wait_ms` the time it spent queueing for a slot and backing off between attempts, apart from the
+# answering attempt's `latency_ms`. A pipeline lease lets one process at a time spend on a pipeline:
+# taken before a run starts or resumes, renewed while it runs, and taken over once it expires (or at
+# once when its holder, on this host, is no longer alive).
+_V4 = Migration(4, "waiting time of calls; pipeline leases", (
+    "ALTER TABLE responses ADD COLUMN wait_ms DOUBLE",
+    "ALTER TABLE results ADD COLUMN wait_ms DOUBLE",
+    """
+    CREATE TABLE pipeline_leases (
+        pipeline    VARCHAR PRIMARY KEY,
+        holder      VARCHAR NOT NULL,
+        purpose     VARCHAR NOT NULL,
+        acquired_at TIMESTAMP NOT NULL,
+        expires_at  TIMESTAMP NOT NULL
+    )
+    """,
+))
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _BOOKKEEPING = """
