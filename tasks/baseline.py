@@ -59,7 +59,7 @@ def new_run_id(kind: str, pipeline: str) -> str:
 def prepare_baseline(config_path: str, pipeline: str, store_path: str | None, repeats: int | None,
                      limit: int | None, flow_run_id: str | None = None) -> BaselinePlan:
     """Load and check everything before any model call: config, keys, dataset suite, run record."""
-    warm_up()
+    warm_up(gx=False)
     ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
     for provider in ctx.providers_used():
         resolve_api_key(ctx.config, provider)  # a missing key fails here, before spending
@@ -80,6 +80,7 @@ def prepare_baseline(config_path: str, pipeline: str, store_path: str | None, re
             config_json=ctx.pipeline.model_dump_json(), flow_run_id=flow_run_id,
             started_at=datetime.now(timezone.utc)))
     gate_dataset(ctx, store, run_id)
+    warm_up()  # Great Expectations, for the results suite, imports in the worker while the cells run
     store.write_splits(ctx.dataset_key, ctx.splits)
     store.write_prompt_version(PromptVersionRecord(
         prompt_hash=prompt.hash, pipeline=pipeline, system=prompt.system, template=prompt.template,
