@@ -21,8 +21,8 @@ moment it is started. It prints:
 `--builtin` runs the default pipelines.yaml (the built-in, in-process simulator: 7 models × 210
 cases) on a fresh store instead; its ideal is Σ simulated latency ÷ the provider's concurrency, and
 its time to first call is read from the store (the earliest answer's time minus its latency).
-`--warm` first runs a one-case baseline with the same Prefect home, so the figures describe a warm
-start (`PREFECT_HOME` is the environment's unless `--prefect-home` is given). `--in-process` runs
+`--warm` first runs `promptcycle validate` and a one-case baseline with the same Prefect home (on
+another store), so the figures describe a start after earlier use (`PREFECT_HOME` is the environment's unless `--prefect-home` is given). `--in-process` runs
 the flow inside this process and reports the CPU of each process over the evaluation window.
 
 All answers are simulated.
@@ -261,19 +261,25 @@ def run_command(argv: list[str], env: dict) -> tuple[float, float, resource.stru
 
 
 def warm_up(config: Path, workdir: Path, env: dict) -> None:
-    """One small baseline on another store: Prefect's home and its local server are then warm."""
-    run_command(["baseline", "--config", str(config), "--store", str(workdir / "warm-up.duckdb"),
-                 "--limit", "1", "--repeats", "1", "--json"], env)
+    """As after earlier use: `promptcycle validate` of the dataset (its verdict is kept) and a one-case
+    baseline (Prefect's home and its local server are warm), both on another store."""
+    warm_store = str(workdir / "warm-up.duckdb")
+    run_command(["validate", "--config", str(config), "--store", warm_store, "--json"], env)
+    run_command(["baseline", "--config", str(config), "--store", warm_store, "--limit", "1", "--repeats", "1",
+                 "--json"], env)
 
 
 def store_figures(store_path: Path, run_id: str, started_wall: float) -> dict:
     from promptcycle.store import MetricsStore
 
-    frame = MetricsStore(store_path).results_frame(run_id)
+    store = MetricsStore(store_path)
+    frame = store.results_frame(run_id)
+    dataset = next((d["report"] or {} for d in store.dq_results(run_id) if d["suite"] == "dataset"), {})
     created = frame["created_at"]
     created = created.dt.tz_localize("UTC") if created.dt.tz is None else created
     left = created.map(lambda t: t.timestamp()) - frame["latency_ms"].fillna(0) / 1000
-    return {"rows": len(frame), "first_call_wall": float(left.min()) - started_wall,
+    return {"rows": len(frame), "dataset_suite": "reused verdict" if dataset.get("reused") else "ran",
+            "first_call_wall": float(left.min()) - started_wall,
             "latency_sum_s": float(frame["latency_ms"].sum()) / 1000,
             "mean_recorded_latency_ms": round(float(frame["latency_ms"].mean()), 2),
             "duckdb_bytes_per_row": round(store_path.stat().st_size / len(frame), 1)}
@@ -321,8 +327,9 @@ def run_end_to_end(args: argparse.Namespace, repeats: int) -> dict:
             "repeats": summary.get("repeats", repeats) if not args.builtin else 1,
             "concurrency": concurrency,
             "server_latency_ms": "simulated per model" if args.builtin else args.latency_ms,
-            "prefect_home": "warm (after a warm-up command)" if args.warm else "as found",
+            "prefect_home": "warm (validate + a one-case baseline ran first)" if args.warm else "as found",
             "errors": summary["errors"],
+            "dataset_suite": stored["dataset_suite"],
             "time_to_first_call_s": round(first_call, 2),
             "evaluation_wall_s": round(evaluation, 2),
             "end_to_end_wall_s": round(end_to_end, 2),
@@ -353,7 +360,8 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--builtin", action="store_true",
                         help="the default pipelines.yaml on the built-in simulator (1,470 calls), end to end")
-    parser.add_argument("--warm", action="store_true", help="run a one-case baseline first (a warm Prefect home)")
+    parser.add_argument("--warm", action="store_true",
+                        help="run `validate` and a one-case baseline first (a warm Prefect home)")
     parser.add_argument("--prefect-home", default=None, help="PREFECT_HOME for the command (default: inherited)")
     parser.add_argument("--in-process", action="store_true", help="run the flow in this process instead")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
