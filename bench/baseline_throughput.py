@@ -22,8 +22,9 @@ moment it is started. It prints:
 cases) on a fresh store instead; its ideal is Σ simulated latency ÷ the provider's concurrency, and
 its time to first call is read from the store (the earliest answer's time minus its latency).
 `--warm` first runs `promptcycle validate` and a one-case baseline with the same Prefect home (on
-another store), so the figures describe a start after earlier use (`PREFECT_HOME` is the environment's unless `--prefect-home` is given). `--in-process` runs
-the flow inside this process and reports the CPU of each process over the evaluation window.
+another store), so the figures describe a start after earlier use (`PREFECT_HOME` is the
+environment's unless `--prefect-home` is given). `--in-process` runs the flow inside this process
+and reports the CPU of each process over the evaluation window.
 
 All answers are simulated.
 """
@@ -105,6 +106,8 @@ def serve_probe(port: int, latency_ms: float) -> None:
             seen["requests"] += 1
         elif scope["type"] == "http" and scope["path"] == "/bench/arrivals":
             body = json.dumps(seen).encode()
+            if scope["method"] == "DELETE":  # start counting afresh (after a warm-up command)
+                seen.update(first=None, last=None, requests=0)
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json"),
                                     (b"content-length", str(len(body)).encode())]})
@@ -116,10 +119,10 @@ def serve_probe(port: int, latency_ms: float) -> None:
                 timeout_keep_alive=75, server_header=False)
 
 
-def arrivals(port: int) -> dict:
+def arrivals(port: int, reset: bool = False) -> dict:
     import httpx2
 
-    return httpx2.get(f"http://127.0.0.1:{port}/bench/arrivals", timeout=5.0).json()
+    return httpx2.request("DELETE" if reset else "GET", f"http://127.0.0.1:{port}/bench/arrivals", timeout=5.0).json()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -305,6 +308,8 @@ def run_end_to_end(args: argparse.Namespace, repeats: int) -> dict:
             concurrency = args.concurrency
         if args.warm:
             warm_up(config, workdir, env)
+        if port is not None:
+            arrivals(port, reset=True)
         server_cpu0 = cpu_seconds(server.pid) if server else 0.0
         wall0 = time.time()
         argv = ["baseline", "--config", str(config), "--json"] + ([] if args.builtin else ["--repeats", str(repeats)])

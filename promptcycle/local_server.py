@@ -68,8 +68,14 @@ class _Start:
     def _run(self) -> None:
         try:
             self.url = ensure_server()
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting command
+        except PromptcycleError as exc:
             self.error = exc
+        except Exception as exc:  # noqa: BLE001 - e.g. an unwritable Prefect home: handed to the waiting command
+            error = LocalServerError(f"Prefect's local server could not be started: {type(exc).__name__}: {exc}. "
+                                     "Set PREFECT_API_URL to use another Prefect server, or PROMPTCYCLE_LOCAL_SERVER=0 "
+                                     "to let Prefect start its own.")
+            error.__cause__ = exc
+            self.error = error
 
     def wait(self) -> str | None:
         self._thread.join()
