@@ -40,9 +40,9 @@ from promptcycle.errors import PromptcycleError
 
 __all__ = ["FLOW_COMMANDS", "serving", "ready", "state_path", "DEFAULT_IDLE_SECONDS"]
 
-# Commands that run a Prefect flow; "baseline" waits for the server itself, as late as it can.
+# Commands that run a Prefect flow. Each calls `ready()` just before its flow, as late as it can: bad input
+# fails first, without waiting for the server. (A flow run without `ready()` gets Prefect's own temporary server.)
 FLOW_COMMANDS = frozenset({"baseline", "optimize", "deploy", "canary"})
-_WAITS_ITSELF = frozenset({"baseline"})
 DEFAULT_IDLE_SECONDS = 300.0
 STATE_FILE = "promptcycle-server.json"
 LOCK_FILE = "promptcycle-server.lock"
@@ -94,13 +94,10 @@ def enabled() -> bool:
 
 @contextlib.contextmanager
 def serving(command: str) -> Iterator[None]:
-    """Around one CLI command: start (or find) the local server in the background if the command runs
-    flows; commands other than `baseline` wait for it before they start."""
+    """Around one CLI command: start (or find) the local server in the background if the command runs flows."""
     global _current
     if command in FLOW_COMMANDS and enabled():
         _current = _Start()
-        if command not in _WAITS_ITSELF:
-            ready()
     try:
         yield
     finally:
