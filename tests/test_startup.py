@@ -72,6 +72,39 @@ def _kill_all(pids) -> None:
             pass
 
 
+def test_the_data_worker_ends_with_its_parent_even_if_its_stdin_stays_open(tmp_path):
+    # The parent starts a worker, and a second process inherits the write end of the worker's stdin:
+    # the worker never reads end-of-file, so only its parent's death can tell it to stop.
+    parent_code = (
+        "import subprocess, sys, time\n"
+        "w = subprocess.Popen([sys.executable, '-m', 'promptcycle.dataworker'], stdin=subprocess.PIPE,\n"
+        "                     stdout=subprocess.PIPE)\n"
+        "h = subprocess.Popen(['sleep', '120'], pass_fds=[w.stdin.fileno()])\n"
+        "print(w.pid, h.pid, flush=True)\n"
+        "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
+    worker, holder = map(int, parent.stdout.readline().split())
+    try:
+        time.sleep(1.0)
+        assert Path(f"/proc/{worker}").exists()
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(worker):
+            time.sleep(0.1)
+        assert not _alive(worker), "the data worker outlived its parent"
+    finally:
+        _kill_all([worker, holder])
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 def test_kill_9_of_the_command_leaves_no_server_or_worker_behind(tmp_path, repo_config):
     home = tmp_path / "prefect-home"
