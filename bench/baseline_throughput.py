@@ -1,21 +1,30 @@
-"""Throughput of the baseline pipeline against the simulator served by a separate process.
+"""Throughput of the baseline pipeline, end to end including start-up.
 
-    python bench/baseline_throughput.py --calls 10000 --concurrency 32
-    python bench/baseline_throughput.py --calls 10000 --concurrency 64
-    python bench/baseline_throughput.py --calls 20000 --concurrency 64     # peak RSS at 20k calls
+    python bench/baseline_throughput.py --calls 10000 --concurrency 64            # the command, end to end
+    python bench/baseline_throughput.py --calls 10000 --concurrency 64 --warm     # after a warm-up command
+    python bench/baseline_throughput.py --builtin                                 # the default 1,470-call baseline
+    python bench/baseline_throughput.py --calls 20000 --concurrency 64 --in-process   # the evaluation window only
 
-Starts `promptcycle sim-server` on a free loopback port with a fixed 100 ms latency, writes a
+By default it starts `promptcycle sim-server`'s app on a free loopback port with a fixed 100 ms
+latency (in a separate process that also notes when the first and last requests arrive), writes a
 pipelines.yaml pointing the seven simulated models at it (kind: openai, so the real HTTP path is
-measured), runs the real baseline flow (Prefect, Great Expectations, DuckDB) in this process, and
-prints:
+measured), and runs the `promptcycle baseline` command itself as a child process, timed from the
+moment it is started. It prints:
 
-- calls, evaluation wall seconds (first call planned → last result written) and end-to-end wall
-  (including Prefect's temporary server start and the data-quality suites);
-- the provider-bound ideal = calls × latency ÷ concurrency, and efficiency = ideal ÷ evaluation wall;
-- CPU milliseconds per call of this (the pipeline) process over the evaluation window;
-- the CPU the sim-server, the data worker and Prefect's server used in the same window (they share
-  the machine's cores with the pipeline process);
-- peak RSS of this process; DuckDB bytes per result row; the mean recorded latency.
+- calls; time to first call (the command starts → the first request reaches the server);
+  end-to-end wall (the command starts → it exits); evaluation wall (first request → last answer);
+- the provider-bound ideal = calls × latency ÷ concurrency; efficiency = ideal ÷ evaluation wall, and
+  end-to-end efficiency = ideal ÷ end-to-end wall;
+- the command's CPU per call (whole command, start-up included) and peak RSS; the sim-server's CPU
+  per call; DuckDB bytes per result row; the mean recorded latency.
+
+`--builtin` runs the default pipelines.yaml (the built-in, in-process simulator: 7 models × 210
+cases) on a fresh store instead; its ideal is Σ simulated latency ÷ the provider's concurrency, and
+its time to first call is read from the store (the earliest answer's time minus its latency).
+`--warm` first runs `promptcycle validate` and a one-case baseline with the same Prefect home (on
+another store), so the figures describe a start after earlier use (`PREFECT_HOME` is the
+environment's unless `--prefect-home` is given). `--in-process` runs the flow inside this process
+and reports the CPU of each process over the evaluation window.
 
 All answers are simulated.
 """
@@ -66,10 +75,10 @@ def wait_healthy(port: int, timeout: float = 30.0) -> None:
 
 
 def start_sim_server(latency_ms: float) -> tuple[subprocess.Popen, int]:
-    """`promptcycle sim-server` on a free loopback port with a fixed latency, once it answers /health."""
+    """The simulator app on a free loopback port with a fixed latency (see `serve_probe`), once it answers."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "promptcycle.cli", "sim-server", "--port", str(port),
-                               "--latency-ms", str(latency_ms), "--latency-dist", "fixed"],
+    server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-probe", str(port),
+                               "--latency-ms", str(latency_ms)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_healthy(port)
@@ -77,6 +86,43 @@ def start_sim_server(latency_ms: float) -> tuple[subprocess.Popen, int]:
         server.terminate()
         raise
     return server, port
+
+
+def serve_probe(port: int, latency_ms: float) -> None:
+    """`promptcycle sim-server --latency-ms L --latency-dist fixed`, plus GET /bench/arrivals: the
+    time.monotonic() (system-wide on Linux) of the first and last chat request and their count."""
+    import uvicorn
+
+    from promptcycle.sim.server import LatencyOverride, create_app
+
+    app = create_app(latency=LatencyOverride(fixed_ms=latency_ms))
+    seen = {"first": None, "last": None, "requests": 0}
+
+    async def probe(scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/v1/chat/completions":
+            now = time.monotonic()
+            seen["first"] = seen["first"] or now
+            seen["last"] = now
+            seen["requests"] += 1
+        elif scope["type"] == "http" and scope["path"] == "/bench/arrivals":
+            body = json.dumps(seen).encode()
+            if scope["method"] == "DELETE":  # start counting afresh (after a warm-up command)
+                seen.update(first=None, last=None, requests=0)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    uvicorn.run(probe, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on",
+                timeout_keep_alive=75, server_header=False)
+
+
+def arrivals(port: int, reset: bool = False) -> dict:
+    import httpx2
+
+    return httpx2.request("DELETE" if reset else "GET", f"http://127.0.0.1:{port}/bench/arrivals", timeout=5.0).json()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -145,19 +191,8 @@ class Window:
             self.rss_after_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=10000, help="approximate number of calls (rounded up to "
-                        "whole repeats of 7 models x 210 cases)")
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--latency-ms", type=float, default=100.0)
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    args = parser.parse_args()
-
-    from promptcycle.datasets.loaders import load_cases
-
-    per_repeat = len(load_cases("bundled:customer_insights")) * 7
-    repeats = max(1, -(-args.calls // per_repeat))
+def run_in_process(args: argparse.Namespace, repeats: int) -> dict:
+    """The flow in this process: figures of the evaluation window (the original form of this bench)."""
     workdir = Path(tempfile.mkdtemp(prefix="promptcycle-bench-"))
     server, port = start_sim_server(args.latency_ms)
     try:
@@ -204,18 +239,157 @@ def main() -> int:
             "duckdb_bytes_per_row": round(db_bytes / len(frame), 1),
             "mean_recorded_latency_ms": round(float(frame["latency_ms"].mean()), 2),
         }
-        width = max(map(len, figures))
-        print(f"baseline throughput — simulated models behind `promptcycle sim-server` ({args.latency_ms:g} ms fixed)")
-        for k, v in figures.items():
-            print(f"  {k:<{width}}  {v}")
-        print(json.dumps(figures))
-        return 0
+        return figures
     finally:
         server.terminate()
         server.wait(timeout=10)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
+
+def run_command(argv: list[str], env: dict) -> tuple[float, float, resource.struct_rusage, str, str]:
+    """Run `promptcycle ARGV` as a child process: (started, ended) in time.monotonic(), its rusage, out, err."""
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "promptcycle.cli", *argv], stdout=out, stderr=err, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    ended = time.monotonic()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out.seek(0)
+    err.seek(0)
+    stdout, stderr = out.read().decode(), err.read().decode()
+    if proc.returncode != 0:
+        raise SystemExit(f"promptcycle {' '.join(argv)} exited {proc.returncode}:\n{stderr[-3000:]}")
+    return started, ended, usage, stdout, stderr
+
+
+def warm_up(config: Path, workdir: Path, env: dict) -> None:
+    """As after earlier use: `promptcycle validate` of the dataset (its verdict is kept) and a one-case
+    baseline (Prefect's home and its local server are warm), both on another store."""
+    warm_store = str(workdir / "warm-up.duckdb")
+    run_command(["validate", "--config", str(config), "--store", warm_store, "--json"], env)
+    run_command(["baseline", "--config", str(config), "--store", warm_store, "--limit", "1", "--repeats", "1",
+                 "--json"], env)
+
+
+def store_figures(store_path: Path, run_id: str, started_wall: float) -> dict:
+    from promptcycle.store import MetricsStore
+
+    store = MetricsStore(store_path)
+    frame = store.results_frame(run_id)
+    dataset = next((d["report"] or {} for d in store.dq_results(run_id) if d["suite"] == "dataset"), {})
+    created = frame["created_at"]
+    created = created.dt.tz_localize("UTC") if created.dt.tz is None else created
+    left = created.map(lambda t: t.timestamp()) - frame["latency_ms"].fillna(0) / 1000
+    return {"rows": len(frame), "dataset_suite": "reused verdict" if dataset.get("reused") else "ran",
+            "first_call_wall": float(left.min()) - started_wall,
+            "latency_sum_s": float(frame["latency_ms"].sum()) / 1000,
+            "mean_recorded_latency_ms": round(float(frame["latency_ms"].mean()), 2),
+            "duckdb_bytes_per_row": round(store_path.stat().st_size / len(frame), 1)}
+
+
+def run_end_to_end(args: argparse.Namespace, repeats: int) -> dict:
+    """The `promptcycle baseline` command as a child process, timed from its start to its exit."""
+    workdir = Path(tempfile.mkdtemp(prefix="promptcycle-bench-"))
+    env = dict(os.environ)
+    if args.prefect_home:
+        env["PREFECT_HOME"] = args.prefect_home
+    server = port = None
+    try:
+        if args.builtin:
+            data = yaml.safe_load((REPO / "pipelines.yaml").read_text())
+            data["store"] = str(workdir / "bench.duckdb")
+            config = workdir / "pipelines.yaml"
+            config.write_text(yaml.safe_dump(data, sort_keys=False))
+            concurrency = data["providers"]["simulator"]["max_concurrency"]
+        else:
+            server, port = start_sim_server(args.latency_ms)
+            config = write_config(workdir, port, args.concurrency, timeout=30.0)
+            concurrency = args.concurrency
+        if args.warm:
+            warm_up(config, workdir, env)
+        if port is not None:
+            arrivals(port, reset=True)
+        server_cpu0 = cpu_seconds(server.pid) if server else 0.0
+        wall0 = time.time()
+        argv = ["baseline", "--config", str(config), "--json"] + ([] if args.builtin else ["--repeats", str(repeats)])
+        started, ended, usage, stdout, _ = run_command(argv, env)
+        summary = json.loads(stdout)
+        calls = summary["calls_paid"]
+        end_to_end = ended - started
+        stored = store_figures(workdir / "bench.duckdb", summary["run_id"], wall0)
+        if args.builtin:
+            ideal = stored["latency_sum_s"] / concurrency
+            first_call = stored["first_call_wall"]
+            evaluation = end_to_end - first_call  # an upper bound: it includes the results suite and exit
+        else:
+            seen = arrivals(port)
+            ideal = calls * args.latency_ms / 1000 / concurrency
+            first_call = seen["first"] - started
+            evaluation = seen["last"] + args.latency_ms / 1000 - seen["first"]
+        figures = {
+            "calls": calls,
+            "repeats": summary.get("repeats", repeats) if not args.builtin else 1,
+            "concurrency": concurrency,
+            "server_latency_ms": "simulated per model" if args.builtin else args.latency_ms,
+            "prefect_home": "warm (validate + a one-case baseline ran first)" if args.warm else "as found",
+            "errors": summary["errors"],
+            "dataset_suite": stored["dataset_suite"],
+            "time_to_first_call_s": round(first_call, 2),
+            "evaluation_wall_s": round(evaluation, 2),
+            "end_to_end_wall_s": round(end_to_end, 2),
+            "ideal_s": round(ideal, 2),
+            "efficiency": round(ideal / evaluation, 3),
+            "end_to_end_efficiency": round(ideal / end_to_end, 3),
+            "command_cpu_ms_per_call": round((usage.ru_utime + usage.ru_stime) * 1000 / calls, 3),
+            "command_peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "duckdb_bytes_per_row": stored["duckdb_bytes_per_row"],
+            "mean_recorded_latency_ms": stored["mean_recorded_latency_ms"],
+        }
+        if server:
+            figures["sim_server_cpu_ms_per_call"] = round((cpu_seconds(server.pid) - server_cpu0) * 1000 / calls, 3)
+        return figures
+    finally:
+        if server:
+            server.terminate()
+            server.wait(timeout=10)
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=10000, help="approximate number of calls (rounded up to "
+                        "whole repeats of 7 models x 210 cases)")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--latency-ms", type=float, default=100.0)
+    parser.add_argument("--builtin", action="store_true",
+                        help="the default pipelines.yaml on the built-in simulator (1,470 calls), end to end")
+    parser.add_argument("--warm", action="store_true",
+                        help="run `validate` and a one-case baseline first (a warm Prefect home)")
+    parser.add_argument("--prefect-home", default=None, help="PREFECT_HOME for the command (default: inherited)")
+    parser.add_argument("--in-process", action="store_true", help="run the flow in this process instead")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--serve-probe", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_probe is not None:
+        serve_probe(args.serve_probe, args.latency_ms)
+        return 0
+
+    from promptcycle.datasets.loaders import load_cases
+
+    per_repeat = len(load_cases("bundled:customer_insights")) * 7
+    repeats = max(1, -(-args.calls // per_repeat))
+    figures = run_in_process(args, repeats) if args.in_process else run_end_to_end(args, repeats)
+    width = max(map(len, figures))
+    where = ("the built-in simulator, in-process" if args.builtin
+             else f"`promptcycle sim-server` ({args.latency_ms:g} ms fixed)")
+    mode = "evaluation window, in-process" if args.in_process else "the command end to end, start-up included"
+    print(f"baseline throughput — simulated models behind {where}; {mode}")
+    for k, v in figures.items():
+        print(f"  {k:<{width}}  {v}")
+    print(json.dumps(figures))
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -105,7 +105,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         ctx = load_pipeline(args.config, name, store=args.store)
         report = validate_dataset(ctx.configured_cases, ctx.splits, spectrums=ctx.pipeline.dataset.spectrums,
                                   min_cases_per_spectrum=ctx.pipeline.dataset.min_cases_per_spectrum,
-                                  recorded_splits=open_store(ctx.store_path).get_splits(ctx.dataset_key))
+                                  recorded_splits=open_store(ctx.store_path).get_splits(ctx.dataset_key),
+                                  reuse_verdict=False)  # an explicit check always runs the suite
         results[name] = {"cases": len(ctx.all_cases), "models": list(ctx.pipeline.models),
                          "spectrums": list(ctx.pipeline.dataset.spectrums), "dataset_suite": report.to_dict(),
                          "summary": report.summary(), "success": report.success}
@@ -273,12 +274,14 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     load_config(args.config).pipeline(args.pipeline)  # fail fast on config errors, before Prefect starts
     from promptcycle.quality.worker import warm_up
 
-    warm_up()  # Great Expectations imports in its worker while Prefect starts
+    warm_up(gx=False)  # the data worker starts while Prefect is imported; Great Expectations after the dataset gate
     from flows.baseline import baseline
+    from promptcycle import local_server
 
     if not args.json:
-        print(f"Running the baseline of {args.pipeline!r} (Prefect starts a temporary server unless "
-              f"PREFECT_API_URL is set; the first start takes ~20 s) …", file=sys.stderr)
+        print(f"Running the baseline of {args.pipeline!r} (Prefect's local server is reused, or started when "
+              f"none is running and PREFECT_API_URL is not set; the first start takes ~20 s) …", file=sys.stderr)
+    local_server.ready()  # started in the background since the command was parsed
     with _progress_bar(not args.json and sys.stderr.isatty(), plain=not args.json and not sys.stderr.isatty()):
         summary, run = run_flow(args, baseline, pipeline=args.pipeline, config_path=str(args.config),
                                 store_path=args.store, repeats=args.repeats, limit=args.limit)
@@ -367,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     # Whether this process started a run, resumed one, or was refused: said on stderr, whatever --json.
     progress.add_note_listener(lambda text: print(text, file=sys.stderr, flush=True))
     try:
-        return args.func(args)
+        with _prefect_server(args.command):
+            return args.func(args)
     except (ConfigError, DatasetError) as exc:
         return _fail(args, exc, 2)
     except DataQualityError as exc:
@@ -381,6 +385,13 @@ def main(argv: list[str] | None = None) -> int:
         from promptcycle import dataworker
 
         dataworker.shutdown()
+
+
+def _prefect_server(command: str):
+    """Prefect's local server for commands that run flows, started in the background (promptcycle/local_server.py)."""
+    from promptcycle import local_server
+
+    return local_server.serving(command)
 
 
 def _fail(args: argparse.Namespace, exc: Exception, code: int) -> int:

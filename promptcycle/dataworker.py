@@ -7,7 +7,11 @@ pipeline process sends a function and plain arguments to the worker and gets pla
 The worker is `python -m promptcycle.dataworker`, started on first use and spoken to over its
 stdin/stdout with length-prefixed pickles (one call at a time). Unlike a multiprocessing pool it
 never re-imports the caller's main module, so scripts that call flows need no `__main__` guard.
-It exits when its stdin closes — that is, when the pipeline process ends, however it ends.
+It exits when its stdin closes — that is, when the pipeline process ends, however it ends — and,
+should the stdin stay open (another process holding the pipe), within a second of its parent's
+death once no call is running (a call in progress finishes first, so received answers are written).
+The Great Expectations import that `warm_up()` asks for runs in a thread of the worker, so the
+worker answers other calls (DuckDB reads and writes) while it imports.
 
 `PROMPTCYCLE_DATA_IN_PROCESS=1` runs everything in the calling process instead.
 """
@@ -80,16 +84,31 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     raise value
 
 
-def _warm() -> None:
-    from promptcycle.quality import suites
-
-    suites._get_batch_definition()  # imports Great Expectations and builds its context
+_warm_thread: threading.Thread | None = None
+_busy = threading.Event()
 
 
-def warm_up() -> None:
-    """Start the worker and its Great Expectations import now, in parallel with other start-up work."""
+def _warm(gx: bool = True) -> None:
+    """In the worker: import the store's modules now, and start Great Expectations' import and context in a
+    thread (the suites serialise on it), so the worker keeps answering store calls meanwhile."""
+    global _warm_thread
+    import promptcycle.store.metrics  # noqa: F401 - DuckDB, for the first store call
+
+    if gx and _warm_thread is None:
+        from promptcycle.quality import suites
+
+        _warm_thread = threading.Thread(target=suites._get_batch_definition, name="gx-import", daemon=True)
+        _warm_thread.start()
+
+
+def warm_up(gx: bool = True) -> None:
+    """Start the worker now, in parallel with other start-up work; with `gx`, Great Expectations' import too.
+
+    The baseline asks for Great Expectations only once the dataset suite has passed (from a stored
+    verdict, promptcycle/quality/verdicts.py, or run right then): importing it beside the first store
+    calls would halve their speed, and nothing before the first model call needs it."""
     if not in_process():
-        threading.Thread(target=call, args=(_warm,), name="promptcycle-data-warm-up", daemon=True).start()
+        threading.Thread(target=call, args=(_warm, gx), name="promptcycle-data-warm-up", daemon=True).start()
 
 
 def shutdown_locked() -> None:
@@ -116,6 +135,7 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
             module, qualname, args, kwargs = _receive(requests)
         except EOFError:
             return
+        _busy.set()
         try:
             target: Any = importlib.import_module(module)
             for part in qualname.split("."):
@@ -123,8 +143,12 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
             reply = (True, target(*args, **kwargs))
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller
             reply = (False, exc)
+        finally:
+            _busy.clear()
         try:
             _send(replies, reply)
+        except (BrokenPipeError, ConnectionError):
+            return  # the caller is gone
         except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable exception
             from promptcycle.errors import StoreError
 
@@ -132,8 +156,20 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
                                               if not reply[0] else f"unpicklable result: {exc}")))
 
 
+def _exit_with_parent(parent: int) -> None:
+    """In the worker: end the process once its parent has died and no call is running."""
+    import time
+
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent and not _busy.is_set():
+            os._exit(0)
+
+
 if __name__ == "__main__":
     import logging
+
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
 
     os.environ["PROMPTCYCLE_DATA_IN_PROCESS"] = "1"  # inside the worker, data work runs right here
 
@@ -141,3 +177,7 @@ if __name__ == "__main__":
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the reply stream
     serve(sys.stdin.buffer, replies)
+    # Every call was answered and the store keeps no connection open: skip the interpreter's teardown
+    # of pandas, DuckDB and Great Expectations (a second or more) and any unfinished import.
+    sys.stderr.flush()
+    os._exit(0)

@@ -74,7 +74,7 @@ def prepare_baseline(config_path: str, pipeline: str, store_path: str | None, re
 
     Takes the pipeline's lease first (promptcycle/evaluation/lease.py): a second process running the
     pipeline meanwhile is refused here; the flow releases the lease when it ends."""
-    warm_up()
+    warm_up(gx=False)
     ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
     for provider in ctx.providers_used():
         resolve_api_key(ctx.config, provider)  # a missing key fails here, before spending
@@ -105,6 +105,7 @@ def _prepare_baseline(ctx, store, pipeline: str, repeats: int | None, limit: int
             config_json=ctx.pipeline.model_dump_json(), flow_run_id=flow_run_id,
             started_at=datetime.now(timezone.utc)))
     gate_dataset(ctx, store, run_id)
+    warm_up()  # Great Expectations, for the results suite, imports in the worker while the cells run
     store.write_splits(ctx.dataset_key, ctx.splits)
     store.write_prompt_version(PromptVersionRecord(
         prompt_hash=prompt.hash, pipeline=pipeline, system=prompt.system, template=prompt.template,

@@ -17,6 +17,8 @@ for key, value in {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_LOGGING_LEVEL": "ERROR",
     "PREFECT_HOME": _PREFECT_HOME,
+    "PROMPTCYCLE_CACHE_DIR": os.path.join(_PREFECT_HOME, "promptcycle-cache"),
+    "PROMPTCYCLE_SERVER_IDLE_SECONDS": "30",
 }.items():
     os.environ.setdefault(key, value)
 

@@ -81,7 +81,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     load_config(args.config).pipeline(args.pipeline)  # fail fast, before Prefect starts
     _starting(args, f"Deploying {args.pipeline!r}")
     from flows.deployment import deployment
+    from promptcycle import local_server
 
+    local_server.ready()  # Prefect's local server, started in the background since the command was parsed
     result, run = run_flow(args, deployment, pipeline=args.pipeline, config_path=str(args.config),
                            store_path=args.store, version=args.version, canary=args.canary, force=args.force,
                            simulate_traffic=args.simulate_traffic, traffic_seed=args.seed,
@@ -128,7 +130,9 @@ def cmd_canary(args: argparse.Namespace) -> int:
     error_rates = {"treatment": args.treatment_error_rate} if args.treatment_error_rate else None
     _starting(args, f"Looking at the canary of {args.pipeline!r}")
     from flows.canary import canary
+    from promptcycle import local_server
 
+    local_server.ready()  # Prefect's local server, started in the background since the command was parsed
     result, run = run_flow(args, canary, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
                            simulate_traffic=args.simulate_traffic, seed=args.seed, watch=args.watch,
                            max_looks=args.max_looks, error_rates=error_rates, ingest_path=args.ingest,

@@ -104,15 +104,17 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     warm_up()  # Great Expectations imports in its worker while Prefect starts
     from flows.optimization import optimization
+    from promptcycle import local_server
 
     def print_estimate(estimate) -> None:
         print("\n".join(estimate.lines()), file=sys.stderr)
 
     if not args.json:
-        print(f"Optimizing the prompt of {args.pipeline!r} (Prefect starts a temporary server unless "
-              f"PREFECT_API_URL is set; the first start takes ~20 s) …", file=sys.stderr)
+        print(f"Optimizing the prompt of {args.pipeline!r} (Prefect's local server is reused, or started when "
+              f"none is running and PREFECT_API_URL is not set; the first start takes ~20 s) …", file=sys.stderr)
         budget.add_estimate_listener(print_estimate)
     try:
+        local_server.ready()  # started in the background since the command was parsed
         with _progress_bar(not args.json and sys.stderr.isatty(), plain=not args.json and not sys.stderr.isatty()):
             summary, run = run_flow(
                 args, optimization, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,

@@ -35,6 +35,9 @@ class QualityReport:
     n_rows: int
     failures: list[dict[str, Any]] = field(default_factory=list)
     n_expectations: int = 0
+    # Set when the verdict is that of an earlier run of the same suite on identical input
+    # (promptcycle/quality/verdicts.py): when and under which key it was computed.
+    reused: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.n_expectations = max(self.n_expectations, len(self.failures))
@@ -45,25 +48,30 @@ class QualityReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict, for the store and for artifacts."""
-        return _json_safe({
+        data = {
             "suite": self.suite,
             "success": self.success,
             "n_rows": self.n_rows,
             "failures": self.failures,
             "n_expectations": self.n_expectations,
-        })
+        }
+        if self.reused is not None:
+            data["reused"] = self.reused
+        return _json_safe(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QualityReport":
         """Rebuild a report stored with `to_dict()`."""
         return cls(suite=data["suite"], success=bool(data["success"]), n_rows=int(data["n_rows"]),
-                   failures=list(data.get("failures", [])), n_expectations=int(data.get("n_expectations", 0)))
+                   failures=list(data.get("failures", [])), n_expectations=int(data.get("n_expectations", 0)),
+                   reused=data.get("reused"))
 
     def summary(self) -> str:
         """One short paragraph a person can read in ten seconds."""
         if self.success:
             return (f"{self.suite} suite passed: {self.n_expectations} expectations met "
-                    f"on {self.n_rows} {_plural(self.n_rows, 'row')}")
+                    f"on {self.n_rows} {_plural(self.n_rows, 'row')}"
+                    + (f" (the verdict of {self.reused['verified_at']} on identical input)" if self.reused else ""))
         head = (f"{self.suite} suite FAILED: {self.n_failed} of {self.n_expectations} "
                 f"{_plural(self.n_expectations, 'expectation')} failed")
         return head + " — " + "; ".join(_describe_failure(f) for f in self.failures)

@@ -1,7 +1,7 @@
 """The data-quality suites, run in the data worker process (see promptcycle/dataworker.py).
 
 Great Expectations costs ~250 MB and 6-10 s to import; the pipeline process never imports it.
-`warm_up()` starts that import early, in parallel with Prefect's start-up.
+`warm_up()` starts the worker early and, unless `gx=False`, that import in a thread of the worker.
 """
 
 from __future__ import annotations
@@ -16,10 +16,18 @@ __all__ = ["warm_up", "validate_dataset", "validate_results", "validate_run_resu
 warm_up = dataworker.warm_up
 
 
-def _validate_dataset(*args, **kwargs) -> QualityReport:
-    from promptcycle.quality import suites
+def _validate_dataset(cases, splits, *, spectrums, min_cases_per_spectrum, recorded_splits=None,
+                      reuse_verdict: bool = True) -> QualityReport:
+    from promptcycle.quality import suites, verdicts
 
-    return suites.validate_dataset(*args, **kwargs)
+    key = verdicts.dataset_key(cases, splits, spectrums=spectrums, min_cases_per_spectrum=min_cases_per_spectrum,
+                               recorded_splits=recorded_splits)
+    if reuse_verdict and verdicts.enabled() and (known := verdicts.load(key)) is not None:
+        return known  # identical input passed this same suite before (see promptcycle/quality/verdicts.py)
+    report = suites.validate_dataset(cases, splits, spectrums=spectrums, min_cases_per_spectrum=min_cases_per_spectrum,
+                                     recorded_splits=recorded_splits)
+    verdicts.save(key, report)
+    return report
 
 
 def _validate_results(*args, **kwargs) -> QualityReport:
@@ -37,7 +45,10 @@ def _validate_run_results(store_path: str, run_id: str, scorer_names: list[str],
 
 
 def validate_dataset(*args, **kwargs) -> QualityReport:
-    """`promptcycle.quality.validate_dataset`, run in the data worker."""
+    """`promptcycle.quality.validate_dataset`, run in the data worker.
+
+    A passing verdict on identical input is reused (promptcycle/quality/verdicts.py) unless
+    `reuse_verdict=False`; every verdict computed here is kept for that."""
     return dataworker.call(_validate_dataset, *args, **kwargs)
 
 
