@@ -22,6 +22,7 @@ from promptcycle.evaluation.heap import freeze_startup_objects
 from promptcycle.evaluation.pool import close_providers
 from promptcycle.evaluation.summary import RunSummary
 from tasks.baseline import check_results, evaluate_cell_task, fail_run, prepare_baseline, summarize_run
+from tasks.cells import check_providers
 from tasks.reports import artifact_key, publish_baseline_report
 
 __all__ = ["baseline"]
@@ -41,6 +42,7 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
         limit: evaluate only the first N cases of each spectrum.
     """
     logger = get_run_logger()
+    await check_providers(config_path, pipeline, store_path, limit)  # before anything is recorded or paid
     plan = prepare_baseline(config_path, pipeline, store_path, repeats, limit, flow_run.get_id())
     logger.info("%s run %s: %d cells, %d calls", "resuming" if plan.resumed else "starting", plan.run_id,
                 len(plan.cells), plan.total_calls)

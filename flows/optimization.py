@@ -45,6 +45,7 @@ from tasks.optimization import (
     publish_optimization_report,
     rank_on_dev,
 )
+from tasks.cells import check_providers
 from tasks.reports import artifact_key
 
 __all__ = ["optimization"]
@@ -69,6 +70,7 @@ async def optimization(pipeline: str = "customer-insights", config_path: str = "
         limit: use only the first N cases of each spectrum (a quick, smaller search).
     """
     logger = get_run_logger()
+    await check_providers(config_path, pipeline, store_path, limit)  # before anything is recorded or paid
     baseline_run_id = find_baseline(config_path, pipeline, store_path, baseline_run_id, limit)
     if baseline_run_id is None:
         logger.info("no baseline run of the configured prompt yet: running one first")

@@ -56,6 +56,7 @@ _RESPONSE_TYPES: dict[str, pa.DataType] = {
     "case_id": pa.string(), "repeat": pa.int32(), "output": pa.string(), "input_tokens": pa.int32(),
     "output_tokens": pa.int32(), "latency_ms": pa.float64(), "cost_usd": pa.float64(), "attempts": pa.int32(),
     "simulated": pa.bool_(), "created_at": pa.timestamp("us"), "run_id": pa.string(),
+    "provider_model": pa.string(), "finish_reason": pa.string(), "tokens_source": pa.string(),
 }
 
 _RESULT_TYPES: dict[str, pa.DataType] = {
@@ -64,7 +65,8 @@ _RESULT_TYPES: dict[str, pa.DataType] = {
     "scores": pa.map_(pa.string(), pa.float64()), "overall": pa.float64(), "explanation": pa.string(),
     "latency_ms": pa.float64(), "input_tokens": pa.int32(), "output_tokens": pa.int32(),
     "cost_usd": pa.float64(), "attempts": pa.int32(), "error": pa.string(), "error_kind": pa.string(),
-    "simulated": pa.bool_(), "created_at": pa.timestamp("us"),
+    "simulated": pa.bool_(), "created_at": pa.timestamp("us"), "finish_reason": pa.string(),
+    "tokens_source": pa.string(),
 }
 
 RESPONSE_COLUMNS: tuple[str, ...] = tuple(_RESPONSE_TYPES)

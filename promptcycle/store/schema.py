@@ -287,7 +287,19 @@ _V3 = Migration(3, "deployments, stage reports, canaries and their looks, produc
     """,
 ))
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
+# Placeholder for the ledger branch's migration 4 (attempt counting): at the merge, its step takes this
+# place and this line goes. Only stores made by this branch's tests ever record it.
+_V4 = Migration(4, "reserved", ())
+
+_V5 = Migration(5, "what the provider said: reported model, finish reason, token source", (
+    "ALTER TABLE responses ADD COLUMN provider_model VARCHAR",
+    "ALTER TABLE responses ADD COLUMN finish_reason VARCHAR",
+    "ALTER TABLE responses ADD COLUMN tokens_source VARCHAR",
+    "ALTER TABLE results ADD COLUMN finish_reason VARCHAR",
+    "ALTER TABLE results ADD COLUMN tokens_source VARCHAR",
+))
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _BOOKKEEPING = """
