@@ -339,3 +339,30 @@ def test_an_oversize_answer_is_a_recorded_case_error(tmp_path):
     frame = store.results_frame("run-1")
     assert frame["error_kind"].eq("ResponseTooLargeError").all() and frame["output"].isna().all()
     assert store.spend("run-1")["calls"] == 0  # nothing of it reached the ledger
+
+
+# -- through the CLI and the engine ------------------------------------------------------------------------------
+
+@pytest.mark.engine
+def test_cli_baseline_with_a_wrong_key_stops_before_the_matrix_with_the_providers_words(
+        prefect_harness, repo_config, monkeypatch, capsys):
+    import yaml
+
+    from promptcycle.cli import main
+
+    with ServerThread(require_api_key=KEY) as server:
+        data = yaml.safe_load(repo_config.read_text())
+        data["providers"]["simulator"] = {"kind": "openai", "base_url": server.base_url,
+                                          "api_key_env": "PROMPTCYCLE_TEST_KEY", "max_concurrency": 8}
+        repo_config.write_text(yaml.safe_dump(data))
+        monkeypatch.setenv("PROMPTCYCLE_TEST_KEY", WRONG)
+        store = repo_config.parent / "metrics.duckdb"
+        code = main(["baseline", "--config", str(repo_config), "--store", str(store), "--limit", "2", "--json"])
+        out = capsys.readouterr().out
+        assert server.state.requests == 0  # not one of the 98 completions was sent
+    result = json.loads(out.strip().splitlines()[-1])
+    assert code == 1 and result["success"] is False and result["error"] == "ProviderCheckError"
+    message = result["message"]
+    assert "HTTP 401" in message and "Incorrect API key provided" in message and "'simulator'" in message
+    assert WRONG not in out
+    assert MetricsStore(store).spend("baseline-")["calls"] == 0
