@@ -366,3 +366,20 @@ def test_cli_baseline_with_a_wrong_key_stops_before_the_matrix_with_the_provider
     assert "HTTP 401" in message and "Incorrect API key provided" in message and "'simulator'" in message
     assert WRONG not in out
     assert MetricsStore(store).spend("baseline-")["calls"] == 0
+
+
+def test_an_open_breaker_says_why_it_opened():
+    """A dead server mid-run: the calls the breaker rejects carry the connection error that opened it."""
+    base_url = f"http://127.0.0.1:{unused_port()}/v1"
+    models = {"nano": ModelConfig(provider="sim", model="sim-nano")}
+
+    async def go():
+        provider = OpenAICompatibleProvider("sim", ProviderConfig(
+            kind="openai", base_url=base_url, max_retries=0, circuit_failure_threshold=2, max_concurrency=1), models)
+        async with provider:
+            return await asyncio.gather(*(provider.complete("nano", MESSAGES, seed=i) for i in range(6)),
+                                        return_exceptions=True)
+
+    results = asyncio.run(go())
+    rejected = [r for r in results if type(r).__name__ == "CircuitOpenError"]
+    assert rejected and all("last: sim: " in str(r) and "connecting to " + base_url in str(r) for r in rejected)

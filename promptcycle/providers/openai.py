@@ -234,7 +234,7 @@ class OpenAICompatibleProvider:
                 raise exc from error  # when the breaker opened between our retries, keep why
             sent = stats.attempts
             try:
-                result = await self._attempt(body, messages, spec, model, attempt)
+                result = await self._attempt(body, messages, spec, model, attempt, probe)
             except BaseException:
                 if probe:
                     breaker.release_probe()
@@ -243,6 +243,10 @@ class OpenAICompatibleProvider:
                 breaker.record_success()
                 stats.completions += 1
                 return result
+            if type(result) is CircuitOpenError:  # the breaker opened while this call waited for a slot
+                stats.circuit_rejections += 1
+                self._count(stats.errors, result)
+                raise result from error
             error = result
             if not is_retryable(error):
                 if stats.attempts == sent:  # refused without sending: the breaker learnt nothing
@@ -252,7 +256,7 @@ class OpenAICompatibleProvider:
                     breaker.record_success()  # the provider answered; the request itself was wrong
                 self._count(stats.errors, error)
                 raise error
-            breaker.record_failure()
+            breaker.record_failure(str(error))
             if attempt >= max_attempts:
                 self._count(stats.errors, error)
                 if attempt > 1:
@@ -306,7 +310,7 @@ class OpenAICompatibleProvider:
             f"{type(error).__name__}: {error}", provider=self.name, model=model, status=error.status)
 
     async def _attempt(self, body: _Body, messages: list[dict[str, str]], spec: ModelConfig, model: str,
-                       attempt: int) -> Completion | ProviderError:
+                       attempt: int, probe: bool = False) -> Completion | ProviderError:
         """One HTTP request: a Completion, or the typed error it ended with (returned, not raised).
 
         A retry (attempt > 1) takes the next free slot before calls not yet sent, so it waits about
@@ -320,6 +324,8 @@ class OpenAICompatibleProvider:
             if refusal is not None:
                 self.stats.refused += 1
                 return FatalProviderError(f"not sent: {refusal}", provider=self.name, status=refusal.status)
+            if not probe and self.breaker.state == "open":  # opened while this call queued: do not send it
+                return self.breaker.rejection()
             self.stats.attempts += 1
             start = time.perf_counter()
             try:
