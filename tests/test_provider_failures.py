@@ -383,3 +383,33 @@ def test_an_open_breaker_says_why_it_opened():
     results = asyncio.run(go())
     rejected = [r for r in results if type(r).__name__ == "CircuitOpenError"]
     assert rejected and all("last: sim: " in str(r) and "connecting to " + base_url in str(r) for r in rejected)
+
+
+def test_the_deployment_smoke_stage_checks_the_providers_before_its_calls(tmp_path):
+    import yaml
+
+    from deploy_support import write_config
+    from promptcycle.deploy.smoke import run_smoke
+    from promptcycle.evaluation.context import load_pipeline
+
+    path = write_config(tmp_path)
+    with ServerThread(require_api_key=KEY) as server:
+        data = yaml.safe_load(path.read_text())
+        data["providers"]["simulator"] = {"kind": "openai", "base_url": server.base_url, "api_key_env": "UNUSED"}
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        ctx = load_pipeline(path, "customer-insights")
+        store = MetricsStore(ctx.store_path)
+
+        async def go():
+            try:
+                return await run_smoke(ctx, ctx.prompt, run_id="smoke-1", store=store,
+                                       key_of=lambda _: SecretStr(WRONG), cases_per_spectrum=1,
+                                       max_format_error_rate=0.1)
+            finally:
+                await close_providers()
+
+        report = asyncio.run(go())
+        assert server.state.requests == 0
+    assert report.status == "failed" and [c.name for c in report.checks] == ["providers answer"]
+    assert "HTTP 401" in report.reason and "Incorrect API key provided" in report.reason and WRONG not in report.reason
+    assert store.get_run("smoke-1") is None
