@@ -4,7 +4,9 @@ One `OpenAICompatibleProvider` per provider: one `httpx2.AsyncClient` over a poo
 transport (transport.py), a concurrency cap and rate limiter (`RequestLimits`), a `CircuitBreaker`,
 and a retry loop with exponential backoff and full jitter that honours Retry-After. Failures surface as the typed errors of `promptcycle.errors`
 (`is_retryable` tells them apart); the API key is sent only as a bearer header and is scrubbed from
-every error message.
+every error message. A retry takes the next free slot ahead of calls not yet sent; after a 401/403
+(the key) or a 404 (the model) no further call is sent to what refused; an answer larger than
+`max_response_bytes` is not read further. `check_model` checks a model before a run spends on it.
 
 A provider instance belongs to one event loop: create it inside the coroutine (or task) that uses it,
 and `await provider.aclose()` (or `async with provider:`) when done.
@@ -179,10 +181,7 @@ class OpenAICompatibleProvider:
         self._random = random.random
         # Permanent refusals seen so far: None -> for the whole provider (401/403), a remote model id -> 404.
         self._refusals: dict[str | None, FatalProviderError] = {}
-        try:
-            self._models_url = httpx2.URL(self.base_url + "/models")
-        except httpx2.InvalidURL:  # pragma: no cover - the chat URL above would have failed first
-            self._models_url = None
+        self._models_url = httpx2.URL(self.base_url + "/models")  # parses: the chat URL above did
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleProvider(name={self.name!r}, base_url={self.base_url!r}, models={sorted(self.models)})"
