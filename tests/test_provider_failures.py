@@ -413,3 +413,22 @@ def test_the_deployment_smoke_stage_checks_the_providers_before_its_calls(tmp_pa
     assert report.status == "failed" and [c.name for c in report.checks] == ["providers answer"]
     assert "HTTP 401" in report.reason and "Incorrect API key provided" in report.reason and WRONG not in report.reason
     assert store.get_run("smoke-1") is None
+
+
+def test_a_refused_key_is_named_once_for_all_its_models():
+    with ServerThread(require_api_key=KEY) as server:
+        config = config_for(server.base_url)
+        config.models.update({"mini": ModelConfig(provider="sim", model="sim-mini"),
+                              "typo": ModelConfig(provider="sim", model="sim-nanoo")})
+
+        async def go():
+            try:
+                await check_models(config, ["nano", "mini", "typo"], lambda _: SecretStr(WRONG))
+            finally:
+                await close_providers()
+
+        with pytest.raises(ProviderCheckError) as caught:
+            asyncio.run(go())
+    message = str(caught.value)
+    assert message.count("HTTP 401") == 1 and "(the same for mini, typo)" in message
+    assert message.endswith("and run again")

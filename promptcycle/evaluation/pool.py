@@ -55,9 +55,24 @@ async def check_models(config: PromptcycleConfig, models: Iterable[str],
     if unexpected:
         raise unexpected[0]
     if failures:
-        first = failures[0]
-        more = "".join(f"\n  also: {f}" for f in failures[1:])
-        raise ProviderCheckError(f"{first}{more}\nnothing was run; fix the key, model id or base_url in "
+        # A refused key is one problem however many models share it: named once, with its other models.
+        shown: list[ProviderCheckError] = []
+        refused: dict[tuple, list[str]] = {}  # (provider, status) -> models whose check met the refusal
+        for f in failures:
+            if f.status in (401, 403):
+                models_refused = refused.setdefault((f.provider, f.status), [])
+                models_refused.append(str(f.model))
+                if len(models_refused) > 1:
+                    continue
+            shown.append(f)
+
+        def line(f: ProviderCheckError) -> str:
+            others = refused.get((f.provider, f.status), [])[1:]
+            return str(f) + (f" (the same for {', '.join(others)})" if others else "")
+
+        first = shown[0]
+        more = "".join(f"\n  also: {line(f)}" for f in shown[1:])
+        raise ProviderCheckError(f"{line(first)}{more}\nnothing was run; fix the key, model id or base_url in "
                                  "pipelines.yaml (or the provider) and run again",
                                  provider=first.provider, model=first.model, status=first.status)
 
