@@ -23,6 +23,7 @@ from promptcycle.evaluation.lease import release_pipeline
 from promptcycle.evaluation.pool import close_providers
 from promptcycle.evaluation.summary import RunSummary
 from tasks.baseline import check_results, evaluate_cell_task, fail_run, prepare_baseline, summarize_run
+from tasks.cells import check_providers
 from tasks.reports import artifact_key, publish_baseline_report
 from tasks.runs import is_simulated, run_name, tag_flow_run
 
@@ -44,6 +45,7 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
     """
     logger = get_run_logger()
     await tag_flow_run(pipeline, "baseline", is_simulated(config_path, pipeline))
+    await check_providers(config_path, pipeline, store_path, limit)  # before anything is recorded or paid
     plan = prepare_baseline(config_path, pipeline, store_path, repeats, limit, flow_run.get_id())
     logger.info(plan.announcement())
     progress.report_note(plan.announcement())

@@ -46,6 +46,7 @@ from tasks.optimization import (
     publish_optimization_report,
     rank_on_dev,
 )
+from tasks.cells import check_providers
 from tasks.reports import artifact_key
 from tasks.runs import is_simulated, run_name, tag_flow_run
 
@@ -72,6 +73,7 @@ async def optimization(pipeline: str = "customer-insights", config_path: str = "
     """
     logger = get_run_logger()
     await tag_flow_run(pipeline, "optimization", is_simulated(config_path, pipeline))
+    await check_providers(config_path, pipeline, store_path, limit)  # before anything is recorded or paid
     baseline_run_id = find_baseline(config_path, pipeline, store_path, baseline_run_id, limit)
     if baseline_run_id is None:
         logger.info("no baseline run of the configured prompt yet: running one first")

@@ -262,6 +262,13 @@ def _print_summary(summary) -> None:
     console.print("Levels (pipelines.yaml thresholds): [red]critical[/] < 85 ≤ [dark_orange]warning[/] < 90 ≤ "
                   "[yellow]ok[/] < 95 ≤ [green]target[/] < 98 ≤ [magenta]excellent[/]. "
                   "The same tables are artifacts of the flow run in the Prefect UI.")
+    if summary.truncated:
+        console.print(f"[dark_orange]{summary.truncated} answers were cut at max_tokens[/] (finish_reason "
+                      "\"length\"; scored as they came, flagged in results.finish_reason).", markup=True)
+    if summary.provider_errors:
+        console.print("[red]provider errors[/] (the provider's status and message):")
+        for line in summary.provider_errors:
+            console.print(f"  {line}", markup=False, highlight=False)
     if summary.simulated:
         console.print("[dim]All answers came from the built-in simulator: the figures describe the simulated "
                       "world, not real models.[/]")
@@ -302,10 +309,16 @@ def cmd_sim_server(args: argparse.Namespace) -> int:
     if args.latency_ms is not None:
         latency = (LatencyOverride(fixed_ms=args.latency_ms) if args.latency_dist == "fixed"
                    else LatencyOverride(mean_ms=args.latency_ms))
+    api_key = None
+    if args.api_key_env:  # read from the environment, never from argv (which `ps` shows)
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise ConfigError(f"environment variable {args.api_key_env} is not set", path="--api-key-env",
+                              found=args.api_key_env, expected="a set environment variable holding the key")
     if not args.json:
-        print(f"promptcycle simulator (simulated models, not real ones) on http://{args.host}:{args.port}/v1",
-              file=sys.stderr)
-    run_server(host=args.host, port=args.port, faults=faults, latency=latency)
+        print(f"promptcycle simulator (simulated models, not real ones) on http://{args.host}:{args.port}/v1"
+              + (" (requires an API key)" if api_key else ""), file=sys.stderr)
+    run_server(host=args.host, port=args.port, faults=faults, latency=latency, require_api_key=api_key)
     return 0
 
 
@@ -340,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hang-seconds", type=float, default=60.0, help="how long a hanging request hangs")
     p.add_argument("--malformed-rate", type=float, default=0.0, help="share of requests with a malformed body")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
+    p.add_argument("--api-key-env", default=None, metavar="VAR",
+                   help="answer 401 unless requests carry the key held in this environment variable")
     p.set_defaults(func=cmd_sim_server)
 
     import importlib

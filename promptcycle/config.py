@@ -70,6 +70,9 @@ class ProviderConfig(_Strict):
     max_backoff_seconds: float = Field(default=30.0, ge=0, description="Cap on one backoff wait.")
     circuit_failure_threshold: int = Field(default=20, ge=1, description="Consecutive failures that open the breaker.")
     circuit_reset_seconds: float = Field(default=10.0, gt=0, description="Cool-down before the breaker half-opens.")
+    max_response_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest answer body read, in bytes (default 1 MiB); reading "
+        "stops at the cap and the call is recorded as a ResponseTooLargeError.")
 
     @model_validator(mode="after")
     def _openai_needs_base_url(self) -> "ProviderConfig":

@@ -13,6 +13,8 @@
     │   │   ├── ProviderConnectionError
     │   │   └── CircuitOpenError   the provider's breaker is open
     │   └── FatalProviderError      not worth retrying (auth, bad request, unknown model)
+    │       ├── ResponseTooLargeError   the answer's body exceeded the provider's max_response_bytes
+    │       └── ProviderCheckError      a provider or model failed the check made before any paid call
     ├── StoreError                  the metrics store failed
     ├── RunFailedError              a run could not finish (it stays resumable)
     ├── PipelineBusyError           another process is already spending on this pipeline
@@ -43,6 +45,8 @@ __all__ = [
     "ProviderConnectionError",
     "CircuitOpenError",
     "FatalProviderError",
+    "ResponseTooLargeError",
+    "ProviderCheckError",
     "StoreError",
     "RunFailedError",
     "PipelineBusyError",
@@ -141,6 +145,20 @@ class CircuitOpenError(RetryableProviderError):
 
 class FatalProviderError(ProviderError):
     """A provider failure that retrying will not fix (401, 403, 400, 404 …)."""
+
+
+class ResponseTooLargeError(FatalProviderError):
+    """The answer's body was larger than the provider's `max_response_bytes`; reading stopped at the cap."""
+
+
+class ProviderCheckError(FatalProviderError):
+    """A provider or model failed the check made before a run spends anything (wrong key, unknown
+    model, unreachable endpoint); `model` names the pipeline model checked."""
+
+    def __init__(self, message: str, *, provider: str | None = None, model: str | None = None,
+                 status: int | None = None):
+        self.model = model
+        super().__init__(message, provider=provider, status=status)
 
 
 class StoreError(PromptcycleError):

@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
 from promptcycle.evaluation.cells import CellOutcome, CellSpec, evaluate_cell
-from promptcycle.evaluation.context import PipelineContext
-from promptcycle.evaluation.pool import get_provider
+from promptcycle.evaluation.context import PipelineContext, load_pipeline
+from promptcycle.evaluation.pool import check_models, close_providers, get_provider
 from promptcycle.scoring import build_scorers
 from promptcycle.store.remote import open_store
 from tasks.limits import provider_slot
 from tasks.retry import final_attempt
 from tasks.secrets import resolve_api_key
 
-__all__ = ["run_cell"]
+__all__ = ["run_cell", "check_providers"]
+
+
+@task(name="check-providers", cache_policy=NO_CACHE)
+async def check_providers(config_path: str, pipeline: str, store_path: str | None, limit: int | None = None) -> None:
+    """Before any paid matrix: every model of the pipeline (and its judges) answers with this key.
+
+    A wrong key, an unknown model id or an unreachable endpoint stops here with a `ProviderCheckError`
+    naming provider, model, HTTP status and the provider's message.
+    """
+    ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
+    judges = [(opts or {}).get("model") for opts in ctx.pipeline.scorers.values()]
+    try:
+        await check_models(ctx.config, [*ctx.pipeline.models, *(j for j in judges if j)],
+                           lambda name: resolve_api_key(ctx.config, name))
+    finally:
+        await close_providers()  # the cells build their own clients
 
 
 async def run_cell(ctx: PipelineContext, spec: CellSpec, *, retries: int, budget=None) -> CellOutcome:

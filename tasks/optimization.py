@@ -280,7 +280,9 @@ def _ledger_complete(ctx: PipelineContext, store, plan: OptimizationPlan):
             call_key=key, provider=mconf.provider, model=mconf.model, prompt_hash=None, case_id=None, repeat=0,
             output=completion.text, input_tokens=completion.input_tokens, output_tokens=completion.output_tokens,
             latency_ms=completion.latency_ms, cost_usd=completion.cost_usd, attempts=completion.attempts,
-            simulated=completion.simulated, created_at=datetime.now(timezone.utc), run_id=plan.run_id)], [])
+            simulated=completion.simulated, created_at=datetime.now(timezone.utc), run_id=plan.run_id,
+            provider_model=completion.raw_model or None, finish_reason=completion.finish_reason,
+            tokens_source=completion.tokens_source)], [])
         return completion
 
     return complete

@@ -92,7 +92,7 @@ def test_a_completion_carries_text_tokens_cost_and_the_simulated_label():
     assert c.cost_usd == pytest.approx((reply.input_tokens * 0.5 + reply.output_tokens * 1.5) / 1e6)
     assert c.simulated is True and c.attempts == 1
     assert 40 <= c.latency_ms < 1000
-    assert c.extra["finish_reason"] == "stop"
+    assert c.finish_reason == "stop" and c.tokens_source == "provider"
 
 
 def test_429_retry_after_is_honoured_and_not_counted_as_latency():
@@ -327,7 +327,7 @@ def test_cost_from_pricing_and_token_estimate_without_usage():
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "a" * 400},
                              "finish_reason": "stop"}]}
         if sent["seed"] == 4:  # seed 5: a provider that reports no usage
-            body["usage"] = {"prompt_tokens": 1_000, "completion_tokens": 500, "total_tokens": 1_500}
+            body["usage"] = {"prompt_tokens": 100, "completion_tokens": 500, "total_tokens": 600}
         return httpx2.Response(200, json=body)
 
     async def both(provider: OpenAICompatibleProvider):
@@ -336,8 +336,9 @@ def test_cost_from_pricing_and_token_estimate_without_usage():
         return with_usage, without
 
     _, (with_usage, without) = run(both, "http://provider.test/v1", transport=httpx2.MockTransport(reply))
-    assert with_usage.cost_usd == pytest.approx(1_000 * 0.5 / 1e6 + 500 * 1.5 / 1e6)
+    assert with_usage.cost_usd == pytest.approx(100 * 0.5 / 1e6 + 500 * 1.5 / 1e6)
     assert with_usage.simulated is False and with_usage.raw_model == "sim-nano-2025"
+    assert with_usage.tokens_source == "provider" and without.tokens_source == "estimated"
     chars = sum(len(m["content"]) for m in MESSAGES)
     assert without.input_tokens == pytest.approx(chars / 4, abs=len(MESSAGES))
     assert without.output_tokens == 100

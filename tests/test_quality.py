@@ -260,7 +260,9 @@ def test_error_rate_over_the_ceiling_overall_and_per_model():
     named = {f["expectation"]: f for f in report.failures}
     assert set(named) == {"error rate <= 20.0%", "error rate per model <= 20.0%"}
     assert named["error rate <= 20.0%"]["detail"] == "25.0% of 12 rows errored"
-    assert named["error rate <= 20.0%"]["examples"] == ["RateLimitError ×2", "ServerError ×1"]
+    # Each kind with its first message: where the provider's status and text reach the user.
+    assert named["error rate <= 20.0%"]["examples"] == ["RateLimitError ×2 (RateLimitError: simulated failure)",
+                                                        "ServerError ×1 (ServerError: simulated failure)"]
     assert named["error rate per model <= 20.0%"]["examples"] == ["nano 50.0%"]
     # Under a looser ceiling only the model over it fails.
     looser = check_results(frame, max_error_rate=0.3)

@@ -21,7 +21,8 @@ from pydantic import SecretStr
 from promptcycle.deploy.validation import Check, StageReport
 from promptcycle.evaluation.cells import CellSpec, evaluate_cell
 from promptcycle.evaluation.context import PipelineContext
-from promptcycle.evaluation.pool import get_provider
+from promptcycle.errors import ProviderCheckError
+from promptcycle.evaluation.pool import check_models, get_provider
 from promptcycle.prompts import PromptTemplate
 from promptcycle.scoring import build_scorers
 from promptcycle.store import MetricsStore
@@ -43,6 +44,12 @@ async def run_smoke(ctx: PipelineContext, prompt: PromptTemplate, *, run_id: str
     cases = {s: [c for c in configured if c.spectrum == s][:cases_per_spectrum] for s in spectrums}
     n_cases = sum(len(v) for v in cases.values())
     simulated = all(ctx.config.providers[ctx.config.models[m].provider].kind == "simulator" for m in models)
+    judges = [(opts or {}).get("model") for opts in ctx.pipeline.scorers.values()]
+    try:  # one cheap check per model before the smoke run pays for anything
+        await check_models(ctx.config, [*models, *(j for j in judges if j)], key_of)
+    except ProviderCheckError as exc:
+        return StageReport.from_checks("integration", [Check("providers answer", False, str(exc))], started=started,
+                                       details={"run_id": None, "simulated": simulated})
     fingerprint = hashlib.sha256(json.dumps([prompt.hash, models, cases_per_spectrum, ctx.dataset_hash])
                                  .encode()).hexdigest()[:16]
     store.create_run(RunRecord(run_id=run_id, pipeline=ctx.name, kind="smoke", fingerprint=fingerprint,

@@ -155,14 +155,17 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
                           explanation=json.dumps(explanation, separators=(",", ":"), default=str),
                           latency_ms=completion.latency_ms, input_tokens=completion.input_tokens,
                           output_tokens=completion.output_tokens, cost_usd=completion.cost_usd,
-                          attempts=attempts, wait_ms=wait_ms, simulated=completion.simulated)
+                          attempts=attempts, wait_ms=wait_ms, simulated=completion.simulated,
+                          finish_reason=completion.finish_reason, tokens_source=completion.tokens_source)
 
     async def one(case: Case, repeat: int, messages: list[dict[str, str]], key: str) -> None:
         cached = ledger.get(key)
         if cached is not None:
             completion = Completion(text=cached.output, model=spec.model_name, input_tokens=cached.input_tokens,
                                     output_tokens=cached.output_tokens, latency_ms=cached.latency_ms,
-                                    cost_usd=cached.cost_usd, attempts=cached.attempts, simulated=cached.simulated)
+                                    cost_usd=cached.cost_usd, attempts=cached.attempts, simulated=cached.simulated,
+                                    raw_model=cached.provider_model or "", finish_reason=cached.finish_reason,
+                                    tokens_source=cached.tokens_source or "provider")
             # Paid for once, by the run named in the ledger; the row keeps what the answer cost.
             row = await scored_row(case, repeat, key, completion, cached.attempts, cached.wait_ms)
             outcome.reused += 1
@@ -208,7 +211,9 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
                                   input_tokens=completion.input_tokens, output_tokens=completion.output_tokens,
                                   latency_ms=completion.latency_ms, cost_usd=completion.cost_usd,
                                   attempts=attempts, simulated=completion.simulated,
-                                  created_at=_now(), run_id=spec.run_id, wait_ms=wait_ms)
+                                  created_at=_now(), run_id=spec.run_id, wait_ms=wait_ms,
+                                  provider_model=completion.raw_model or None,
+                                  finish_reason=completion.finish_reason, tokens_source=completion.tokens_source)
         row = await scored_row(case, repeat, key, completion, attempts, wait_ms)
         await io.add(response, row)
         progress.report_done()

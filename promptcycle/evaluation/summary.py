@@ -6,6 +6,8 @@ an answer that never came is a failed answer. Levels come from the pipeline's th
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["CellQuality", "Ranked", "RunSummary", "summarize_results", "summarize_stored_run",
-           "quality_markdown", "cells_table", "latency_cost_markdown"]
+           "quality_markdown", "cells_table", "latency_cost_markdown", "provider_error_lines"]
 
 LEVEL_MARK = {"critical": "🔴 critical", "warning": "🟠 warning", "ok": "🟡 ok", "target": "🟢 target",
               "excellent": "🟣 excellent"}
@@ -34,6 +36,7 @@ class CellQuality(BaseModel):
     mean_latency_ms: float | None
     p95_latency_ms: float | None
     cost_usd: float
+    truncated: int = 0  # answers the provider cut at max_tokens (finish_reason "length")
 
 
 class Ranked(BaseModel):
@@ -62,6 +65,8 @@ class RunSummary(BaseModel):
     cells: list[CellQuality]
     models: list[Ranked]
     spectrums: list[Ranked]
+    truncated: int = 0  # answers cut at max_tokens (finish_reason "length"); scored as they came
+    provider_errors: list[str] = []  # the commonest terminal errors: model, kind, count, the provider's message
     data_quality: dict[str, bool] = {}
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -77,12 +82,34 @@ def _quality(series: pd.Series) -> float:
     return round(float(series.fillna(0.0).mean()) * 100, 2) if len(series) else 0.0
 
 
+_AFTER = re.compile(r" \(after \d+ attempts\)$")
+
+
+def provider_error_lines(frame: pd.DataFrame, *, limit: int = 5) -> list[str]:
+    """The commonest terminal errors of a results frame, one line each: "model: kind ×n — message".
+
+    Messages are the provider's own (status and text; keys already scrubbed by the client); calls
+    refused without sending after a 401/403/404 count with the error that stopped them.
+    """
+    if not len(frame) or "error" not in frame.columns:
+        return []
+    errored = frame[frame["error"].notna()]
+    counts: Counter = Counter()
+    for model, kind, message in zip(errored["model"], errored.get("error_kind", errored["error"]), errored["error"]):
+        message = _AFTER.sub("", str(message))
+        if message.startswith("not sent: "):
+            message = message[len("not sent: "):]
+        counts[(str(model), str(kind), message)] += 1
+    return [f"{model}: {kind} ×{n} — {message}" for (model, kind, message), n in counts.most_common(limit)]
+
+
 def summarize_results(frame: pd.DataFrame, *, thresholds: Thresholds, run_id: str, pipeline: str,
                       prompt_hash: str, status: str, models: list[str], spectrums: list[str],
                       **extra) -> RunSummary:
     """Aggregate a run's results frame (one row per model x case x repeat) into a RunSummary."""
     f = frame.copy()
     f["overall"] = f["overall"].where(f["error"].isna(), 0.0)
+    cut = (f["finish_reason"] == "length") if "finish_reason" in f.columns else f["error"].notna() & False
     cells = []
     for model in models:
         for spectrum in spectrums:
@@ -94,7 +121,8 @@ def summarize_results(frame: pd.DataFrame, *, thresholds: Thresholds, run_id: st
                 errors=int(g["error"].notna().sum()),
                 mean_latency_ms=round(float(ok["latency_ms"].mean()), 1) if len(ok) else None,
                 p95_latency_ms=round(float(ok["latency_ms"].quantile(0.95)), 1) if len(ok) else None,
-                cost_usd=round(float(g["cost_usd"].fillna(0).sum()), 6)))
+                cost_usd=round(float(g["cost_usd"].fillna(0).sum()), 6),
+                truncated=int(cut[g.index].sum())))
 
     def ranked(column: str, names: list[str]) -> list[Ranked]:
         out = [Ranked(name=n, quality=_quality(f.loc[f[column] == n, "overall"]),
@@ -106,7 +134,8 @@ def summarize_results(frame: pd.DataFrame, *, thresholds: Thresholds, run_id: st
     return RunSummary(run_id=run_id, pipeline=pipeline, status=status, simulated=simulated, prompt_hash=prompt_hash,
                       rows=len(f), errors=int(f["error"].notna().sum()),
                       cost_usd=round(float(f["cost_usd"].fillna(0).sum()), 6), quality=q, level=thresholds.level(q),
-                      cells=cells, models=ranked("model", models), spectrums=ranked("spectrum", spectrums), **extra)
+                      cells=cells, models=ranked("model", models), spectrums=ranked("spectrum", spectrums),
+                      truncated=int(cut.sum()), provider_errors=provider_error_lines(f), **extra)
 
 
 def _summarize_stored_run(store_path: str, run_id: str, scorers: list[str], **kwargs) -> RunSummary:
@@ -133,6 +162,10 @@ def quality_markdown(summary: RunSummary, thresholds: Thresholds) -> str:
              f"{summary.errors} errors · overall **{summary.quality:.1f}** ({summary.level})"
              + (" · **SIMULATED** (built-in simulator: not real model quality)" if summary.simulated else ""),
              "",
+             *([f"**{summary.truncated} answers were cut at max_tokens** (finish_reason `length`).", ""]
+               if summary.truncated else []),
+             *(["Provider errors (status and message as the provider gave them):", ""]
+               + [f"- {line}" for line in summary.provider_errors] + [""] if summary.provider_errors else []),
              f"Levels: {marks['critical']} critical < {thresholds.critical:g} ≤ {marks['warning']} warning < "
              f"{thresholds.warning:g} ≤ {marks['ok']} ok < {thresholds.target:g} ≤ {marks['target']} target < "
              f"{thresholds.excellent:g} ≤ {marks['excellent']} excellent (points of the weighted score).",

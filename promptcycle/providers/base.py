@@ -25,6 +25,8 @@ class Completion:
     attempts: int = 1
     simulated: bool = False
     raw_model: str = ""  # the model id the provider reported
+    finish_reason: str | None = None  # "stop", "length" (cut by max_tokens: a truncated answer) …
+    tokens_source: str = "provider"  # "provider", or "estimated" when its counts were missing or implausible
     extra: dict = field(default_factory=dict)
 
 

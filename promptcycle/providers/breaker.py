@@ -37,6 +37,7 @@ class CircuitBreaker:
         self.failures = 0  # consecutive failed attempts
         self._opened_at: float | None = None
         self._probing = False
+        self.last_failure = ""  # why the last failed attempt failed (already scrubbed of secrets by the caller)
 
     @property
     def state(self) -> BreakerState:
@@ -55,11 +56,8 @@ class CircuitBreaker:
         opened_at = self._opened_at
         if opened_at is None:
             return False
-        remaining = opened_at + self.reset_seconds - time.monotonic()
-        if remaining > 0:
-            raise CircuitOpenError(f"{self.name}: circuit open after {self.failures} consecutive failures; "
-                                   f"retry in {remaining:.1f} s", provider=self.name or None,
-                                   retry_after=remaining)
+        if opened_at + self.reset_seconds - time.monotonic() > 0:
+            raise self.rejection()
         if self._probing:
             # Another attempt is probing; its outcome decides. Suggest a short wait, not the full cool-down.
             raise CircuitOpenError(f"{self.name}: circuit half-open, a probe request is in flight",
@@ -67,15 +65,26 @@ class CircuitBreaker:
         self._probing = True
         return True
 
+    def rejection(self) -> CircuitOpenError:
+        """The error a call meets while the breaker is open (it says why it opened)."""
+        remaining = max(0.0, (self._opened_at or 0.0) + self.reset_seconds - time.monotonic())
+        last = f"; last: {self.last_failure}" if self.last_failure else ""
+        return CircuitOpenError(f"{self.name}: circuit open after {self.failures} consecutive failures; "
+                                f"retry in {remaining:.1f} s{last}", provider=self.name or None,
+                                retry_after=remaining)
+
     def record_success(self) -> None:
         """The provider answered: close the breaker and forget past failures."""
         self.failures = 0
         self._opened_at = None
         self._probing = False
 
-    def record_failure(self) -> None:
-        """An attempt failed in a way that says the provider is unhealthy."""
+    def record_failure(self, reason: str = "") -> None:
+        """An attempt failed in a way that says the provider is unhealthy; `reason` is kept for the
+        errors raised while the breaker is open (so they say why it opened)."""
         self.failures += 1
+        if reason:
+            self.last_failure = reason[:300]
         if self._probing or self.failures >= self.failure_threshold:
             if self._opened_at is None or self._probing:  # a transition, not every failure while open
                 logger.warning("%s: circuit breaker open after %d consecutive failed attempts; "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
 __all__ = ["RateLimiter", "RequestLimits"]
 
@@ -54,11 +55,51 @@ class RateLimiter:
         return f"RateLimiter(requests_per_minute={self.requests_per_minute:g}, burst={self.burst})"
 
 
+class _Slots:
+    """A counting semaphore whose priority waiters are served before the others (each group FIFO).
+
+    A freed slot is handed straight to the next waiter, so a late arrival cannot overtake it.
+    """
+
+    def __init__(self, n: int):
+        self._free = n
+        self._urgent: deque[asyncio.Future] = deque()
+        self._normal: deque[asyncio.Future] = deque()
+
+    async def acquire(self, priority: bool) -> None:
+        if self._free > 0 and not self._urgent and not self._normal:
+            self._free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        queue = self._urgent if priority else self._normal
+        queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot, then cancelled before using it: pass it on
+            else:
+                queue.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        for queue in (self._urgent, self._normal):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._free += 1
+
+
 class RequestLimits:
     """A provider's concurrency cap and optional rate limit, used as `async with limits: <one request>`.
 
     The slot is taken before the rate token, so a request starts as soon as its token is due; taking
     the token first would let requests that waited for a slot start in a burst.
+
+    `acquire(priority=True)` (a retry) is served before every request that has not been sent yet: a
+    call that already waited out a Retry-After does not wait again behind the calls queued after it.
     """
 
     def __init__(self, max_concurrency: int, requests_per_minute: float | None = None, *, burst: int = 1):
@@ -67,10 +108,11 @@ class RequestLimits:
         self.max_concurrency = max_concurrency
         self.rate = RateLimiter(requests_per_minute, burst=burst) if requests_per_minute else None
         self.in_flight = 0  # requests holding a slot
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self._slots = _Slots(max_concurrency)
 
-    async def __aenter__(self) -> None:
-        await self._slots.acquire()
+    async def acquire(self, *, priority: bool = False) -> None:
+        """Wait for a concurrency slot (priority waiters first), then for the rate limiter."""
+        await self._slots.acquire(priority)
         if self.rate is not None:
             try:
                 await self.rate.acquire()
@@ -79,9 +121,15 @@ class RequestLimits:
                 raise
         self.in_flight += 1
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    def release(self) -> None:
         self.in_flight -= 1
         self._slots.release()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
 
     def __repr__(self) -> str:
         return f"RequestLimits(max_concurrency={self.max_concurrency}, rate={self.rate!r})"

@@ -4,7 +4,9 @@ One `OpenAICompatibleProvider` per provider: one `httpx2.AsyncClient` over a poo
 transport (transport.py), a concurrency cap and rate limiter (`RequestLimits`), a `CircuitBreaker`,
 and a retry loop with exponential backoff and full jitter that honours Retry-After. Failures surface as the typed errors of `promptcycle.errors`
 (`is_retryable` tells them apart); the API key is sent only as a bearer header and is scrubbed from
-every error message.
+every error message. A retry takes the next free slot ahead of calls not yet sent; after a 401/403
+(the key) or a 404 (the model) no further call is sent to what refused; an answer larger than
+`max_response_bytes` is not read further. `check_model` checks a model before a run spends on it.
 
 A provider instance belongs to one event loop: create it inside the coroutine (or task) that uses it,
 and `await provider.aclose()` (or `async with provider:`) when done.
@@ -31,29 +33,74 @@ from promptcycle.errors import (
     ConfigError,
     FatalProviderError,
     MalformedResponseError,
+    ProviderCheckError,
     ProviderConnectionError,
     ProviderError,
     ProviderTimeoutError,
     RateLimitError,
+    ResponseTooLargeError,
     ServerError,
     is_retryable,
 )
 from promptcycle.providers.base import Completion
 from promptcycle.providers.breaker import CircuitBreaker
 from promptcycle.providers.limits import RequestLimits
-from promptcycle.providers.transport import AiohttpTransport
+from promptcycle.providers.transport import AiohttpTransport, ResponseTooLarge
 from promptcycle.sim.server import SIMULATED_HEADER, SYSTEM_FINGERPRINT
 
-__all__ = ["OpenAICompatibleProvider", "ProviderStats", "parse_retry_after", "estimate_tokens"]
+__all__ = ["OpenAICompatibleProvider", "ProviderStats", "parse_retry_after", "estimate_tokens", "count_tokens",
+           "STOP_STATUSES"]
 
 logger = logging.getLogger("promptcycle.providers")
 
 _DEBUG = logging.DEBUG
 
 
+# Answers that say the request can never succeed for anyone: once one comes back, calls not yet
+# sent are refused without sending (401/403 for the whole provider, 404 for the model).
+STOP_STATUSES = (401, 403, 404)
+
+# A provider's token count is taken unless it is missing or implausible against the local estimate:
+# below a quarter of it (more than 16 tokens short) for either figure, or, for the prompt, above four
+# times it plus 64 (chat templates add a few tokens per message). Completion counts may exceed the
+# estimate of the visible text freely: reasoning models bill hidden tokens.
+_TOKEN_RATIO = 4.0
+_TOKEN_SLACK = 16
+_PROMPT_OVERHEAD = 64
+
+
 def estimate_tokens(text: str) -> int:
-    """~4 characters per token; used when a response carries no `usage`."""
+    """~4 characters per token: the local estimate used when a provider's counts are missing or implausible."""
     return (len(text) + 3) // 4
+
+
+def count_tokens(usage: object, messages: list[dict[str, str]], text: str) -> tuple[int, int, str]:
+    """(input tokens, output tokens, source): the provider's `usage` when plausible, else the local estimate.
+
+    `source` is "provider" when both figures are the provider's, "estimated" when either was replaced
+    (the rule is in the comment above; docs/configuration.md states it for users).
+    """
+    est_in = sum(estimate_tokens(m.get("content") or "") for m in messages)
+    est_out = estimate_tokens(text)
+    try:
+        reported_in = int(usage["prompt_tokens"])  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
+        reported_in = None
+    try:
+        reported_out = int(usage["completion_tokens"])  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
+        reported_out = None
+
+    def too_low(reported: int, estimate: int) -> bool:
+        return reported < estimate / _TOKEN_RATIO and estimate - reported > _TOKEN_SLACK
+
+    source = "provider"
+    if reported_in is None or reported_in < 0 or too_low(reported_in, est_in) \
+            or reported_in > est_in * _TOKEN_RATIO + _PROMPT_OVERHEAD:
+        reported_in, source = est_in, "estimated"
+    if reported_out is None or reported_out < 0 or too_low(reported_out, est_out):
+        reported_out, source = est_out, "estimated"
+    return reported_in, reported_out, source
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -85,6 +132,7 @@ class ProviderStats:
     errors: dict[str, int] = field(default_factory=dict)  # terminal error kind -> count
     retries: dict[str, int] = field(default_factory=dict)  # retried error kind -> count
     circuit_rejections: int = 0
+    refused: int = 0  # calls not sent because the provider had refused the key or the model for good
 
 
 class OpenAICompatibleProvider:
@@ -122,7 +170,8 @@ class OpenAICompatibleProvider:
         # The network goes through aiohttp's pool under httpx2's client (see transport.py for why);
         # a given transport (the in-process simulator, tests) replaces it.
         if transport is None:
-            transport = AiohttpTransport(max_connections=config.max_concurrency, keepalive_expiry=30.0)
+            transport = AiohttpTransport(max_connections=config.max_concurrency, keepalive_expiry=30.0,
+                                         max_body_bytes=config.max_response_bytes)
         self._client = httpx2.AsyncClient(
             headers=headers,
             timeout=httpx2.Timeout(config.timeout_seconds),
@@ -130,6 +179,9 @@ class OpenAICompatibleProvider:
             follow_redirects=False,
         )
         self._random = random.random
+        # Permanent refusals seen so far: None -> for the whole provider (401/403), a remote model id -> 404.
+        self._refusals: dict[str | None, FatalProviderError] = {}
+        self._models_url = httpx2.URL(self.base_url + "/models")  # parses: the chat URL above did
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleProvider(name={self.name!r}, base_url={self.base_url!r}, models={sorted(self.models)})"
@@ -180,8 +232,9 @@ class OpenAICompatibleProvider:
                 self._count(stats.errors, exc)
                 exc.attempts = attempt - 1  # this attempt was never sent
                 raise exc from error  # when the breaker opened between our retries, keep why
+            sent = stats.attempts
             try:
-                result = await self._attempt(body, messages, spec, model, attempt)
+                result = await self._attempt(body, messages, spec, model, attempt, probe)
             except BaseException:
                 if probe:
                     breaker.release_probe()
@@ -190,13 +243,21 @@ class OpenAICompatibleProvider:
                 breaker.record_success()
                 stats.completions += 1
                 return result
+            if type(result) is CircuitOpenError:  # the breaker opened while this call waited for a slot
+                stats.circuit_rejections += 1
+                self._count(stats.errors, result)
+                raise result from error
             error = result
             error.attempts = attempt
             if not is_retryable(error):
-                breaker.record_success()  # the provider answered; the request itself was wrong
+                if stats.attempts == sent:  # refused without sending: the breaker learnt nothing
+                    if probe:
+                        breaker.release_probe()
+                else:
+                    breaker.record_success()  # the provider answered; the request itself was wrong
                 self._count(stats.errors, error)
                 raise error
-            breaker.record_failure()
+            breaker.record_failure(str(error))
             if attempt >= max_attempts:
                 self._count(stats.errors, error)
                 if attempt > 1:
@@ -209,14 +270,71 @@ class OpenAICompatibleProvider:
                              error.kind, delay)
             await asyncio.sleep(delay)
 
+    async def check_model(self, model: str) -> None:
+        """Make sure `model` can be called before a run spends on it; raise `ProviderCheckError` if not.
+
+        The provider's `/models` list answers first (free): a 401/403 there is final, and a listed
+        model is enough. When the list is missing or does not name the model (some proxies list
+        aliases only), one chat completion of one token decides, through the usual retries.
+        """
+        spec = self.models.get(model)
+        if spec is None:
+            raise ConfigError(f"model {model!r} is not served by provider {self.name!r}", path="models",
+                              found=model, expected=f"a model whose provider is {self.name!r}")
+        listed: set[str] | None = None
+        try:
+            response = await self._client.get(self._models_url)
+        except httpx2.HTTPError:
+            response = None  # the chat call below reports why, after its retries
+        if response is not None:
+            if response.status_code in (401, 403):
+                error = self._status_error(response, spec)
+                self._refusals.setdefault(None, error)  # type: ignore[arg-type]
+                raise self._check_error(model, spec, error)
+            if response.status_code == 200:
+                try:
+                    listed = {m["id"] for m in json.loads(response.content)["data"] if isinstance(m, dict)}
+                except (ValueError, KeyError, TypeError):
+                    listed = None
+        if listed is not None and spec.model in listed:
+            return
+        try:
+            await self.complete(model, [{"role": "user", "content": "Reply with OK."}], max_tokens=1)
+        except ProviderError as exc:
+            raise self._check_error(model, spec, exc) from None
+
+    def _check_error(self, model: str, spec: ModelConfig, error: ProviderError) -> ProviderCheckError:
+        what = {401: "the API key was refused", 403: "the API key may not use this model",
+                404: "the provider does not know this model id"}.get(error.status or 0, "the provider cannot be used")
+        return ProviderCheckError(
+            f"provider {self.name!r}, model {model!r} (id {spec.model!r} at {self.base_url}): {what} — "
+            f"{type(error).__name__}: {error}", provider=self.name, model=model, status=error.status)
+
     async def _attempt(self, body: _Body, messages: list[dict[str, str]], spec: ModelConfig, model: str,
-                       attempt: int) -> Completion | ProviderError:
-        """One HTTP request: a Completion, or the typed error it ended with (returned, not raised)."""
-        self.stats.attempts += 1
-        async with self.limits:
+                       attempt: int, probe: bool = False) -> Completion | ProviderError:
+        """One HTTP request: a Completion, or the typed error it ended with (returned, not raised).
+
+        A retry (attempt > 1) takes the next free slot before calls not yet sent, so it waits about
+        its backoff, not its backoff plus the queue. A call is not sent at all once the provider has
+        refused the key or the model for good (see STOP_STATUSES).
+        """
+        limits = self.limits
+        await limits.acquire(priority=attempt > 1)
+        try:
+            refusal = self._refusals.get(None) or self._refusals.get(spec.model)
+            if refusal is not None:
+                self.stats.refused += 1
+                return FatalProviderError(f"not sent: {refusal}", provider=self.name, status=refusal.status)
+            if not probe and self.breaker.state == "open":  # opened while this call queued: do not send it
+                return self.breaker.rejection()
+            self.stats.attempts += 1
             start = time.perf_counter()
             try:
                 response = await self._client.post(self._url, content=body.encoded())
+            except ResponseTooLarge as exc:
+                return ResponseTooLargeError(
+                    f"{self.name}: the answer from {spec.model!r} is larger than max_response_bytes "
+                    f"({exc.limit} bytes); it was not read further or stored", provider=self.name)
             except httpx2.TimeoutException as exc:
                 return ProviderTimeoutError(self._scrub(f"{self.name}: no answer within "
                                                         f"{self.config.timeout_seconds:g} s ({type(exc).__name__})"),
@@ -229,10 +347,19 @@ class OpenAICompatibleProvider:
                                                            f"connecting to {self.base_url}: {exc}"),
                                                provider=self.name)
             latency_ms = (time.perf_counter() - start) * 1000.0
+        finally:
+            limits.release()
         status = response.status_code
         if status != 200:
-            return self._status_error(response, spec)
+            error = self._status_error(response, spec)
+            if status in STOP_STATUSES and isinstance(error, FatalProviderError):
+                self._refusals.setdefault(spec.model if status == 404 else None, error)
+            return error
         content = response.content
+        if len(content) > self.config.max_response_bytes:  # transports that read whole bodies (in-process, tests)
+            return ResponseTooLargeError(
+                f"{self.name}: the answer from {spec.model!r} is larger than max_response_bytes "
+                f"({self.config.max_response_bytes} bytes); it was not stored", provider=self.name, status=status)
         try:
             data = json.loads(content)
             choice = data["choices"][0]
@@ -243,13 +370,9 @@ class OpenAICompatibleProvider:
             return MalformedResponseError(self._scrub(
                 f"{self.name}: malformed chat completion from {spec.model!r} ({type(exc).__name__}: {exc}): "
                 f"{content[:200]!r}"), provider=self.name, status=status)
-        usage = data.get("usage")
-        try:
-            input_tokens = int(usage["prompt_tokens"])
-            output_tokens = int(usage["completion_tokens"])
-        except (TypeError, KeyError, ValueError):
-            input_tokens = sum(estimate_tokens(m.get("content") or "") for m in messages)
-            output_tokens = estimate_tokens(text)
+        input_tokens, output_tokens, tokens_source = count_tokens(data.get("usage"), messages, text)
+        finish_reason = choice.get("finish_reason")
+        reported_model = data.get("model")
         simulated = (data.get("system_fingerprint") == SYSTEM_FINGERPRINT
                      or response.headers.get(SIMULATED_HEADER) == "true")
         return Completion(
@@ -261,8 +384,9 @@ class OpenAICompatibleProvider:
             cost_usd=(input_tokens * spec.input_cost_per_mtok + output_tokens * spec.output_cost_per_mtok) / 1e6,
             attempts=attempt,
             simulated=simulated,
-            raw_model=data.get("model") or spec.model,
-            extra={"finish_reason": choice.get("finish_reason")},
+            raw_model=reported_model if isinstance(reported_model, str) and reported_model else spec.model,
+            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+            tokens_source=tokens_source,
         )
 
     def _status_error(self, response: httpx2.Response, spec: ModelConfig) -> ProviderError:

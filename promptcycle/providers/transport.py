@@ -26,9 +26,17 @@ from yarl import URL
 
 from promptcycle.errors import ConfigError
 
-__all__ = ["AiohttpTransport"]
+__all__ = ["AiohttpTransport", "ResponseTooLarge"]
 
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+
+
+class ResponseTooLarge(httpx2.TransportError):
+    """The response body was larger than the transport's `max_body_bytes`: reading stopped there."""
+
+    def __init__(self, message: str, *, limit: int, request: httpx2.Request | None = None):
+        super().__init__(message, request=request)
+        self.limit = limit
 
 
 class AiohttpTransport(httpx2.AsyncBaseTransport):
@@ -37,12 +45,16 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
     Args:
         max_connections: connections kept open at most (aiohttp queues further requests).
         keepalive_expiry: seconds an idle connection is kept before it is closed.
+        max_body_bytes: the largest response body read; a larger one (by its Content-Length, or
+            once that many bytes have arrived) raises `ResponseTooLarge` and closes the connection,
+            so a runaway answer never sits in memory whole. None reads any size.
     """
 
-    def __init__(self, *, max_connections: int, keepalive_expiry: float = 15.0):
+    def __init__(self, *, max_connections: int, keepalive_expiry: float = 15.0, max_body_bytes: int | None = None):
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, found {max_connections!r}")
         self.max_connections = max_connections
+        self.max_body_bytes = max_body_bytes
         self.keepalive_expiry = keepalive_expiry
         self._session: aiohttp.ClientSession | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -94,7 +106,9 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                                        data=body or None, timeout=self._timeout(request),
                                        allow_redirects=False, skip_auto_headers=("Content-Type",),
                                        **options) as response:
-                content = await response.read()
+                limit = self.max_body_bytes
+                content = await response.read() if limit is None else await _read_capped(response, limit,
+                                                                                           request)
                 status, headers = response.status, response.raw_headers
         except aiohttp.ConnectionTimeoutError as exc:
             raise httpx2.ConnectTimeout(_describe(exc), request=request) from exc
@@ -117,6 +131,25 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int, request: httpx2.Request) -> bytes:
+    """The body, read chunk by chunk up to `limit` bytes; past it the connection is closed, not drained."""
+    length = response.content_length
+    if length is not None and length > limit:
+        response.close()
+        raise ResponseTooLarge(f"the response declares {length} bytes, more than the {limit} allowed",
+                               limit=limit, request=request)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            response.close()
+            raise ResponseTooLarge(f"the response body passed the {limit} bytes allowed; reading stopped",
+                                   limit=limit, request=request)
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _describe(exc: BaseException) -> str:

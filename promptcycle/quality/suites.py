@@ -433,9 +433,17 @@ def _key(model: Any, case_id: Any, repeat: Any) -> str:
 
 
 def _error_kinds(errored: "pd.DataFrame") -> list[str]:
+    """"kind ×n: first message" per error kind: the message carries the provider's status and text."""
     column = "error_kind" if "error_kind" in errored.columns else "error"
-    counts = Counter(str(_plain(v)) for v in errored[column].tolist())
-    return [f"{kind} ×{n}" for kind, n in counts.most_common(MAX_EXAMPLES)]
+    kinds = [str(_plain(v)) for v in errored[column].tolist()]
+    messages = errored["error"].tolist() if "error" in errored.columns else [None] * len(kinds)
+    counts = Counter(kinds)
+    first: dict[str, str] = {}
+    for kind, message in zip(kinds, messages):
+        if kind not in first and message is not None and column != "error":
+            first[kind] = str(_plain(message))[:240]
+    return [f"{kind} ×{n}" + (f" ({first[kind]})" if kind in first else "")
+            for kind, n in counts.most_common(MAX_EXAMPLES)]
 
 
 def _grid_frame(data: "pd.DataFrame", models: list[str], case_ids: list[str], repeats: int) -> "pd.DataFrame":

@@ -3,8 +3,11 @@
 `create_app()` returns a small ASGI application:
 
     POST /v1/chat/completions   answered by `promptcycle.sim.world.respond`, after sleeping the reply's
-                                simulated latency (or a `LatencyOverride`)
+                                simulated latency (or a `LatencyOverride`); an unknown model id is a 404
     GET  /v1/models             the simulated models
+
+With `require_api_key`, both answer 401 to a request without that bearer key (`promptcycle sim-server
+--api-key-env VAR`).
     GET  /health                liveness
 
 Every completion is labelled simulated: `system_fingerprint: "promptcycle-simulator"` in the body and an
@@ -224,7 +227,9 @@ class SimServerApp:
                 else:
                     await self._send(send, 405, _error_body("use POST", "invalid_request_error"))
             elif path in ("/v1/models", "/health"):
-                if method == "GET":
+                if path == "/v1/models" and not self._authorized(scope):
+                    await self._send_unauthorized(send)
+                elif method == "GET":
                     body = self._models_body if path == "/v1/models" else b'{"status":"ok","simulated":true}'
                     await self._send(send, 200, body)
                 else:
@@ -239,6 +244,13 @@ class SimServerApp:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+
+    def _authorized(self, scope: dict) -> bool:
+        return self._auth is None or dict(scope["headers"]).get(b"authorization") == self._auth
+
+    async def _send_unauthorized(self, send: Any) -> None:
+        await self._send(send, 401, _error_body("Incorrect API key provided.", "invalid_request_error",
+                                                code="invalid_api_key"))
 
     @staticmethod
     async def _send(send: Any, status: int, body: bytes, extra: list | None = None) -> None:
@@ -295,9 +307,8 @@ class SimServerApp:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        if self._auth is not None and dict(scope["headers"]).get(b"authorization") != self._auth:
-            await self._send(send, 401, _error_body("Incorrect API key provided.", "invalid_request_error",
-                                                    code="invalid_api_key"))
+        if not self._authorized(scope):
+            await self._send_unauthorized(send)
             return 401
         fault = self._next_fault()
         if fault != _NO_FAULT:

@@ -56,6 +56,7 @@ _RESPONSE_TYPES: dict[str, pa.DataType] = {
     "case_id": pa.string(), "repeat": pa.int32(), "output": pa.string(), "input_tokens": pa.int32(),
     "output_tokens": pa.int32(), "latency_ms": pa.float64(), "cost_usd": pa.float64(), "attempts": pa.int32(),
     "simulated": pa.bool_(), "created_at": pa.timestamp("us"), "run_id": pa.string(), "wait_ms": pa.float64(),
+    "provider_model": pa.string(), "finish_reason": pa.string(), "tokens_source": pa.string(),
 }
 
 _RESULT_TYPES: dict[str, pa.DataType] = {
@@ -65,6 +66,7 @@ _RESULT_TYPES: dict[str, pa.DataType] = {
     "latency_ms": pa.float64(), "input_tokens": pa.int32(), "output_tokens": pa.int32(),
     "cost_usd": pa.float64(), "attempts": pa.int32(), "error": pa.string(), "error_kind": pa.string(),
     "simulated": pa.bool_(), "created_at": pa.timestamp("us"), "wait_ms": pa.float64(),
+    "finish_reason": pa.string(), "tokens_source": pa.string(),
 }
 
 RESPONSE_COLUMNS: tuple[str, ...] = tuple(_RESPONSE_TYPES)

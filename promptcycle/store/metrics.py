@@ -212,7 +212,8 @@ def _results_frame(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]
     return con.execute(
         "SELECT r.run_id, r.model, r.case_id, r.repeat, r.spectrum, r.split, r.prompt_hash, r.call_key, "
         f"r.overall{score_columns}, r.latency_ms, r.input_tokens, r.output_tokens, r.cost_usd, "
-        "r.attempts, r.wait_ms, r.error, r.error_kind, r.simulated, r.explanation, r.created_at, p.output "
+        "r.attempts, r.wait_ms, r.error, r.error_kind, r.simulated, r.explanation, r.created_at, r.finish_reason, "
+        "r.tokens_source, p.output "
         "FROM results r LEFT JOIN responses p ON p.call_key = r.call_key "
         f"WHERE {where} ORDER BY r.run_id, r.model, r.case_id, r.repeat", params).df()
 

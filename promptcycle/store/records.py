@@ -148,6 +148,9 @@ class ResponseRecord:
     created_at: datetime | None = None
     run_id: str | None = None
     wait_ms: float | None = None
+    provider_model: str | None = None  # the model id the provider said answered (`model` in its response)
+    finish_reason: str | None = None  # the provider's; "length" means max_tokens cut the answer
+    tokens_source: str | None = None  # "provider", or "estimated" when its counts were missing or implausible
 
 
 @dataclass
@@ -180,6 +183,8 @@ class ResultRecord:
     simulated: bool | None = None
     created_at: datetime | None = None
     wait_ms: float | None = None
+    finish_reason: str | None = None  # of the answer scored; "length" flags a truncated answer
+    tokens_source: str | None = None  # "provider" or "estimated" (see ResponseRecord)
 
 
 @dataclass

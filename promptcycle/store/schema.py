@@ -306,7 +306,15 @@ _V4 = Migration(4, "waiting time of calls; pipeline leases", (
     """,
 ))
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4)
+_V5 = Migration(5, "what the provider said: reported model, finish reason, token source", (
+    "ALTER TABLE responses ADD COLUMN provider_model VARCHAR",
+    "ALTER TABLE responses ADD COLUMN finish_reason VARCHAR",
+    "ALTER TABLE responses ADD COLUMN tokens_source VARCHAR",
+    "ALTER TABLE results ADD COLUMN finish_reason VARCHAR",
+    "ALTER TABLE results ADD COLUMN tokens_source VARCHAR",
+))
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _BOOKKEEPING = """
