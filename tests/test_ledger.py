@@ -79,14 +79,18 @@ def test_a_run_that_ended_in_errors_is_retried_by_the_same_command(prefect_harne
     store = tmp_path / "m.duckdb"
     total = 2 * 2 * 5
     try:
-        with ServerThread(latency=LatencyOverride(fixed_ms=5), require_api_key=KEY) as server:
+        # A provider outage: every chat completion answers 503 (its models list still answers, so the
+        # check before spending passes — a wrong key would be stopped there, before any call).
+        outage = FaultConfig(server_error_rate=1.0, server_error_statuses=(503,))
+        with ServerThread(outage, LatencyOverride(fixed_ms=5), require_api_key=KEY) as server:
             config = write_config(tmp_path, server.base_url)
-            monkeypatch.setenv("LEDGER_SIM_KEY", "sk-wrong")
-            with pytest.raises(PromptcycleError):  # the results suite: every row is an error
+            monkeypatch.setenv("LEDGER_SIM_KEY", KEY)
+            with pytest.raises(PromptcycleError):  # every row ended in an error
                 run_baseline(config, store, limit=5)
-            assert store_figures(store)["errors"] == total == server.state.requests  # every call ended in a 401
+            figures = store_figures(store)
+            assert figures["errors"] == total and figures["attempts"] == server.state.requests
 
-            monkeypatch.setenv("LEDGER_SIM_KEY", KEY)  # the key is fixed: the same command again
+            server.app.faults = FaultConfig()  # the outage is over: the same command again
             server.state.reset()
             summary = run_baseline(config, store, limit=5)
             assert summary.resumed and summary.errors == 0 and summary.rows == total

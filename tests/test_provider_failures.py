@@ -338,7 +338,9 @@ def test_an_oversize_answer_is_a_recorded_case_error(tmp_path):
     assert outcome.errors == 3 and outcome.deferred == 0, outcome.error_messages
     frame = store.results_frame("run-1")
     assert frame["error_kind"].eq("ResponseTooLargeError").all() and frame["output"].isna().all()
-    assert store.spend("run-1")["calls"] == 0  # nothing of it reached the ledger
+    spend = store.spend("run-1")
+    assert spend["answered"] == 0  # nothing of it reached the ledger
+    assert spend["calls"] == 3  # but each request reached the provider, so it counts as sent
 
 
 # -- through the CLI and the engine ------------------------------------------------------------------------------
