@@ -86,10 +86,17 @@ def _warm() -> None:
     suites._get_batch_definition()  # imports Great Expectations and builds its context
 
 
+def _warm_quietly() -> None:
+    try:
+        call(_warm)
+    except Exception:  # noqa: BLE001 - the first real call meets (and reports) the same failure
+        pass
+
+
 def warm_up() -> None:
     """Start the worker and its Great Expectations import now, in parallel with other start-up work."""
     if not in_process():
-        threading.Thread(target=call, args=(_warm,), name="promptcycle-data-warm-up", daemon=True).start()
+        threading.Thread(target=_warm_quietly, name="promptcycle-data-warm-up", daemon=True).start()
 
 
 def shutdown_locked() -> None:
@@ -134,6 +141,11 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
 
 if __name__ == "__main__":
     import logging
+    import signal
+
+    # Ctrl-C in a terminal reaches the whole process group: the pipeline process handles it and closes
+    # our stdin, so the worker finishes the call in hand (no half-done write, no traceback) and exits.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     os.environ["PROMPTCYCLE_DATA_IN_PROCESS"] = "1"  # inside the worker, data work runs right here
 

@@ -14,6 +14,7 @@
     │   │   └── CircuitOpenError   the provider's breaker is open
     │   └── FatalProviderError      not worth retrying (auth, bad request, unknown model)
     ├── StoreError                  the metrics store failed
+    │   └── StorePathError          the store path cannot hold a store (a directory, not DuckDB, unwritable)
     ├── RunFailedError              a run could not finish (it stays resumable)
     ├── BudgetExceededError         a call or cost cap was reached
     ├── GateError                   a deployment gate refused
@@ -43,6 +44,7 @@ __all__ = [
     "CircuitOpenError",
     "FatalProviderError",
     "StoreError",
+    "StorePathError",
     "RunFailedError",
     "BudgetExceededError",
     "GateError",
@@ -141,6 +143,11 @@ class FatalProviderError(ProviderError):
 
 class StoreError(PromptcycleError):
     """The metrics store could not be read or written."""
+
+
+class StorePathError(StoreError):
+    """The store path is bad input: a directory, a file that is not a DuckDB database, a place that cannot
+    be written, or (for read-only commands) a store that does not exist. Retrying will not help."""
 
 
 class RunFailedError(PromptcycleError):
