@@ -64,6 +64,7 @@ from tasks.baseline import gate_dataset, new_run_id
 from tasks.reports import artifact_key
 from tasks.cells import run_cell
 from tasks.retry import BACKOFF, retry_if_transient
+from tasks.limits import check_provider_limits
 from tasks.secrets import resolve_api_key
 
 __all__ = ["OptimizationPlan", "Screening", "Confirmation", "find_baseline", "prepare_optimization",
@@ -192,6 +193,7 @@ def prepare_optimization(config_path: str, pipeline: str, store_path: str | None
     _check_strategies(names)
     for provider in ctx.providers_used():
         resolve_api_key(ctx.config, provider)
+    check_provider_limits(ctx.config, ctx.providers_used())
     store = open_store(ctx.store_path)
     baseline = store.get_run(baseline_run_id)
     current_hash = baseline.prompt_hash or ctx.prompt.hash
