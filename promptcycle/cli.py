@@ -32,6 +32,9 @@ OFFLINE_DEFAULTS = {
     "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_LOGGING_LEVEL": "WARNING",
+    # Prefect's temporary server is a child process writing to the user's terminal; Ctrl-C reaches it too,
+    # and its shutdown errors would bury the one-line message.
+    "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
 }
 
 
@@ -289,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         from promptcycle import dataworker
 
         dataworker.shutdown()
+        _end_session()
 
 
 # -- running a flow, and what a user sees when something fails -------------------------------------------------
@@ -305,12 +309,15 @@ _KEEP_LOGS = 50
 
 
 class _Session:
-    """What the error presentation needs to know about this command."""
+    """What the error presentation needs to know about the command being run (reset by each `main`)."""
 
     debug = False
     log_path: Path | None = None
     flow_run_id: str | None = None
     flow_run_url: str | None = None
+    ran_flow = False
+    interrupt_announced = False
+    restore: list[Callable[[], None]] = []  # undo what the session changed in the process (tests call main)
 
 
 def _log_dir() -> Path:
@@ -320,16 +327,26 @@ def _log_dir() -> Path:
 
 
 def _start_session(args: argparse.Namespace) -> None:
+    import threading
     from datetime import datetime
 
     _Session.debug = bool(getattr(args, "debug", False))
     _Session.log_path = _log_dir() / f"{args.command}-{datetime.now():%Y%m%dT%H%M%S}-{os.getpid()}.log"
+    _Session.flow_run_id = _Session.flow_run_url = None
+    _Session.ran_flow = _Session.interrupt_announced = False
+    _Session.restore = []
     if not _Session.debug:
-        import threading
-
+        previous = threading.excepthook
         # A traceback from a helper thread belongs in the log, not on the user's screen.
         threading.excepthook = lambda hook_args: _write_log(
             f"exception in thread {getattr(hook_args.thread, 'name', '?')}", hook_args.exc_value)
+        _Session.restore.append(lambda: setattr(threading, "excepthook", previous))
+
+
+def _end_session() -> None:
+    for undo in reversed(_Session.restore):
+        undo()
+    _Session.restore = []
 
 
 def _write_log(title: str, exc: BaseException | None = None) -> Path | None:
@@ -374,22 +391,95 @@ def _route_engine_logs() -> None:
             handler.setLevel(logging.WARNING)
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s - %(message)s"))
             root.addHandler(handler)
+            _Session.restore.append(lambda: (root.removeHandler(handler), handler.close()))
     if _Session.debug:
         return
-    for handler in root.handlers:
-        if (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-                and not any(isinstance(f, _ConsoleFilter) for f in handler.filters)):
-            handler.addFilter(_ConsoleFilter())
+    # Prefect's client reports a failed log upload on stderr unless logging.raiseExceptions is off.
+    raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False
+    _Session.restore.append(lambda: setattr(logging, "raiseExceptions", raise_exceptions))
+    loggers = [root] + [logger for logger in logging.root.manager.loggerDict.values()
+                        if isinstance(logger, logging.Logger)]  # prefect._internal has a console of its own
+    for console in {id(h): h for logger in loggers for h in logger.handlers}.values():
+        if (isinstance(console, logging.StreamHandler) and not isinstance(console, logging.FileHandler)
+                and not any(isinstance(f, _ConsoleFilter) for f in console.filters)):
+            quiet = _ConsoleFilter()
+            console.addFilter(quiet)
+            _Session.restore.append(lambda console=console, quiet=quiet: console.removeFilter(quiet))
+
+
+def _announce_interrupt() -> None:
+    """The one line Ctrl-C prints; after it, the engine's complaints about the stopped server stay quiet."""
+    if _Session.interrupt_announced:
+        return
+    _Session.interrupt_announced = True
+    print("interrupted — re-run the same command to resume", file=sys.stderr, flush=True)
+    if not _Session.debug:
+        logging.disable(logging.CRITICAL)
+        _Session.restore.append(lambda: logging.disable(logging.NOTSET))
+
+
+INTERRUPT_GRACE_S = 5.0
+
+
+def _exit_interrupted() -> None:
+    """Exit at once after Ctrl-C during a flow. A normal exit would wait on Prefect's exit handlers, which
+    keep sending the run's events to a temporary server that the same Ctrl-C has stopped (minutes)."""
+    _announce_interrupt()
+    server = sys.modules.get("prefect.server.api.server")
+    for instance in list(getattr(getattr(server, "SubprocessASGIServer", None), "_instances", {}).values()):
+        try:
+            instance.stop()  # Prefect's temporary server, if the Ctrl-C did not reach it
+        except Exception:  # noqa: BLE001
+            pass
+    from promptcycle import dataworker
+
+    dataworker.shutdown()  # it finishes the call in hand (it ignores Ctrl-C) and exits
+    sys.stdout.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def run_flow(flow: Any, **parameters: Any) -> Any:
     """Run `flow(**parameters)` to its result and remember its flow run (id and UI URL) for the command's
-    output; the flow's own exception is raised as it was."""
+    output; the flow's own exception is raised as it was.
+
+    Ctrl-C cancels the flow (Prefect records it as crashed) and raises KeyboardInterrupt. Ctrl-C in a
+    terminal also stops Prefect's temporary server, and the cancellation can then wait forever on it: after
+    INTERRUPT_GRACE_S, or at a second Ctrl-C, the command exits at once (a re-run resumes either way)."""
     import asyncio
+    import signal
+    import threading
 
     _route_engine_logs()
+    _Session.ran_flow = True
+    interrupted: list[threading.Timer] = []
 
     async def run() -> Any:
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+
+        def on_interrupt() -> None:
+            if interrupted:
+                _exit_interrupted()
+            _announce_interrupt()
+            timer = threading.Timer(INTERRUPT_GRACE_S, _exit_interrupted)
+            timer.daemon = True
+            interrupted.append(timer)
+            timer.start()
+            main.cancel()
+
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_interrupt)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no signals here
+            pass
+        try:
+            return await run_to_result()
+        finally:
+            try:
+                loop.remove_signal_handler(signal.SIGINT)
+            except (ValueError, RuntimeError, NotImplementedError):
+                pass
+
+    async def run_to_result() -> Any:
         state = await flow(**parameters, return_state=True)
         flow_run_id = state.state_details.flow_run_id
         if flow_run_id is not None:
@@ -402,7 +492,15 @@ def run_flow(flow: Any, **parameters: Any) -> Any:
                 _Session.flow_run_url = None
         return await state.aresult()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except BaseException:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        for timer in interrupted:
+            timer.cancel()
 
 
 def flow_run_fields() -> dict[str, str | None]:
@@ -455,7 +553,9 @@ def _present_error(args: argparse.Namespace, exc: BaseException) -> int:
 
     if isinstance(exc, KeyboardInterrupt):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
-        print("interrupted — re-run the same command to resume", file=sys.stderr)
+        _announce_interrupt()
+        if _Session.ran_flow and not _Session.debug:
+            _exit_interrupted()
         return EXIT_INTERRUPTED
     kind = type(exc).__name__
     message = str(exc) or kind
