@@ -284,9 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     _start_session(args)
     try:
         return args.func(args)
-    except BaseException as exc:  # noqa: BLE001 - every failure becomes one clear message and an exit status
-        if not isinstance(exc, Exception | KeyboardInterrupt):
-            raise  # SystemExit, GeneratorExit
+    except (Exception, KeyboardInterrupt) as exc:  # every failure becomes one clear message and an exit status
         return _present_error(args, exc)
     finally:
         from promptcycle import dataworker
@@ -552,9 +550,12 @@ def _present_error(args: argparse.Namespace, exc: BaseException) -> int:
     import traceback
 
     if isinstance(exc, KeyboardInterrupt):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
+        _Session.restore.append(lambda: signal.signal(signal.SIGINT, previous))
+        if _Session.debug:
+            traceback.print_exception(exc, file=sys.stderr)
         _announce_interrupt()
-        if _Session.ran_flow and not _Session.debug:
+        if _Session.ran_flow:
             _exit_interrupted()
         return EXIT_INTERRUPTED
     kind = type(exc).__name__
