@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
-from promptcycle.errors import RunFailedError
+from promptcycle.errors import ConfigError, RunFailedError
 from promptcycle.evaluation import progress
 from promptcycle.evaluation.context import load_pipeline
 from promptcycle.evaluation.heap import freeze_startup_objects
@@ -59,20 +59,24 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
                                         plan.repeats, limit)
 
     outcomes: list[dict] = []
-    failures: list[str] = []
+    failures: list[Exception] = []
     try:
         for finished in asyncio.as_completed([cell(m, s) for m, s in plan.cells]):
             try:
                 outcomes.append(await finished)
             except Exception as exc:  # one failed cell must not hide the others' results
-                failures.append(f"{type(exc).__name__}: {exc}")
+                failures.append(exc)
             await update_progress_artifact(progress_id, 100.0 * (len(outcomes) + len(failures)) / len(plan.cells))
     finally:
         await close_providers()
         release_pipeline(pipeline)  # what this process pays for ends here
     if failures:
-        reason = f"{len(failures)} of {len(plan.cells)} cells failed; first: {failures[0]}"
+        first = failures[0]
+        reason = f"{len(failures)} of {len(plan.cells)} cells failed; first: {type(first).__name__}: {first}"
         fail_run(config_path, pipeline, store_path, plan.run_id, reason)
+        bad_input = next((f for f in failures if isinstance(f, ConfigError)), None)
+        if bad_input is not None:
+            raise bad_input  # fix the configuration first: re-running as it is would fail again
         raise RunFailedError(reason + " — re-run the same command to resume")
     check_results(config_path, pipeline, store_path, plan.run_id, plan.repeats, limit)
     summary = summarize_run(config_path, pipeline, store_path, plan, outcomes)

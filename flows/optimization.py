@@ -19,7 +19,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
 from flows.baseline import baseline
-from promptcycle.errors import RunFailedError
+from promptcycle.errors import ConfigError, RunFailedError
 from promptcycle.evaluation import progress
 from promptcycle.evaluation.context import load_pipeline
 from promptcycle.evaluation.heap import freeze_startup_objects
@@ -137,6 +137,9 @@ async def _evaluate(plan: OptimizationPlan, arms: list[Arm], estimate: BudgetEst
                             plan.max_cost_usd, estimate.cost_per_call)
             for model in arm.models), return_exceptions=True)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
+        bad_input = next((f for f in failures if isinstance(f, ConfigError)), None)
+        if bad_input is not None:
+            raise bad_input  # fix the configuration first: re-running as it is would fail again
         if failures:
             raise RunFailedError(f"{len(failures)} of {len(arm.models)} evaluations of {arm.prompt_hash} failed "
                                  f"while {stage}; first: {type(failures[0]).__name__}: {failures[0]} — re-run the "

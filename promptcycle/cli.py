@@ -1,8 +1,9 @@
 """The `promptcycle` command line.
 
-Every command takes --config (pipelines.yaml), --store (the DuckDB file) and --json (one JSON object on
-stdout for scripts and CI). Exit status: 0 success, 1 the work failed (a data-quality suite, a run),
-2 bad input (configuration, dataset, arguments).
+Every command takes --config (pipelines.yaml), --store (the DuckDB file), --json (one JSON object on
+stdout for scripts and CI, always with `success`, `flow_run_id` and `flow_run_url`) and --debug
+(tracebacks on the terminal). Exit status: 0 success, 1 the work failed (a data-quality suite, a run),
+2 bad input (configuration, dataset, store path, arguments), 3 Prefect's API unreachable, 130 interrupted.
 
 Prefect is imported only by the commands that run flows, after the offline defaults below are set.
 """
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from promptcycle.errors import ConfigError, DataQualityError, DatasetError, PromptcycleError
+from promptcycle.errors import ConfigError, DatasetError, PromptcycleError, StorePathError
 
 __all__ = ["main"]
 
@@ -31,6 +34,9 @@ OFFLINE_DEFAULTS = {
     # Flow and task run logs reach the Prefect API (the UI's Logs tab) at INFO; only the console is quiet.
     "PREFECT_LOGGING_LEVEL": "INFO",
     "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    # Prefect's temporary server is a child process writing to the user's terminal; Ctrl-C reaches it too,
+    # and its shutdown errors would bury the one-line message.
+    "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
 }
 
 
@@ -46,6 +52,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="pipelines.yaml", help="path to pipelines.yaml (default: ./pipelines.yaml)")
     p.add_argument("--store", default=None, help="the DuckDB metrics file (default: the config's `store`)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's errors on the terminal "
+                   "(by default they go to a log file, named when something fails)")
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any], human: Callable[[], None]) -> None:
@@ -55,38 +63,16 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], human: Callable[[],
         human()
 
 
-# -- flow runs: run a flow, and say where to find it in Prefect ---------------------------------------------------
+def existing_store(config, store: str | None, command: str) -> Path:
+    """The store a read-only command reads: it must exist (a mistyped --store must not create an empty one)."""
+    from promptcycle.evaluation.context import resolve_store_path
 
-class FlowRun:
-    """The flow run a command started: its final state, id and UI URL (None on Prefect's temporary server)."""
-
-    def __init__(self, state) -> None:
-        from tasks.runs import flow_run_url
-
-        self.state = state
-        self.id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
-        self.url = flow_run_url(self.id)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"flow_run_id": self.id, "flow_run_url": self.url}
-
-    def line(self) -> str:
-        if self.url:
-            return f"flow run: {self.url}"
-        return (f"flow run {self.id} (temporary server, no UI: set PREFECT_API_URL to a Prefect server to keep "
-                "runs, logs and artifacts in its UI)")
-
-
-def run_flow(args: argparse.Namespace, flow, **parameters) -> tuple[Any, FlowRun]:
-    """Run `flow` to its end; print where its flow run is (unless --json); return its result and the run.
-    A failed run raises its error, after saying where the run is."""
-    import asyncio
-
-    state = asyncio.run(flow(**parameters, return_state=True))
-    run = FlowRun(state)
-    if not getattr(args, "json", False):
-        print(run.line(), file=sys.stderr)
-    return state.result(), run
+    path = resolve_store_path(config, store)
+    if not path.exists():
+        where = "--store" if store else f"`store` in {config.source_path or 'pipelines.yaml'}"
+        raise StorePathError(f"no metrics store at {path} (from {where}); `{command}` reads an existing store: "
+                             "check the path, or create the store by running `promptcycle baseline`")
+    return path
 
 
 # -- validate ---------------------------------------------------------------------------------------------------
@@ -119,7 +105,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"  {name}: {r['cases']} cases, {len(r['models'])} models x {len(r['spectrums'])} spectrums — "
                   f"{r['summary']}")
 
-    _emit(args, {"success": ok, "config": str(args.config), "pipelines": results}, human)
+    _emit(args, {"success": ok, **flow_run_fields(), "config": str(args.config), "pipelines": results}, human)
     return 0 if ok else 1
 
 
@@ -290,9 +276,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
               f"none is running and PREFECT_API_URL is not set; the first start takes ~20 s) …", file=sys.stderr)
     local_server.ready()  # started in the background since the command was parsed
     with _progress_bar(not args.json and sys.stderr.isatty(), plain=not args.json and not sys.stderr.isatty()):
-        summary, run = run_flow(args, baseline, pipeline=args.pipeline, config_path=str(args.config),
-                                store_path=args.store, repeats=args.repeats, limit=args.limit)
-    _emit(args, json.loads(summary.model_dump_json()) | run.to_json(), lambda: _print_summary(summary))
+        summary = run_flow(baseline, pipeline=args.pipeline, config_path=str(args.config),
+                           store_path=args.store, repeats=args.repeats, limit=args.limit)
+    _emit(args, {"success": True, **flow_run_fields(), **json.loads(summary.model_dump_json())},
+          lambda: _print_summary(summary))
     return 0
 
 
@@ -382,24 +369,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be at least 1")
     from promptcycle.evaluation import progress
 
+    _start_session(args)
     # Whether this process started a run, resumed one, or was refused: said on stderr, whatever --json.
-    progress.add_note_listener(lambda text: print(text, file=sys.stderr, flush=True))
+    note = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    progress.add_note_listener(note)
     try:
         with _prefect_server(args.command):
             return args.func(args)
-    except (ConfigError, DatasetError) as exc:
-        return _fail(args, exc, 2)
-    except DataQualityError as exc:
-        return _fail(args, exc, 1)
-    except PromptcycleError as exc:
-        return _fail(args, exc, 1)
-    except KeyboardInterrupt:
-        print("interrupted — re-run the same command to resume", file=sys.stderr)
-        return 130
+    except (Exception, KeyboardInterrupt) as exc:  # every failure becomes one clear message and an exit status
+        return _present_error(args, exc)
     finally:
         from promptcycle import dataworker
 
         dataworker.shutdown()
+        _end_session()
 
 
 def _prefect_server(command: str):
@@ -409,14 +392,320 @@ def _prefect_server(command: str):
     return local_server.serving(command)
 
 
-def _fail(args: argparse.Namespace, exc: Exception, code: int) -> int:
-    kind = type(exc).__name__
-    if getattr(args, "json", False):
-        print(json.dumps({"success": False, "error": kind, "message": str(exc)}))
+# -- running a flow, and what a user sees when something fails -------------------------------------------------
+#
+# Exit status: 0 success; 1 the work failed (a data-quality suite, a run; re-running resumes); 2 bad input
+# (configuration, dataset, prompt, store path, arguments, a missing key or concurrency limit); 3 Prefect's API
+# could not be reached (PREFECT_API_URL); 130 interrupted (Ctrl-C; re-running resumes).
+# The first screen is the message. Tracebacks and Prefect's error records go to a log file under
+# $PROMPTCYCLE_LOG_DIR (default: $PREFECT_HOME/promptcycle-logs), named when a command fails; --debug
+# shows them on the terminal instead.
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREFECT_UNREACHABLE, EXIT_INTERRUPTED = 1, 2, 3, 130
+_KEEP_LOGS = 50
+
+
+class _Session:
+    """What the error presentation needs to know about the command being run (reset by each `main`)."""
+
+    debug = False
+    log_path: Path | None = None
+    flow_run_id: str | None = None
+    flow_run_url: str | None = None
+    final_state: str | None = None
+    json = False
+    ran_flow = False
+    interrupt_announced = False
+    restore: list[Callable[[], None]] = []  # undo what the session changed in the process (tests call main)
+
+
+def _log_dir() -> Path:
+    if os.environ.get("PROMPTCYCLE_LOG_DIR"):
+        return Path(os.environ["PROMPTCYCLE_LOG_DIR"]).expanduser()
+    return Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser() / "promptcycle-logs"
+
+
+def _start_session(args: argparse.Namespace) -> None:
+    import threading
+    from datetime import datetime
+
+    _Session.debug = bool(getattr(args, "debug", False))
+    _Session.log_path = _log_dir() / f"{args.command}-{datetime.now():%Y%m%dT%H%M%S}-{os.getpid()}.log"
+    _Session.flow_run_id = _Session.flow_run_url = _Session.final_state = None
+    _Session.json = bool(getattr(args, "json", False))
+    _Session.ran_flow = _Session.interrupt_announced = False
+    _Session.restore = []
+    if not _Session.debug:
+        previous = threading.excepthook
+        # A traceback from a helper thread belongs in the log, not on the user's screen.
+        threading.excepthook = lambda hook_args: _write_log(
+            f"exception in thread {getattr(hook_args.thread, 'name', '?')}", hook_args.exc_value)
+        _Session.restore.append(lambda: setattr(threading, "excepthook", previous))
+
+
+def _end_session() -> None:
+    for undo in reversed(_Session.restore):
+        undo()
+    _Session.restore = []
+
+
+def _write_log(title: str, exc: BaseException | None = None) -> Path | None:
+    """Append `title` and the traceback of `exc` to this command's log file; its path, or None if unwritable."""
+    import traceback
+
+    path = _Session.log_path
+    if path is None:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as log:
+            log.write(title + "\n")
+            if exc is not None:
+                log.write("".join(traceback.format_exception(exc)))
+        for old in sorted(path.parent.glob("*.log"), key=lambda p: p.stat().st_mtime)[:-_KEEP_LOGS]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        return None
+    return path
+
+
+class _ConsoleFilter(logging.Filter):
+    """Keeps error records and tracebacks of the engine off the terminal (they go to the log file)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR and not record.exc_info
+
+
+def _route_engine_logs() -> None:
+    """Once Prefect is imported (it configures logging then): errors and tracebacks to the log file, and
+    off the terminal unless --debug."""
+    root = logging.getLogger()
+    if _Session.log_path is not None and not any(getattr(h, "_promptcycle", False) for h in root.handlers):
+        try:
+            _Session.log_path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(_Session.log_path, delay=True, encoding="utf-8")
+        except OSError:
+            handler = None
+        if handler is not None:
+            handler._promptcycle = True  # type: ignore[attr-defined]
+            handler.setLevel(logging.WARNING)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s - %(message)s"))
+            root.addHandler(handler)
+            _Session.restore.append(lambda: (root.removeHandler(handler), handler.close()))
+    if _Session.debug:
+        return
+    # Prefect's client reports a failed log upload on stderr unless logging.raiseExceptions is off.
+    raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False
+    _Session.restore.append(lambda: setattr(logging, "raiseExceptions", raise_exceptions))
+    loggers = [root] + [logger for logger in logging.root.manager.loggerDict.values()
+                        if isinstance(logger, logging.Logger)]  # prefect._internal has a console of its own
+    for console in {id(h): h for logger in loggers for h in logger.handlers}.values():
+        if (isinstance(console, logging.StreamHandler) and not isinstance(console, logging.FileHandler)
+                and not any(isinstance(f, _ConsoleFilter) for f in console.filters)):
+            quiet = _ConsoleFilter()
+            console.addFilter(quiet)
+            _Session.restore.append(lambda console=console, quiet=quiet: console.removeFilter(quiet))
+
+
+def _announce_interrupt() -> None:
+    """The one line Ctrl-C prints; after it, the engine's complaints about the stopped server stay quiet."""
+    if _Session.interrupt_announced:
+        return
+    _Session.interrupt_announced = True
+    print("interrupted — re-run the same command to resume", file=sys.stderr, flush=True)
+    if not _Session.debug:
+        logging.disable(logging.CRITICAL)
+        _Session.restore.append(lambda: logging.disable(logging.NOTSET))
+
+
+INTERRUPT_GRACE_S = 5.0
+
+
+def _exit_interrupted() -> None:
+    """Exit at once after Ctrl-C during a flow. A normal exit would wait on Prefect's exit handlers, which
+    keep sending the run's events to a temporary server that the same Ctrl-C has stopped (minutes)."""
+    _announce_interrupt()
+    server = sys.modules.get("prefect.server.api.server")
+    for instance in list(getattr(getattr(server, "SubprocessASGIServer", None), "_instances", {}).values()):
+        try:
+            instance.stop()  # Prefect's temporary server, if the Ctrl-C did not reach it
+        except Exception:  # noqa: BLE001
+            pass
+    from promptcycle import dataworker
+
+    dataworker.shutdown()  # it finishes the call in hand (it ignores Ctrl-C) and exits
+    sys.stdout.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
+def run_flow(flow: Any, **parameters: Any) -> Any:
+    """Run `flow(**parameters)` to its result and remember its flow run (id and UI URL) for the command's
+    output; the flow's own exception is raised as it was.
+
+    Ctrl-C cancels the flow (Prefect records it as crashed) and raises KeyboardInterrupt. Ctrl-C in a
+    terminal also stops Prefect's temporary server, and the cancellation can then wait forever on it: after
+    INTERRUPT_GRACE_S, or at a second Ctrl-C, the command exits at once (a re-run resumes either way)."""
+    import asyncio
+    import signal
+    import threading
+
+    _route_engine_logs()
+    _Session.ran_flow = True
+    interrupted: list[threading.Timer] = []
+
+    async def run() -> Any:
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+
+        def on_interrupt() -> None:
+            if interrupted:
+                _exit_interrupted()
+            _announce_interrupt()
+            timer = threading.Timer(INTERRUPT_GRACE_S, _exit_interrupted)
+            timer.daemon = True
+            interrupted.append(timer)
+            timer.start()
+            main.cancel()
+
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_interrupt)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no signals here
+            pass
+        try:
+            return await run_to_result()
+        finally:
+            try:
+                loop.remove_signal_handler(signal.SIGINT)
+            except (ValueError, RuntimeError, NotImplementedError):
+                pass
+
+    async def run_to_result() -> Any:
+        state = await flow(**parameters, return_state=True)
+        flow_run_id = state.state_details.flow_run_id
+        _Session.final_state = state.name
+        if flow_run_id is not None:
+            from tasks.runs import flow_run_url
+
+            _Session.flow_run_id = str(flow_run_id)
+            try:
+                _Session.flow_run_url = flow_run_url(flow_run_id)
+            except Exception:  # noqa: BLE001 - a URL is a convenience; no UI (temporary server) gives None
+                _Session.flow_run_url = None
+            if not _Session.json:
+                print(_flow_run_line(), file=sys.stderr)
+        return await state.aresult()
+
+    try:
+        return asyncio.run(run())
+    except BaseException:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        for timer in interrupted:
+            timer.cancel()
+
+
+def _flow_run_line() -> str:
+    if _Session.flow_run_url:
+        return f"flow run: {_Session.flow_run_url}"
+    return (f"flow run {_Session.flow_run_id} (no Prefect UI serves this run: set PREFECT_API_URL to a Prefect "
+            "server to keep runs, logs and artifacts in its UI)")
+
+
+def final_state_name() -> str | None:
+    """The name of the last flow run's final state (e.g. `Promoted`, `RolledBack`, `Completed`)."""
+    return _Session.final_state
+
+
+def flow_run_fields() -> dict[str, str | None]:
+    """`flow_run_id` and `flow_run_url` for every command's JSON (null when it ran no flow, or there is no UI:
+    Prefect's temporary server ends with the command)."""
+    return {"flow_run_id": _Session.flow_run_id, "flow_run_url": _Session.flow_run_url}
+
+
+def _prefect_api_failure(exc: BaseException) -> str | None:
+    """The message when `exc` is Prefect's client failing to reach (or be answered by) its API, else None."""
+    httpx = sys.modules.get("httpx")
+    if httpx is None or isinstance(exc, PromptcycleError):
+        return None
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (httpx.TransportError, httpx.HTTPStatusError)):
+            break
+        cause = cause.__cause__ or cause.__context__
     else:
-        print(f"error ({kind}): {exc}", file=sys.stderr)
+        return None
+    configured = os.environ.get("PREFECT_API_URL")
+    if "prefect" in sys.modules:
+        try:
+            from prefect.settings import PREFECT_API_URL
+
+            configured = PREFECT_API_URL.value() or configured
+        except Exception:  # noqa: BLE001
+            pass
+    detail = str(cause) or type(cause).__name__
+    if isinstance(cause, httpx.HTTPStatusError):
+        what = f"the Prefect API at {configured or cause.request.url} answered {cause.response.status_code}"
+    else:
+        what = f"cannot reach the Prefect API at {configured}" if configured else \
+            "lost the connection to Prefect's temporary server"
+    if configured:
+        todo = ("start that server (`prefect server start`), point PREFECT_API_URL at a running one, or unset "
+                "PREFECT_API_URL to let promptcycle start a temporary server")
+    else:
+        todo = "re-run the same command to resume"
+    return f"{what} ({detail}): {todo}"
+
+
+def _present_error(args: argparse.Namespace, exc: BaseException) -> int:
+    """Print one clear message for `exc` (the traceback goes to the log file, or the terminal with --debug)
+    and return the exit status."""
+    import signal
+    import traceback
+
+    if isinstance(exc, KeyboardInterrupt):
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
+        _Session.restore.append(lambda: signal.signal(signal.SIGINT, previous))
+        if _Session.debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        _announce_interrupt()
+        if _Session.ran_flow:
+            _exit_interrupted()
+        return EXIT_INTERRUPTED
+    kind = type(exc).__name__
+    message = str(exc) or kind
+    api_failure = _prefect_api_failure(exc)
+    if api_failure is not None:
+        code, kind, message = EXIT_PREFECT_UNREACHABLE, "PrefectAPIUnreachable", api_failure
+    elif isinstance(exc, (ConfigError, DatasetError, StorePathError)):
+        code = EXIT_BAD_INPUT
+    elif isinstance(exc, PromptcycleError):
+        code = EXIT_FAILED
+    else:
+        code, message = EXIT_FAILED, f"{message} (unexpected: please report it with the log below)"
+    log = None
+    if code != EXIT_BAD_INPUT:
+        log = _write_log(f"promptcycle {args.command} failed: {kind}: {message}", exc)
+    if getattr(args, "json", False):
+        print(json.dumps({"success": False, "error": kind, "message": message, "exit_code": code,
+                          **flow_run_fields(), "log": str(log) if log else None}))
+        return code
+    if _Session.debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"error ({kind}): {message}", file=sys.stderr)
+    if _Session.flow_run_url or _Session.flow_run_id:
+        print(f"  flow run: {_Session.flow_run_url or _Session.flow_run_id}", file=sys.stderr)
+    if log is not None and not _Session.debug:
+        print(f"  details and traceback: {log} (or re-run with --debug)", file=sys.stderr)
     return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m promptcycle.cli` runs this file as __main__: run the importable module instead, so that the
+    # phase commands (which import promptcycle.cli) share its state — the flow run, the log file.
+    from promptcycle.cli import main as _main
+
+    sys.exit(_main())

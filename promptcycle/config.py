@@ -63,7 +63,8 @@ class ProviderConfig(_Strict):
     requests_per_minute: float | None = Field(default=None, gt=0, description="Request rate cap; none = unlimited.")
     global_concurrency_limit: str | None = Field(
         default=None, description="Name of a Prefect global concurrency limit that caps this provider's "
-        "concurrent cells across all flows and processes (created on demand).")
+        "concurrent cells across all flows and processes. It must exist before a run "
+        "(`prefect gcl create NAME --limit N`); a missing one stops the run before any call.")
     timeout_seconds: float = Field(default=60.0, gt=0, description="Per-request timeout.")
     max_retries: int = Field(default=4, ge=0, le=20, description="Retries per call after the first attempt.")
     backoff_seconds: float = Field(default=0.5, ge=0, description="Base of the exponential backoff.")
@@ -487,6 +488,8 @@ def _check_names(cfg: PromptcycleConfig, file: str) -> None:
             raise ConfigError(f"unknown model {opt.optimizer_model!r}; known: {', '.join(sorted(cfg.models))}",
                               file=file, path=f"pipelines.{pname}.optimization.optimizer_model",
                               found=opt.optimizer_model, expected="a name from `models`")
+        _check_prompt_syntax(pname, pipe, file)
+        _check_weights(pname, pipe, file)
         variables = pipe.prompt.to_template().variables
         if not variables:
             raise ConfigError("the prompt uses no {{variables}}, so every case would get the same prompt",
@@ -504,6 +507,28 @@ def _check_results_expectations(pname: str, pipe: PipelineConfig, file: str) -> 
                               f"{', '.join(known)}", file=file,
                               path=f"pipelines.{pname}.quality.results_expectations.{i}.column",
                               found=expectation.column, expected="a scorer of the pipeline, overall or latency_ms")
+
+
+def _check_prompt_syntax(pname: str, pipe: PipelineConfig, file: str) -> None:
+    """Every `{{` opens a well-formed `{{name}}`, and no `{name}}` lacks a brace."""
+    from promptcycle.prompts import line_of, malformed_placeholders
+
+    for part in ("system", "template"):
+        text = getattr(pipe.prompt, part)
+        for offset, snippet in malformed_placeholders(text):
+            raise ConfigError(f"malformed placeholder {snippet!r} at line {line_of(text, offset)} of the {part} "
+                              "(expected {{name}}: two braces each side, a letter or _ first, then letters, "
+                              "digits or _)", file=file, path=f"pipelines.{pname}.prompt.{part}", found=snippet,
+                              expected="{{name}}")
+
+
+def _check_weights(pname: str, pipe: PipelineConfig, file: str) -> None:
+    """At least one scorer weighs something, or no answer could get an overall score."""
+    weights = {name: float((options or {}).get("weight", 1.0)) for name, options in pipe.scorers.items()}
+    if not any(w > 0 for w in weights.values()):
+        raise ConfigError(f"every scorer has weight 0 ({', '.join(weights)}), so no answer could get an overall "
+                          "score", file=file, path=f"pipelines.{pname}.scorers", found=weights,
+                          expected="at least one scorer with a weight above 0")
 
 
 def _check_deployment(pname: str, pipe: PipelineConfig, file: str) -> None:
@@ -543,6 +568,32 @@ def _check_deployment(pname: str, pipe: PipelineConfig, file: str) -> None:
                               found=found, expected=detail) from None
 
 
+def _check_duplicate_keys(node: yaml.Node | None, file: str, path: str = "") -> None:
+    """YAML lets a repeated key silently replace the first one; in pipelines.yaml that hides a mistake."""
+    stack = [(node, path)]
+    seen_nodes: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if node is None or id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is None or key == "<<":
+                    continue
+                child = f"{path}.{key}" if path else key
+                if key in first_line:
+                    raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1} (first at line "
+                                      f"{first_line[key]}); YAML would keep only the last one", file=file,
+                                      path=child, found=key, expected="each key once per mapping")
+                first_line[key] = key_node.start_mark.line + 1
+                stack.append((value_node, child))
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [(item, f"{path}.{i}") for i, item in enumerate(node.value)]
+
+
 def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> PromptcycleConfig:
     """Read and validate pipelines.yaml; raise ConfigError on any problem."""
     path = Path(path)
@@ -555,6 +606,7 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> PromptcycleConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read file: {exc.strerror}", file=file) from None
     try:
+        _check_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), file)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -108,7 +108,14 @@ def warm_up(gx: bool = True) -> None:
     verdict, promptcycle/quality/verdicts.py, or run right then): importing it beside the first store
     calls would halve their speed, and nothing before the first model call needs it."""
     if not in_process():
-        threading.Thread(target=call, args=(_warm, gx), name="promptcycle-data-warm-up", daemon=True).start()
+        threading.Thread(target=_warm_quietly, args=(gx,), name="promptcycle-data-warm-up", daemon=True).start()
+
+
+def _warm_quietly(gx: bool) -> None:
+    try:
+        call(_warm, gx)
+    except Exception:  # noqa: BLE001 - the first real call meets (and reports) the same failure
+        pass
 
 
 def shutdown_locked() -> None:
@@ -168,6 +175,11 @@ def _exit_with_parent(parent: int) -> None:
 
 if __name__ == "__main__":
     import logging
+    import signal
+
+    # Ctrl-C in a terminal reaches the whole process group: the pipeline process handles it and closes
+    # our stdin, so the worker finishes the call in hand (no half-done write, no traceback) and exits.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
 

@@ -16,6 +16,7 @@
     │       ├── ResponseTooLargeError   the answer's body exceeded the provider's max_response_bytes
     │       └── ProviderCheckError      a provider or model failed the check made before any paid call
     ├── StoreError                  the metrics store failed
+    │   └── StorePathError          the store path cannot hold a store (a directory, not DuckDB, unwritable)
     ├── RunFailedError              a run could not finish (it stays resumable)
     ├── PipelineBusyError           another process is already spending on this pipeline
     ├── BudgetExceededError         a call or cost cap was reached
@@ -48,6 +49,7 @@ __all__ = [
     "ResponseTooLargeError",
     "ProviderCheckError",
     "StoreError",
+    "StorePathError",
     "RunFailedError",
     "PipelineBusyError",
     "BudgetExceededError",
@@ -163,6 +165,11 @@ class ProviderCheckError(FatalProviderError):
 
 class StoreError(PromptcycleError):
     """The metrics store could not be read or written."""
+
+
+class StorePathError(StoreError):
+    """The store path is bad input: a directory, a file that is not a DuckDB database, a place that cannot
+    be written, or (for read-only commands) a store that does not exist. Retrying will not help."""
 
 
 class RunFailedError(PromptcycleError):

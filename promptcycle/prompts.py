@@ -12,9 +12,38 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PromptTemplate", "Placeholder", "render_value", "PLACEHOLDER"]
+__all__ = ["PromptTemplate", "Placeholder", "render_value", "PLACEHOLDER", "malformed_placeholders",
+           "single_brace_names", "line_of"]
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+# `{name}}`: one brace opens what two close — a placeholder missing a brace.
+_HALF_OPEN = re.compile(r"(?<!\{)\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
+# `{name}` alone: single braces around a bare name (literal text, but often a placeholder written f-string style).
+_SINGLE = re.compile(r"(?<!\{)\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}(?!\})")
+
+
+def line_of(text: str, offset: int) -> int:
+    """The 1-based line of `offset` in `text`."""
+    return text.count("\n", 0, offset) + 1
+
+
+def malformed_placeholders(text: str) -> list[tuple[int, str]]:
+    """(offset, snippet) of every `{{` that does not open a well-formed `{{name}}`, and of every `{name}}`.
+
+    Single braces stay literal (JSON examples are safe); `}}` alone is literal too (nested JSON ends so).
+    """
+    found = []
+    for m in re.finditer(r"\{\{+", text):
+        # In a run like "{{{name}}}" the placeholder starts at the run's last two braces.
+        if not PLACEHOLDER.match(text, m.end() - 2):
+            found.append((m.start(), text[m.start():m.start() + 30].split("\n")[0]))
+    found += [(m.start(), m.group(0)) for m in _HALF_OPEN.finditer(text)]
+    return sorted(found)
+
+
+def single_brace_names(text: str) -> list[tuple[int, str]]:
+    """(offset, name) of every `{name}` written with single braces."""
+    return [(m.start(), m.group(1)) for m in _SINGLE.finditer(text)]
 
 
 @dataclass(frozen=True)

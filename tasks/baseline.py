@@ -21,6 +21,7 @@ from promptcycle.store.remote import open_store
 from promptcycle.store.records import PromptVersionRecord, RunRecord
 from tasks.retry import BACKOFF, retry_if_transient
 from tasks.cells import run_cell
+from tasks.limits import check_provider_limits
 from tasks.secrets import resolve_api_key
 
 __all__ = ["BaselinePlan", "gate_dataset", "prepare_baseline", "evaluate_cell_task", "check_results", "summarize_run",
@@ -78,6 +79,7 @@ def prepare_baseline(config_path: str, pipeline: str, store_path: str | None, re
     ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
     for provider in ctx.providers_used():
         resolve_api_key(ctx.config, provider)  # a missing key fails here, before spending
+    check_provider_limits(ctx.config, ctx.providers_used())  # and a missing concurrency limit
     store = open_store(ctx.store_path)
     hold_pipeline(store, pipeline, "baseline")
     try:

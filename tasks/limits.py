@@ -9,13 +9,40 @@ once: `prefect gcl create NAME --limit N`.
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from promptcycle.config import PromptcycleConfig
 from promptcycle.errors import ConfigError
 
-__all__ = ["provider_slot"]
+__all__ = ["provider_slot", "check_provider_limits"]
+
+
+def _missing_limit(config: PromptcycleConfig, provider: str, name: str, detail: str) -> ConfigError:
+    return ConfigError(f"Prefect global concurrency limit {name!r} {detail}; create it with "
+                       f"`prefect gcl create {name} --limit N` (N: cells of this provider at once, across "
+                       "processes), or remove `global_concurrency_limit`",
+                       file=str(config.source_path) if config.source_path else None,
+                       path=f"providers.{provider}.global_concurrency_limit", found=name,
+                       expected="the name of an existing global concurrency limit")
+
+
+def check_provider_limits(config: PromptcycleConfig, providers: list[str]) -> None:
+    """Before any call: every configured global concurrency limit exists on the Prefect server."""
+    names = {p: config.providers[p].global_concurrency_limit for p in providers}
+    if not any(names.values()):
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for provider, name in names.items():
+            if not name:
+                continue
+            try:
+                client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                raise _missing_limit(config, provider, name, "does not exist") from None
 
 
 @asynccontextmanager
@@ -32,7 +59,4 @@ async def provider_slot(config: PromptcycleConfig, provider: str) -> AsyncIterat
         async with concurrency(name, occupy=1, strict=True):
             yield
     except ConcurrencySlotAcquisitionError as exc:
-        raise ConfigError(f"Prefect global concurrency limit {name!r} does not exist or cannot be acquired "
-                          f"({exc}); create it with `prefect gcl create {name} --limit N`",
-                          path=f"providers.{provider}.global_concurrency_limit", found=name,
-                          expected="an existing global concurrency limit") from None
+        raise _missing_limit(config, provider, name, f"does not exist or cannot be acquired ({exc})") from None

@@ -67,6 +67,7 @@ from tasks.reports import artifact_key
 from tasks.runs import flow_run_url
 from tasks.cells import run_cell
 from tasks.retry import BACKOFF, retry_if_transient
+from tasks.limits import check_provider_limits
 from tasks.secrets import resolve_api_key
 
 __all__ = ["OptimizationPlan", "Screening", "Confirmation", "find_baseline", "prepare_optimization",
@@ -195,6 +196,7 @@ def prepare_optimization(config_path: str, pipeline: str, store_path: str | None
     _check_strategies(names)
     for provider in ctx.providers_used():
         resolve_api_key(ctx.config, provider)
+    check_provider_limits(ctx.config, ctx.providers_used())
     store = open_store(ctx.store_path)
     hold_pipeline(store, pipeline, "optimization")  # released by the flow when it ends
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect.tasks import exponential_backoff
 
-from promptcycle.errors import StoreError, is_retryable
+from promptcycle.errors import StoreError, StorePathError, is_retryable
 
 __all__ = ["retry_if_transient", "BACKOFF", "final_attempt"]
 
@@ -24,7 +24,8 @@ def _exception_of(state) -> BaseException | None:
 def retry_if_transient(task, task_run, state) -> bool:
     """A plain function (Prefect ignores partials here): retry provider hiccups and store lock timeouts."""
     exc = _exception_of(state)
-    return exc is not None and (is_retryable(exc) or isinstance(exc, StoreError))
+    return exc is not None and (is_retryable(exc) or (isinstance(exc, StoreError)
+                                                       and not isinstance(exc, StorePathError)))
 
 
 def final_attempt(retries: int) -> bool:

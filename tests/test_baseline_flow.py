@@ -30,6 +30,9 @@ def test_cli_baseline_json_reports_every_cell(prefect_harness, repo_config, caps
     out = capsys.readouterr().out
     assert code == 0, out
     result = json.loads(out)
+    assert result["success"] is True
+    assert result["flow_run_id"]  # the Prefect flow run, and its page in the UI of the server the run used
+    assert result["flow_run_url"].endswith(f"/runs/flow-run/{result['flow_run_id']}")
     assert result["rows"] == MODELS * SPECTRUMS * 2
     assert result["errors"] == 0
     assert result["simulated"] is True

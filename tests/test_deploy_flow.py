@@ -97,6 +97,12 @@ def test_the_default_pipeline_deploys_canaries_and_rolls_back_offline(prefect_ha
 
 def test_cli_bad_input_and_refusals_are_clear(repo_config, capsys):
     config = str(repo_config)
+    store = repo_config.parent / "promptcycle.duckdb"
+    for command in ("rollback", "status"):  # no store yet: refused, and none created
+        code, out = cli(capsys, command, "--config", config, "--json")
+        assert code == 2 and out["error"] == "StorePathError" and f"no metrics store at {store}" in out["message"]
+        assert not store.exists()
+    MetricsStore(store)
     code, out = cli(capsys, "rollback", "--config", config, "--json")
     assert code == 1 and out["error"] == "DeploymentError" and "nothing in production" in out["message"]
     code, out = cli(capsys, "deploy", "--config", config, "--simulate-traffic", "10", "--json")

@@ -205,6 +205,7 @@ def test_a_tiny_budget_stops_cleanly_and_a_larger_one_resumes(optimized, capsys)
     code = main([*args, "--max-calls", "5"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["outcome"] == "budget_exhausted" and out["candidate_hash"] is None
+    assert out["success"] is True and out["flow_run_id"] and out["flow_run_id"] in out["flow_run_url"]
     assert out["spend"]["calls"] == 5 and "higher cap" in out["reason"]
     paid = [key for key, run in _ledger(store) if run.startswith(out["run_id"])]
     assert len(paid) == 5

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from promptcycle.cli import existing_store, final_state_name, flow_run_fields, run_flow
 from promptcycle.errors import ConfigError
 
 __all__ = ["add_commands"]
@@ -69,7 +70,6 @@ def _print_canary(console, result: dict[str, Any]) -> None:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Run the deployment flow: four stages, the gate, then the targets and labels — or a canary."""
-    from promptcycle.cli import run_flow
     from promptcycle.config import load_config
 
     if args.simulate_traffic is not None and not args.canary:
@@ -84,10 +84,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from promptcycle import local_server
 
     local_server.ready()  # Prefect's local server, started in the background since the command was parsed
-    result, run = run_flow(args, deployment, pipeline=args.pipeline, config_path=str(args.config),
-                           store_path=args.store, version=args.version, canary=args.canary, force=args.force,
-                           simulate_traffic=args.simulate_traffic, traffic_seed=args.seed,
-                           actor=f"{_user()} via promptcycle deploy")
+    result = run_flow(deployment, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
+                      version=args.version, canary=args.canary, force=args.force,
+                      simulate_traffic=args.simulate_traffic, traffic_seed=args.seed,
+                      actor=f"{_user()} via promptcycle deploy")
 
     def human() -> None:
         console = _console()
@@ -109,16 +109,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         if result.get("canary"):
             _print_canary(console, result["canary"])
 
-    _emit(args, {"success": True, **result, **run.to_json()}, human)
+    _emit(args, {"success": True, **flow_run_fields(), **result}, human)
     return 0
 
 
 def cmd_canary(args: argparse.Namespace) -> int:
     """Run the canary flow: look (optionally on simulated traffic) until the test decides."""
-    from promptcycle.cli import run_flow
     from promptcycle.config import load_config
 
-    load_config(args.config).pipeline(args.pipeline)
+    config = load_config(args.config)
+    config.pipeline(args.pipeline)
+    existing_store(config, args.store, "canary")  # a canary lives in the store of the deployment that started it
     for name in ("simulate_traffic", "max_looks"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -133,12 +134,11 @@ def cmd_canary(args: argparse.Namespace) -> int:
     from promptcycle import local_server
 
     local_server.ready()  # Prefect's local server, started in the background since the command was parsed
-    result, run = run_flow(args, canary, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
-                           simulate_traffic=args.simulate_traffic, seed=args.seed, watch=args.watch,
-                           max_looks=args.max_looks, error_rates=error_rates, ingest_path=args.ingest,
-                           actor=f"{_user()} via promptcycle canary")
-    _emit(args, {"success": True, **result, **run.to_json(), "final_state": run.state.name},
-          lambda: _print_canary(_console(), result))
+    result = run_flow(canary, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
+                      simulate_traffic=args.simulate_traffic, seed=args.seed, watch=args.watch,
+                      max_looks=args.max_looks, error_rates=error_rates, ingest_path=args.ingest,
+                      actor=f"{_user()} via promptcycle canary")
+    _emit(args, {"success": True, **flow_run_fields(), **result, "final_state": final_state_name()}, lambda: _print_canary(_console(), result))
     return 0
 
 
@@ -154,15 +154,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     """Restore the previous (or --to) production version on every target and move the labels back."""
     from promptcycle.config import load_config
     from promptcycle.deploy.release import roll_back
-    from promptcycle.evaluation.context import resolve_store_path
     from promptcycle.store import MetricsStore
 
     config = load_config(args.config)
     config.pipeline(args.pipeline)
-    store = MetricsStore(resolve_store_path(config, args.store))
+    store = MetricsStore(existing_store(config, args.store, "rollback"))
     record = roll_back(config, args.pipeline, store, to=args.to, scope=args.model or "",
                        actor=f"{_user()} via promptcycle rollback", reason=args.reason, block_secret=_block_secret)
-    payload = {"success": True, "deployment_id": record.deployment_id, "pipeline": args.pipeline,
+    payload = {"success": True, **flow_run_fields(), "deployment_id": record.deployment_id, "pipeline": args.pipeline,
                "production": record.to_hash, "rolled_back": record.from_hash, "targets": record.targets,
                "ended_canary": record.evidence.get("ended_canary")}
 
@@ -194,7 +193,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Production / candidate / previous per pipeline, running canaries, last decisions and deployments."""
     from promptcycle.config import load_config
     from promptcycle.deploy.status import pipeline_status
-    from promptcycle.evaluation.context import resolve_store_path
     from promptcycle.store import MetricsStore
 
     if args.history < 0:
@@ -204,7 +202,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     names = [args.pipeline] if args.pipeline else sorted(config.pipelines)
     for name in names:
         config.pipeline(name)
-    store = MetricsStore(resolve_store_path(config, args.store))
+    store = MetricsStore(existing_store(config, args.store, "status"))
     status = pipeline_status(store, names, history=args.history)
 
     def human() -> None:
@@ -238,7 +236,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                                   "FORCED" if d["forced"] else "", d["actor"])
                 console.print(table)
 
-    _emit(args, {"success": True, "store": str(store.path), "pipelines": status}, human)
+    _emit(args, {"success": True, **flow_run_fields(), "store": str(store.path), "pipelines": status}, human)
     return 0
 
 

@@ -95,7 +95,7 @@ def _check_input(args: argparse.Namespace, names: list[str] | None) -> None:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     """Run the optimization flow for one pipeline and report what it found."""
-    from promptcycle.cli import _emit, _progress_bar, run_flow
+    from promptcycle.cli import _emit, _progress_bar, flow_run_fields, run_flow
     from promptcycle.optimize import budget
 
     names = _strategy_names(args.strategies)
@@ -116,13 +116,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     try:
         local_server.ready()  # started in the background since the command was parsed
         with _progress_bar(not args.json and sys.stderr.isatty(), plain=not args.json and not sys.stderr.isatty()):
-            summary, run = run_flow(
-                args, optimization, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
+            summary = run_flow(
+                optimization, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
                 baseline_run_id=args.baseline, strategies=names, max_calls=args.max_calls,
                 max_cost_usd=args.max_cost, limit=args.limit)
     finally:
         budget.remove_estimate_listener(print_estimate)
-    _emit(args, json.loads(summary.model_dump_json()) | run.to_json(), lambda: print_report(summary))
+    _emit(args, {"success": True, **flow_run_fields(), **json.loads(summary.model_dump_json())},
+          lambda: print_report(summary))
     return 0
 
 

@@ -16,10 +16,11 @@ from promptcycle.config import PipelineConfig, PromptcycleConfig, load_config
 from promptcycle.datasets.cases import Case
 from promptcycle.datasets.loaders import dataset_hash, limit_cases, load_cases
 from promptcycle.datasets.splits import assign_splits
+from promptcycle.errors import ConfigError
 from promptcycle.prompts import PromptTemplate
 from promptcycle.store.remote import open_store
 
-__all__ = ["PipelineContext", "load_pipeline", "resolve_store_path"]
+__all__ = ["PipelineContext", "load_pipeline", "resolve_store_path", "check_prompt_inputs"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,34 @@ def resolve_store_path(config: PromptcycleConfig, store: str | Path | None) -> P
     return Path(store).resolve() if store else config.resolve_path(config.store)
 
 
+def check_prompt_inputs(pipe: PipelineConfig, cases: list[Case], *, file: str, pipeline: str) -> None:
+    """Every placeholder of the prompt has a value in every case, before any call: a missing one would fail
+    each of those calls at run time. A `{name}` in single braces where the cases provide `name` is a
+    placeholder written with one brace too few."""
+    from promptcycle.prompts import line_of, single_brace_names
+
+    prompt = pipe.prompt.to_template()
+    provided = sorted({key for case in cases for key in case.inputs})
+    source = pipe.dataset.source
+    for p in prompt.placeholders():
+        lacking = [c.id for c in cases if p.name not in c.inputs]
+        if lacking:
+            text = getattr(pipe.prompt, p.part)
+            raise ConfigError(
+                f"placeholder {{{{{p.name}}}}} (line {line_of(text, p.position)} of the {p.part}) has no value in "
+                f"{len(lacking)} of {len(cases)} cases of {source} (first: {lacking[0]!r}); the cases provide: "
+                f"{', '.join(provided) or '(nothing)'}", file=file, path=f"pipelines.{pipeline}.prompt.{p.part}",
+                found=p.name, expected=f"a field every case of {source} provides")
+    for part in ("system", "template"):
+        text = getattr(pipe.prompt, part)
+        for offset, name in single_brace_names(text):
+            if name in provided:
+                raise ConfigError(
+                    f"{{{name}}} at line {line_of(text, offset)} of the {part} has single braces, so it stays "
+                    f"literal text; placeholders are {{{{{name}}}}}", file=file,
+                    path=f"pipelines.{pipeline}.prompt.{part}", found=f"{{{name}}}", expected=f"{{{{{name}}}}}")
+
+
 _cache: dict[tuple, PipelineContext] = {}
 _lock = threading.Lock()
 
@@ -91,6 +120,8 @@ def load_pipeline(config_path: str | Path, pipeline: str, *, limit: int | None =
     config = load_config(path)
     pipe = config.pipeline(pipeline)
     all_cases = load_cases(pipe.dataset.source, base_dir=path.parent)
+    check_prompt_inputs(pipe, [c for c in all_cases if c.spectrum in set(pipe.dataset.spectrums)],
+                        file=str(path), pipeline=pipeline)
     store_path = resolve_store_path(config, store)
     dataset_key = f"{pipeline}|{pipe.dataset.source}|{pipe.dataset.splits.seed}"
     recorded = open_store(store_path).get_splits(dataset_key)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
-from promptcycle.errors import StoreError
+from promptcycle.errors import StoreError, StorePathError
 from promptcycle.store.records import (
     CANARY_STATUSES,
     DECISION_KINDS,
@@ -236,9 +236,9 @@ class MetricsStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create the directory of the metrics store {self.path}: {exc}") from exc
+            raise StorePathError(f"cannot create the directory of the metrics store {self.path}: {exc}") from exc
         if self.path.is_dir():
-            raise StoreError(f"the metrics store path {self.path} is a directory; give a file path "
+            raise StorePathError(f"the metrics store path {self.path} is a directory; give a file path "
                              f"such as {self.path / 'metrics.duckdb'}")
         if not self.path.exists():
             self._create()
@@ -268,7 +268,7 @@ class MetricsStore:
                 if not self.path.exists():
                     os.replace(temporary, self.path)
         except (OSError, duckdb.Error) as exc:
-            raise StoreError(f"cannot create the metrics store {self.path}: {exc}") from exc
+            raise StorePathError(f"cannot create the metrics store {self.path}: {exc}") from exc
         finally:
             for leftover in (temporary, temporary.with_name(temporary.name + ".wal")):
                 leftover.unlink(missing_ok=True)
@@ -283,12 +283,12 @@ class MetricsStore:
             except duckdb.Error as exc:
                 if not _is_lock_conflict(exc):
                     if "not a valid DuckDB database" in str(exc) and _is_empty(self.path):
-                        raise StoreError(f"{self.path} is an empty file, not a DuckDB database; delete it and "
+                        raise StorePathError(f"{self.path} is an empty file, not a DuckDB database; delete it and "
                                          f"the store will create the database there") from exc
                     if "not a valid DuckDB database" in str(exc):
-                        raise StoreError(f"{self.path} exists but is not a DuckDB database; point the store "
+                        raise StorePathError(f"{self.path} exists but is not a DuckDB database; point the store "
                                          f"at a new file or an existing metrics store") from exc
-                    raise StoreError(f"cannot open the metrics store {self.path}: {exc}") from exc
+                    raise StorePathError(f"cannot open the metrics store {self.path}: {exc}") from exc
                 self.lock_conflicts += 1
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
