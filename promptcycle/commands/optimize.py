@@ -161,12 +161,12 @@ def print_report(s) -> None:
         ev.add_row("test", s.test or "")
         console.print(ev)
     if s.per_spectrum:
-        sp = Table(title="per spectrum (Δ and its one-sided lower bound, points)")
-        for col in ("spectrum", "Δ points", "lower bound", "cases", "non-inferior"):
+        sp = Table(title="per spectrum (Δ and the harm test's upper bound, points)")
+        for col in ("spectrum", "Δ points", "upper bound", "cases", "harmed"):
             sp.add_column(col, justify="left" if col == "spectrum" else "right")
         for row in s.per_spectrum:
-            sp.add_row(row["spectrum"], _pts(row["delta"]), _pts(row["ci_low"]), str(row["n_cases"]),
-                       "yes" if row["non_inferior"] else "[red]no[/]")
+            sp.add_row(row["spectrum"], _pts(row["delta"]), _pts(row.get("upper_bound")), str(row["n_cases"]),
+                       "[red]yes[/]" if row.get("harmed") else "no")
         console.print(sp)
     if s.candidates:
         ct = Table(title="candidates (dev split)")

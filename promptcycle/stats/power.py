@@ -161,6 +161,8 @@ class RuleDesign:
         """The smallest uniform gain the rule promotes with probability `power` (inf if none below 1)."""
         if not alpha_ok(self.level) or not self.level < power < 1.0:
             raise ValueError(f"need 0 < level < 0.5 and level < power < 1, got {self.level}, {power}")
+        if not self.sd > 0.0:  # no spread: any gain reaching min_effect is certain to show
+            return self.min_effect
         if self.power(1.0) < power:
             return float("inf")
         return float(optimize.brentq(lambda e: self.power(e) - power, 0.0, 1.0, xtol=1e-7))
