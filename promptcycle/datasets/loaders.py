@@ -76,7 +76,8 @@ def dataset_hash(cases: Iterable[Case]) -> str:
     """A stable sha256 of the cases' content, independent of their order."""
     digests = sorted(
         # exclude_none: a dataset without the optional `template` keeps the hash it had before the field existed
-        json.dumps(c.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        json.dumps(c.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"),
+                   ensure_ascii=False)
         for c in cases)
     h = hashlib.sha256()
     for d in digests:

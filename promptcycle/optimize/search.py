@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 __all__ = ["SCREEN", "CONFIRM", "OUTCOMES", "Arm", "candidate_key", "evaluation_run_id", "CandidateRow", "arm_quality",
            "rank_candidates", "PairedObservations", "pair_observations", "decide_outcome",
            "OptimizationSummary", "candidates_table", "confirmation_markdown", "ArmCheck", "ScopeConfirmation",
-           "diagnose_stored_run", "check_stored_arms", "ErrorControl", "case_clusters", "confirmation_index", "confirm_stored_arms"]
+           "diagnose_stored_run", "check_stored_arms", "ErrorControl", "case_clusters", "confirmation_index",
+           "confirm_stored_arms"]
 
 SCREEN, CONFIRM = "screen", "confirm"
 OUTCOMES = ("candidate_found", "no_significant_improvement", "underpowered", "budget_exhausted")

@@ -25,15 +25,15 @@ Method
      T = sqrt(G) (S + g S^2 / 3 + g^2 S^3 / 27 + g / (6 G)), S = effect' / sd, g the sample skewness of the
      cluster residuals, referred to t(G - 1); effect' is the effect less the smallest changed cluster total / N,
      a continuity correction (half the finest step of the sign-flip distribution: with pass/fail ties it is
-     the classic one, with graded scores it is negligible). A candidate that badly breaks a few cases while slightly helping
-     the rest has left-skewed differences; there the plain t-test promotes too often (mean and SD move
-     together) and the correction removes the first-order error. With symmetric differences g ~ 0 and
-     T ~ t, so the power of the t-test is kept.
+     the classic one, with graded scores it is negligible). A candidate that badly breaks a few cases while
+     slightly helping the rest has left-skewed differences; there the plain t-test promotes too often (mean and SD
+     move together) and the correction removes the first-order error. With symmetric differences g ~ 0 and T ~ t,
+     so the power of the t-test is kept.
 4. **Confidence interval**: the plain two-sided (1 - 2 alpha) t interval on cluster totals (its lower end is the
    one-sided (1 - alpha) bound). It is a description; the decision uses the p-value above.
 5. **Spectrums: a test for harm, not a demand for proof of non-inferiority.** For each spectrum the mean case
    difference gets a one-sided test of H0: delta_s >= -spectrum_margin against "this spectrum got worse by
-   more than the margin", at level `spectrum_alpha` (default 0.05), with the SD pooled over spectrums (cluster
+   more than the margin", at level `spectrum_alpha` (default 0.06), with the SD pooled over spectrums (cluster
    residuals within each spectrum; degrees of freedom: cluster-spectrum cells minus spectrums). A spectrum is
    *harmed* when that test rejects, i.e. when its (1 - spectrum_alpha) upper bound is below -margin. The test
    is not corrected for the number of spectrums on purpose: it is a guard, and its errors only cost power; a
@@ -116,7 +116,7 @@ _SIGN_PATTERNS: dict[int, np.ndarray] = {}
 
 
 def _check_options(*, alpha: float, power: float, min_effect: float, spectrum_margin: float,
-                   spectrum_alpha: float = 0.05) -> None:
+                   spectrum_alpha: float = 0.06) -> None:
     if not 0.0 < alpha < 0.5:
         raise ValueError(f"alpha must be in (0, 0.5) for a one-sided test, got {alpha!r}")
     if not alpha < power < 1.0:
@@ -256,7 +256,7 @@ class SpectrumStats:
 
 def assess_spectrums(differences: np.ndarray | Sequence[float], case_spectrums: Sequence[str], *,
                      clusters: Sequence[Hashable] | None = None, margin: float = 0.0,
-                     spectrum_alpha: float = 0.05) -> tuple[dict[str, SpectrumStats], np.ndarray, dict[str, float]]:
+                     spectrum_alpha: float = 0.06) -> tuple[dict[str, SpectrumStats], np.ndarray, dict[str, float]]:
     """Per-spectrum harm tests of the case differences (last axis aligned with `case_spectrums`).
 
     Returns each spectrum's statistics (sorted by name), a boolean array (leading shape) that is True where no
@@ -489,7 +489,8 @@ def _reason(decision: str, *, effect: float, ci_low: float, ci_high: float, ci_l
         text = (f"Promote: the candidate improves the mean case score by {_signed(effect)} ({interval}) over "
                 f"{over}, {p_text} <= {alpha:.3g}, reaching the minimum effect {min_effect}")
         if spectra:
-            text += f", and no spectrum is shown to lose more than {margin}"
+            text += (", and no spectrum is shown to get worse" if margin == 0 else
+                     f", and no spectrum is shown to lose more than {margin}")
         if mde > DETECT_MULTIPLE * min_effect:
             text += f"; note the rule only reliably detects {mde:.3f}, so this estimate may be optimistic"
         return text + "."
@@ -499,8 +500,9 @@ def _reason(decision: str, *, effect: float, ci_low: float, ci_high: float, ci_l
                           f"p = {s.p_harm:.3g}, {s.n_cases} case{'s' if s.n_cases != 1 else ''})"
                           for s in harmed[:3])
         more = f" and {len(harmed) - 3} more" if len(harmed) > 3 else ""
-        return (f"Blocked: the improvement {_signed(effect)} is significant ({p_text}) but a spectrum got worse "
-                f"by more than {margin}: {shown}{more}.")
+        worse = "got worse" if margin == 0 else f"got worse by more than {margin}"
+        return (f"Blocked: the improvement {_signed(effect)} is significant ({p_text}) but a spectrum {worse}: "
+                f"{shown}{more}.")
     if decision == "underpowered":
         return (f"Underpowered: cannot detect twice the minimum effect {min_effect} at this N; with {over} the rule "
                 f"detects {mde:.3f} with {power:.0%} power at level {alpha:.3g} (observed {_signed(effect)}, "
@@ -570,7 +572,7 @@ def _build_result(paired: _PairedCases, adjusted_p: float, *, k: int, alpha: flo
 def confirm_improvement(candidate: Sequence[float], baseline: Sequence[float], case_ids: Sequence[Hashable], *,
                         spectrums: Sequence[str] | None = None, clusters: Sequence[Hashable] | None = None,
                         cluster_unit: str = "cluster", min_effect: float = 0.01, alpha: float = 0.05,
-                        spectrum_margin: float = 0.0, spectrum_alpha: float = 0.05, power: float = 0.8,
+                        spectrum_margin: float = 0.0, spectrum_alpha: float = 0.06, power: float = 0.8,
                         resolution: float = RESOLUTION, error_budget: Mapping[str, Any] | None = None,
                         baseline_case_ids: Sequence[Hashable] | None = None) -> ConfirmationResult:
     """Decide whether `candidate` beats `baseline` on the same cases (rule and method: module docstring).
@@ -596,7 +598,7 @@ def confirm_candidates(candidates: Mapping[str, Sequence[float]], baseline: Sequ
                        case_ids: Sequence[Hashable], *, spectrums: Sequence[str] | None = None,
                        clusters: Sequence[Hashable] | None = None, cluster_unit: str = "cluster",
                        min_effect: float = 0.01, alpha: float = 0.05, spectrum_margin: float = 0.0,
-                       spectrum_alpha: float = 0.05, power: float = 0.8, resolution: float = RESOLUTION,
+                       spectrum_alpha: float = 0.06, power: float = 0.8, resolution: float = RESOLUTION,
                        error_budget: Mapping[str, Any] | None = None,
                        baseline_case_ids: Sequence[Hashable] | None = None) -> dict[str, ConfirmationResult]:
     """Decide on several candidates against one baseline, Holm-correcting their p-values at level `alpha`.

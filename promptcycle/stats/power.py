@@ -12,6 +12,10 @@ optimistic below ~30 cases):
 
 `sd` is the standard deviation of the per-case differences *after* averaging repeats within each case: more
 repeats shrink only its repeat-noise part, more cases shrink the standard error itself.
+
+These describe the t-test alone. `RuleDesign` describes the whole decision rule of `promptcycle.stats.paired`
+(level, Holm, min_effect, clusters and the spectrum harm guard): its `mde()` is what a confirmation reports and
+what `underpowered` is judged by; bench/gate_error_rates.py checks it against simulated power.
 """
 
 from __future__ import annotations
@@ -127,7 +131,7 @@ class RuleDesign:
     spectrum_sd: float = float("nan")
     spectrum_df: int = 1
     spectrum_margin: float = 0.0
-    spectrum_alpha: float = 0.05
+    spectrum_alpha: float = 0.06
 
     def scaled(self, n_cases: int) -> "RuleDesign":
         """The same design with `n_cases` cases: clusters and spectrum sizes grow in proportion."""
