@@ -49,6 +49,9 @@ as raw aligned observations with string ids, through the public `confirm_improve
 and the run fails if any promotion or p-value differs. Notes give the rate of the old rule (a plain paired t on
 case means) on the same data where it differs.
 
+Null rows with graded scores at N = 500 sit well below the level: there a significant estimate is usually
+below min_effect (0.01), which the rule also requires. Notes also give each null row's rate at level 0.05.
+
 Status: PASS when the estimate meets the target; FAIL otherwise; info rows have no target. A correctly sized
 test sits near 5% in the null rows, so single rows scatter around it (MC SE ~0.5%); the ceiling for a null
 row is 6.0% measured.
