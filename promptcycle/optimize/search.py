@@ -14,7 +14,12 @@ the kind, the prompt hash and the scope, so a re-run resumes it.
 with the current prompt's answer to the same case, by the same model, on the same repeat. A
 terminal error scores 0 (an answer that never came is a failed answer, as in every quality figure
 of promptcycle); an observation missing from either arm is left out of both. The statistics
-cluster by case: models and repeats of one case are averaged before the paired test.
+average models and repeats within each case, then sum cases within their cluster (the case, or
+`optimization.cluster_field`) before the paired test.
+
+**Error budget**: each confirmation against the pipeline's current prompt spends its share of
+`optimization.alpha` (`promptcycle.stats.spending`); `confirmation_index` counts the earlier ones
+from the stored confirmation decisions, which are the ledger.
 
 The **outcome** of an optimization is one of
 
