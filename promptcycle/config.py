@@ -166,13 +166,34 @@ class OptimizationConfig(_Strict):
     confirm_repeats: int = Field(default=3, ge=1, le=20, description="Repeats per case when confirming on test.")
     min_effect: float = Field(default=0.01, ge=0, le=1, description="Smallest improvement (in score units, "
                               "0.01 = 1 point) worth promoting.")
-    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Family-wise false-promotion rate (Holm).")
-    spectrum_margin: float = Field(default=0.03, ge=0, le=1, description="How much worse any one spectrum may "
-                                   "get (non-inferiority margin, score units).")
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="False-promotion budget: with `error_control: "
+                         "spending`, across every confirmation against one current prompt (Holm within one).")
+    error_control: Literal["spending", "per_confirmation"] = Field(
+        default="spending", description="'spending': the j-th confirmation against the same current prompt runs "
+        "at alpha x first_share, then shares of the rest that sum to alpha, so repeated cycles without a real "
+        "gain promote anything at most alpha of the time; 'per_confirmation': every confirmation at alpha "
+        "(no control across cycles).")
+    first_share: float = Field(default=0.8, gt=0, le=1, description="Share of alpha the first confirmation "
+                               "against a current prompt may spend (error_control: spending).")
+    spectrum_margin: float = Field(default=0.0, ge=0, le=1, description="A spectrum blocks promotion when it is "
+                                   "shown to get worse by more than this (score units; 0: shown worse at all).")
+    spectrum_alpha: float = Field(default=0.06, gt=0, lt=0.5, description="Level of each spectrum's one-sided "
+                                  "harm test (a guard: a false alarm only costs power).")
+    cluster_field: str | None = Field(default=None, description="The dataset field whose cases are not "
+                                      "independent evidence and form one cluster in the confirmation test: "
+                                      "'template', 'spectrum' or 'inputs.<key>'; default: every case is its own "
+                                      "cluster.")
     max_calls: int | None = Field(default=None, ge=1, description="Hard cap on paid calls of one optimization.")
     max_cost_usd: float | None = Field(default=None, gt=0, description="Hard cap on the cost of one optimization.")
     per_model_prompts: bool = Field(default=False, description="Optimize one prompt per model instead of one "
                                     "shared prompt.")
+
+    @field_validator("cluster_field")
+    @classmethod
+    def _cluster_field(cls, v: str | None) -> str | None:
+        if v is None or v in ("template", "spectrum") or (v.startswith("inputs.") and len(v) > len("inputs.")):
+            return v
+        raise ValueError(f"{v!r} is not a case field to cluster by: use 'template', 'spectrum' or 'inputs.<key>'")
 
 
 def _compiles(patterns: list[str]) -> list[str]:

@@ -44,9 +44,11 @@ from promptcycle.optimize.search import (
     Arm,
     ArmCheck,
     CandidateRow,
+    ErrorControl,
     OptimizationSummary,
     candidate_key,
     candidates_table,
+    case_clusters,
     check_stored_arms,
     confirm_stored_arms,
     confirmation_markdown,
@@ -542,7 +544,10 @@ def confirm_on_test(plan: OptimizationPlan, rows: list[CandidateRow], arms: list
         confirm_stored_arms, str(ctx.store_path), current.run_id,
         [(scope, _arm_models(plan, scope), runs) for scope, runs in groups.items()],
         scorers=list(ctx.pipeline.scorers), min_effect=opt.min_effect, alpha=opt.alpha,
-        spectrum_margin=opt.spectrum_margin)
+        spectrum_margin=opt.spectrum_margin, spectrum_alpha=opt.spectrum_alpha,
+        clusters=case_clusters(ctx.cases, opt.cluster_field), cluster_unit=opt.cluster_field or "case",
+        control=ErrorControl(pipeline=plan.pipeline, baseline_hash=plan.current_hash, run_id=plan.run_id,
+                             scheme=opt.error_control, first_share=opt.first_share))
     results: dict[str, dict] = {}
     qualities: dict[str, tuple[float, float]] = {}
     # A per-model search can propose the same text for several models; decisions are keyed by the

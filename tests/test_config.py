@@ -74,6 +74,11 @@ P = "pipelines.customer-insights"
         # scorer options are validated by the scorer's own options model
         (f"{P}.scorers.format", {"weight": 0.1, "kind": "xml"}, [f"{P}.scorers.format.kind", "found 'xml'"]),
         (f"{P}.scorers.accuracy", {"weight": 0.4, "tolerance": 1}, [f"{P}.scorers.accuracy.tolerance", "unknown key"]),
+        # the gate's clustering unit and error control
+        (f"{P}.optimization.cluster_field", "question", [f"{P}.optimization.cluster_field", "'template', "
+                                                                                          "'spectrum' or 'inputs.<key>'"]),
+        (f"{P}.optimization.error_control", "lord", [f"{P}.optimization.error_control", "'spending'"]),
+        (f"{P}.optimization.spectrum_alpha", 0.7, [f"{P}.optimization.spectrum_alpha", "found 0.7"]),
     ],
 )
 def test_bad_config_names_file_path_found_expected(tmp_path, dotted, value, expect_in_message):
@@ -140,3 +145,27 @@ def test_secrets_are_not_accepted_inline(tmp_path):
         load_config(write(tmp_path, data))
     assert "unknown key" in str(info.value)
     assert "sk-live-123" not in str(info.value)  # the value of a would-be secret is never echoed
+
+
+def test_cluster_field_every_case_lacks_fails_at_load_naming_the_setting(tmp_path):
+    from promptcycle.evaluation.context import load_pipeline
+
+    data = repo_yaml()
+    _set(data, f"{P}.optimization", {"cluster_field": "inputs.branch"})
+    _set(data, "store", str(tmp_path / "store.duckdb"))
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(path, "customer-insights")
+    message = str(info.value)
+    assert f"{P}.optimization.cluster_field" in message and "have no 'inputs.branch'" in message
+    assert "customer_profile-001" in message
+
+
+def test_bundled_dataset_clusters_by_template():
+    from promptcycle.datasets.cases import cluster_of
+    from promptcycle.datasets.loaders import load_cases
+
+    cases = load_cases("bundled:customer_insights")
+    templates = {cluster_of(c, "template") for c in cases}
+    assert None not in templates and 20 <= len(templates) <= 28
+    assert repo_yaml()["pipelines"]["customer-insights"]["optimization"]["cluster_field"] == "template"

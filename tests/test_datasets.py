@@ -61,7 +61,7 @@ def write_csv(path: Path, records: list[dict], columns=("id", "spectrum", "input
 
 
 def dumps(cases: list[Case]) -> list[dict]:
-    return [c.model_dump() for c in cases]
+    return [c.model_dump(exclude_none=True) for c in cases]  # `template` is optional
 
 
 # ---------------------------------------------------------------------------------------------

@@ -211,3 +211,15 @@ def test_the_gate_decision():
     forced = decide_gate([ok, bad], force=True)
     assert forced.decision == "forced" and "FORCED" in forced.reason
     assert issubclass(GateError, Exception)
+
+
+def test_the_quality_stage_reads_the_spectrum_harm_test_and_still_judges_older_evidence():
+    from promptcycle.deploy.gate import _regresses
+
+    # evidence of the harm test: blocked only when a spectrum is shown worse than -margin
+    assert not _regresses({"spectrum": "s", "delta": -0.01, "upper_bound": 0.02, "ci_low": -0.04}, 0.0)
+    assert _regresses({"spectrum": "s", "delta": -0.06, "upper_bound": -0.01, "ci_low": -0.11}, 0.0)
+    assert not _regresses({"spectrum": "s", "delta": -0.06, "upper_bound": -0.01}, 0.02)
+    # evidence written before the harm test: its non-inferiority lower bound, as it was judged then
+    assert _regresses({"spectrum": "s", "delta": 0.01, "ci_low": -0.04}, 0.03)
+    assert not _regresses({"spectrum": "s", "delta": 0.05, "ci_low": 0.01}, 0.03)

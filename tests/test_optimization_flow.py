@@ -151,6 +151,11 @@ def test_the_flow_confirms_a_better_prompt_and_labels_it_with_its_evidence(optim
         assert decision.evidence[key] is not None, key
     assert {s["spectrum"] for s in decision.evidence["per_spectrum"]} == \
         {"customer_profile", "credit_analysis", "temporal_analysis"}
+    # the evidence names the clustering unit, the test applied and the error budget this decision spent
+    assert decision.evidence["cluster_unit"] in ("case", "template") and decision.evidence["n_clusters"] >= 2
+    budget = decision.evidence["error_budget"]
+    assert budget["scheme"] == "spending" and budget["index"] == 1 and budget["level"] == pytest.approx(0.04)
+    assert decision.evidence["alpha"] == pytest.approx(budget["level_per_scope"])
     assert len(decisions) == 2  # confirm_top: both confirmed candidates keep their evidence
 
     assert store.get_label(PIPE, "candidate") == summary.candidate_hash

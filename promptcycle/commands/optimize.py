@@ -155,19 +155,27 @@ def print_report(s) -> None:
         ev.add_row("N cases · observations", f"{s.n_cases} · {s.n_observations} ({s.repeats:g} per case)")
         note = ""
         if s.underpowered:
-            note = (f" (above the {_pts(s.min_effect, signed=False)}-point minimum effect: the estimate may be "
-                    "optimistic)" if s.decision == "promote" else " (underpowered: cannot detect the minimum effect)")
-        ev.add_row("MDE at this N (points)", _pts(s.mde, signed=False) + note)
+            note = (f" (above twice the {_pts(s.min_effect, signed=False)}-point minimum effect: the estimate may "
+                    "be optimistic)" if s.decision == "promote"
+                    else " (underpowered: cannot detect twice the minimum effect)")
+        ev.add_row("MDE of the rule at this N (points)", _pts(s.mde, signed=False) + note)
+        if s.cluster_unit:
+            ev.add_row("clustered by", f"{s.cluster_unit} ({s.n_clusters} clusters)")
+        budget = s.error_budget
+        if budget.get("scheme") == "spending":
+            ev.add_row("error budget", f"confirmation #{budget['index']} against the current prompt: level "
+                                       f"{budget['level_per_scope']:.4g} of alpha {budget['alpha']:g} "
+                                       f"({budget['remaining_after']:.4g} left)")
         ev.add_row("test quality current → candidate", f"{s.current_test_quality} → {s.candidate_test_quality}")
         ev.add_row("test", s.test or "")
         console.print(ev)
     if s.per_spectrum:
-        sp = Table(title="per spectrum (Δ and its one-sided lower bound, points)")
-        for col in ("spectrum", "Δ points", "lower bound", "cases", "non-inferior"):
+        sp = Table(title="per spectrum (Δ and the harm test's upper bound, points)")
+        for col in ("spectrum", "Δ points", "upper bound", "cases", "harmed"):
             sp.add_column(col, justify="left" if col == "spectrum" else "right")
         for row in s.per_spectrum:
-            sp.add_row(row["spectrum"], _pts(row["delta"]), _pts(row["ci_low"]), str(row["n_cases"]),
-                       "yes" if row["non_inferior"] else "[red]no[/]")
+            sp.add_row(row["spectrum"], _pts(row["delta"]), _pts(row.get("upper_bound")), str(row["n_cases"]),
+                       "[red]yes[/]" if row.get("harmed") else "no")
         console.print(sp)
     if s.candidates:
         ct = Table(title="candidates (dev split)")

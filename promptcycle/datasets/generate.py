@@ -233,6 +233,7 @@ def generate_cases(per_spectrum: int = 30, seed: int = 20261121) -> list[dict]:
         for i in range(per_spectrum):
             record = generate_record(rng)
             question, fields = templates[i % len(templates)]
+            template = f"{spectrum}/q{i % len(templates) + 1}"
             first_name = record["profile"]["full_name"].split()[0]
             facts = {f: record[domain][f] for f in fields}
             cases.append({
@@ -241,6 +242,7 @@ def generate_cases(per_spectrum: int = 30, seed: int = 20261121) -> list[dict]:
                 "inputs": {"customer": record, "question": question.format(first_name=first_name)},
                 "facts": facts,
                 "reference": write_reference(facts),
+                "template": template,  # the question template: the gate's cluster (optimization.cluster_field)
             })
     return cases
 

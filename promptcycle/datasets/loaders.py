@@ -5,7 +5,8 @@ Loading checks shape only — every row must become a `Case` — and any problem
 rules (unique ids, known spectrums, minimum counts) belong to the dataset suite in
 `promptcycle.quality`, so a parsable but bad dataset loads and is then rejected with a report.
 
-File formats, one case per line or row, fields `id, spectrum, inputs, facts, reference`:
+File formats, one case per line or row, fields `id, spectrum, inputs, facts, reference, template`
+(`reference` and `template` optional):
 - `.jsonl`: one JSON object per line; blank lines are skipped.
 - `.csv`: a header row; `inputs` and `facts` cells hold JSON objects; `reference` may be omitted.
 - `.parquet`: the same columns; `inputs` and `facts` hold JSON strings, structs or maps. Struct
@@ -34,7 +35,7 @@ __all__ = ["load_cases", "dataset_hash", "limit_cases", "BUNDLED_PREFIX", "SUPPO
 
 BUNDLED_PREFIX = "bundled:"
 SUPPORTED_EXTENSIONS = (".jsonl", ".csv", ".parquet")
-_FIELDS = tuple(Case.model_fields)  # id, spectrum, inputs, facts, reference
+_FIELDS = tuple(Case.model_fields)  # id, spectrum, inputs, facts, reference, template
 _REQUIRED = tuple(name for name, f in Case.model_fields.items() if f.is_required())
 _OBJECT_FIELDS = ("inputs", "facts")
 
@@ -74,7 +75,9 @@ def bundled_datasets() -> list[str]:
 def dataset_hash(cases: Iterable[Case]) -> str:
     """A stable sha256 of the cases' content, independent of their order."""
     digests = sorted(
-        json.dumps(c.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        # exclude_none: a dataset without the optional `template` keeps the hash it had before the field existed
+        json.dumps(c.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"),
+                   ensure_ascii=False)
         for c in cases)
     h = hashlib.sha256()
     for d in digests:

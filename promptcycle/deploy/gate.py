@@ -8,7 +8,8 @@ that evidence against the rules in force now (`deployment.quality`, defaulting t
 - the decision was "promote";
 - the paired improvement is significant: (Holm-adjusted) p <= alpha;
 - the estimated effect reaches the minimum effect;
-- no spectrum may regress beyond its margin (each spectrum's lower bound is above -margin);
+- no spectrum is shown to regress beyond its margin (each spectrum's harm-test upper bound is not below
+  -margin);
 - the evidence compares the version with the prompt in production now, not an older one;
 - absolute quality: the version's overall score on the serving models, in the runs that produced the
   evidence, is at least `min_quality` points (a terminal error counts as 0, as in every summary);
@@ -34,6 +35,22 @@ __all__ = ["GateDecision", "check_quality", "decide_gate"]
 
 def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _regresses(spectrum: dict[str, Any], margin: float) -> bool:
+    """The harm test of the evidence (its one-sided upper bound below -margin); evidence written before the
+    harm test carries only a non-inferiority lower bound, judged as it was then."""
+    if "upper_bound" in spectrum:
+        upper = _num(spectrum.get("upper_bound"))
+        return upper is not None and upper < -margin
+    low = _num(spectrum.get("ci_low"))
+    return low is None or low <= -margin
+
+
+def _bound_text(spectrum: dict[str, Any]) -> str:
+    name, value = ("upper bound", spectrum.get("upper_bound")) if "upper_bound" in spectrum else \
+        ("lower bound", spectrum.get("ci_low"))
+    return f"{name} {format(value, '+.3f') if _num(value) is not None else value}"
 
 
 def _evidence_runs(run_id: str, version: str, scope: str | None) -> list[str]:
@@ -74,14 +91,13 @@ def check_quality(store: MetricsStore, pipeline: str, pipe: Any, version: str, p
                         f"effect {effect:+.3f}{interval}, minimum {min_effect}" if effect is not None else
                         "the evidence has no effect size"))
     spectra = ev.get("per_spectrum") or []
-    regressing = [s for s in spectra if _num(s.get("ci_low")) is None or s["ci_low"] <= -margin]
+    regressing = [s for s in spectra if _regresses(s, margin)]
     if spectra:
-        shown = "; ".join(f"{s.get('spectrum')} {_num(s.get('delta')) or 0:+.3f} (lower bound "
-                          f"{s['ci_low'] if _num(s.get('ci_low')) is None else format(s['ci_low'], '+.3f')})"
+        shown = "; ".join(f"{s.get('spectrum')} {_num(s.get('delta')) or 0:+.3f} ({_bound_text(s)})"
                           for s in regressing[:3])
         checks.append(Check("no spectrum regresses", not regressing,
-                            f"{len(regressing)} spectrum(s) may lose more than {margin}: {shown}" if regressing else
-                            f"all {len(spectra)} spectrums' lower bounds above -{margin}"))
+                            f"{len(regressing)} spectrum(s) shown to lose more than {margin}: {shown}" if regressing
+                            else f"no spectrum of {len(spectra)} shown to lose more than {margin}"))
     else:
         checks.append(Check("no spectrum regresses", False, "the evidence has no per-spectrum results"))
     if pipe.deployment.quality.require_current_baseline and production is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from promptcycle.config import PipelineConfig, PromptcycleConfig, load_config
-from promptcycle.datasets.cases import Case
+from promptcycle.datasets.cases import Case, cluster_of
 from promptcycle.datasets.loaders import dataset_hash, limit_cases, load_cases
 from promptcycle.datasets.splits import assign_splits
 from promptcycle.errors import ConfigError
@@ -128,12 +128,25 @@ def load_pipeline(config_path: str | Path, pipeline: str, *, limit: int | None =
     splits = assign_splits(all_cases, pipe.dataset.splits, recorded=recorded)
     configured = set(pipe.dataset.spectrums)
     cases = limit_cases([c for c in all_cases if c.spectrum in configured], limit)
+    _check_cluster_field(path, pipeline, pipe.optimization.cluster_field, cases)
     ctx = PipelineContext(config=config, name=pipeline, pipeline=pipe, all_cases=all_cases, cases=cases,
                           splits=splits, dataset_key=dataset_key, dataset_hash=dataset_hash(all_cases),
                           store_path=store_path)
     with _lock:
         _cache[key] = ctx
     return ctx
+
+
+def _check_cluster_field(path: Path, pipeline: str, field: str | None, cases: list[Case]) -> None:
+    """`optimization.cluster_field` must name a value every case has: fail before any model call."""
+    if field is None:
+        return
+    missing = [c.id for c in cases if cluster_of(c, field) is None]
+    if missing:
+        raise ConfigError(f"{len(missing)} of {len(cases)} cases have no {field!r} to cluster by (first: case "
+                          f"{missing[0]!r}); add it to the dataset or remove the setting",
+                          file=str(path), path=f"pipelines.{pipeline}.optimization.cluster_field", found=field,
+                          expected="a field every case has")
 
 
 def fingerprint(ctx: PipelineContext, *, kind: str, repeats: int, limit: int | None, prompt_hash: str) -> str:

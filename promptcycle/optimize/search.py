@@ -14,7 +14,12 @@ the kind, the prompt hash and the scope, so a re-run resumes it.
 with the current prompt's answer to the same case, by the same model, on the same repeat. A
 terminal error scores 0 (an answer that never came is a failed answer, as in every quality figure
 of promptcycle); an observation missing from either arm is left out of both. The statistics
-cluster by case: models and repeats of one case are averaged before the paired test.
+average models and repeats within each case, then sum cases within their cluster (the case, or
+`optimization.cluster_field`) before the paired test.
+
+**Error budget**: each confirmation against the pipeline's current prompt spends its share of
+`optimization.alpha` (`promptcycle.stats.spending`); `confirmation_index` counts the earlier ones
+from the stored confirmation decisions, which are the ledger.
 
 The **outcome** of an optimization is one of
 
@@ -37,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from promptcycle.config import Thresholds
-from promptcycle.datasets.cases import Case
+from promptcycle.datasets.cases import Case, cluster_of
 from promptcycle.optimize.budget import BudgetEstimate
 from promptcycle.promptdiff import diff_markdown, prompt_markdown
 
@@ -47,7 +52,8 @@ if TYPE_CHECKING:
 __all__ = ["SCREEN", "CONFIRM", "OUTCOMES", "Arm", "candidate_key", "evaluation_run_id", "CandidateRow", "arm_quality",
            "rank_candidates", "PairedObservations", "pair_observations", "decide_outcome",
            "OptimizationSummary", "candidates_table", "confirmation_markdown", "ArmCheck", "ScopeConfirmation",
-           "diagnose_stored_run", "check_stored_arms", "confirm_stored_arms"]
+           "diagnose_stored_run", "check_stored_arms", "ErrorControl", "case_clusters", "confirmation_index",
+           "confirm_stored_arms"]
 
 SCREEN, CONFIRM = "screen", "confirm"
 OUTCOMES = ("candidate_found", "no_significant_improvement", "underpowered", "budget_exhausted")
@@ -151,6 +157,7 @@ class PairedObservations(BaseModel):
     baseline: list[float]
     case_ids: list[str]
     spectrums: list[str]
+    clusters: list[str] | None = None  # each observation's cluster (None: the case)
     models: list[str]
     dropped: int = 0  # (model, case, repeat) keys missing from some arm, left out of all
 
@@ -167,11 +174,12 @@ def _scores(frame: pd.DataFrame) -> pd.Series:
 
 
 def pair_observations(frame: pd.DataFrame, current_run_id: str, candidate_runs: Mapping[str, str], *,
-                      models: Sequence[str]) -> PairedObservations:
+                      models: Sequence[str], clusters: Mapping[str, str] | None = None) -> PairedObservations:
     """Align the current prompt's and each candidate's observations by (model, case, repeat).
 
     `frame` holds every arm's rows (`MetricsStore.results_frame_many`); `candidate_runs` maps a
-    candidate's name (its hash) to its arm's run id; only `models` are compared.
+    candidate's name (its hash) to its arm's run id; only `models` are compared. `clusters` maps a
+    case id to its cluster (`optimization.cluster_field`); None: every case is its own.
     """
     frame = frame[frame["model"].isin(list(models))]
     current = frame[frame["run_id"] == current_run_id]
@@ -186,6 +194,7 @@ def pair_observations(frame: pd.DataFrame, current_run_id: str, candidate_runs: 
         candidates={name: scores.loc[keys].astype(float).tolist() for name, scores in arms.items()},
         baseline=base.loc[keys].astype(float).tolist(),
         case_ids=[str(case) for _, case, _ in keys], spectrums=[str(spectrum_of[case]) for _, case, _ in keys],
+        clusters=None if clusters is None else [str(clusters[str(case)]) for _, case, _ in keys],
         models=list(models), dropped=len(union) - len(keys))
 
 
@@ -249,6 +258,9 @@ class OptimizationSummary(BaseModel):
     repeats: float | None = None
     n_models: int | None = None
     test: str | None = None
+    cluster_unit: str | None = None
+    n_clusters: int | None = None
+    error_budget: dict[str, Any] = {}
     mde: float | None = None
     underpowered: bool | None = None
     min_effect: float
@@ -270,6 +282,8 @@ class OptimizationSummary(BaseModel):
         for name in ("decision", "effect", "ci_low", "ci_high", "ci_level", "p_value", "adjusted_p_value",
                      "n_cases", "n_observations", "repeats", "test", "mde", "underpowered"):
             setattr(self, name, data[name])
+        self.cluster_unit, self.n_clusters = data.get("cluster_unit"), data.get("n_clusters")
+        self.error_budget = dict(data.get("error_budget") or {})
         self.per_spectrum = data["per_spectrum"]
 
 
@@ -352,27 +366,68 @@ class ScopeConfirmation(BaseModel):
     results: dict[str, dict[str, Any]]  # candidate hash -> ConfirmationResult.to_dict()
 
 
+class ErrorControl(BaseModel):
+    """Where a confirmation sits in its pipeline's error budget (`promptcycle.stats.spending`)."""
+
+    pipeline: str
+    baseline_hash: str  # the current prompt the candidates are confirmed against
+    run_id: str  # this optimization run
+    scheme: str = "spending"  # or 'per_confirmation'
+    first_share: float = 0.8
+
+
+def case_clusters(cases: Sequence[Case], field: str | None) -> dict[str, str] | None:
+    """Case id -> cluster for the confirmation test (`optimization.cluster_field`); None: by case.
+    A case without a value is its own cluster (the pipeline's loader refuses such datasets first)."""
+    if field is None:
+        return None
+    return {c.id: cluster_of(c, field) or f"case:{c.id}" for c in cases}
+
+
+def confirmation_index(store: Any, control: ErrorControl) -> int:
+    """1 + the number of other optimization runs whose confirmation was decided against the same current
+    prompt of the pipeline (read from the stored decisions: the error-budget ledger). A resumed run keeps
+    its own place; a run stopped by the budget before deciding spent nothing."""
+    earlier = {d.run_id for d in store.decisions(pipeline=control.pipeline, kind="confirmation")
+               if d.baseline_hash == control.baseline_hash and d.run_id != control.run_id
+               and d.decision != "budget_exhausted"}
+    return len(earlier) + 1
+
+
 def confirm_stored_arms(store_path: str, current_run_id: str,
                         groups: Sequence[tuple[str | None, Sequence[str], Mapping[str, str]]], *,
                         scorers: Sequence[str], min_effect: float, alpha: float,
-                        spectrum_margin: float) -> list[ScopeConfirmation]:
+                        spectrum_margin: float, spectrum_alpha: float = 0.06,
+                        clusters: Mapping[str, str] | None = None, cluster_unit: str = "case",
+                        control: ErrorControl | None = None) -> list[ScopeConfirmation]:
     """The paired test of each group's candidates against the current prompt's arm.
 
     A group is (scope, models, {candidate hash: arm run id}). Within a group the candidates share the
     current prompt's observations and are Holm-corrected together; several groups (per-model
-    prompts) split `alpha` evenly (Bonferroni), so the family-wise error stays at most `alpha`.
+    prompts) split the level evenly (Bonferroni). The level is `alpha` itself without `control`; with it,
+    this confirmation's share of the pipeline's error budget against its current prompt, recorded with
+    every result (`error_budget`). `clusters` maps case ids to clusters named `cluster_unit`.
     """
     from promptcycle.stats.paired import confirm_candidates
+    from promptcycle.stats.spending import error_budget
 
     store = _open(store_path)
     run_ids = [current_run_id] + [r for _, _, runs in groups for r in runs.values()]
     frame = store.results_frame_many(run_ids, scorers=list(scorers))
-    level = alpha / max(1, len(groups))
+    if control is None:
+        budget = error_budget(alpha, 1, scheme="per_confirmation")
+    else:
+        budget = error_budget(alpha, confirmation_index(store, control), control.first_share, scheme=control.scheme)
+        budget |= {"current_prompt": control.baseline_hash}
+    level = float(budget["level"]) / max(1, len(groups))
+    budget |= {"scopes": len(groups), "level_per_scope": level}
     out = []
     for scope, models, runs in groups:
-        paired = pair_observations(frame, current_run_id, runs, models=models)
+        paired = pair_observations(frame, current_run_id, runs, models=models, clusters=clusters)
         decided = confirm_candidates(paired.candidates, paired.baseline, paired.case_ids, spectrums=paired.spectrums,
-                                     min_effect=min_effect, alpha=level, spectrum_margin=spectrum_margin)
+                                     clusters=paired.clusters, cluster_unit=cluster_unit, min_effect=min_effect,
+                                     alpha=level, spectrum_margin=spectrum_margin, spectrum_alpha=spectrum_alpha,
+                                     error_budget=budget)
         out.append(ScopeConfirmation(
             scope=scope, models=list(models), dropped=paired.dropped,
             current_quality=round(100 * sum(paired.baseline) / len(paired.baseline), 2),
@@ -407,6 +462,16 @@ def _run_link(run_id: str, flow_run_id: str | None, url_of: Callable[[str], str 
     return f"[`{run_id}`]({url})" if url else f"`{run_id}`" + (f" (flow run `{flow_run_id}`)" if flow_run_id else "")
 
 
+def _budget_line(budget: Mapping[str, Any]) -> str:
+    if not budget:
+        return "—"
+    if budget.get("scheme") != "spending":
+        return f"level {budget.get('level')} per confirmation (no control across cycles)"
+    return (f"confirmation #{budget['index']} against the current prompt: level {budget['level_per_scope']:.4g} "
+            f"spent, {budget['spent_before']:.4g} before, {budget['remaining_after']:.4g} of alpha "
+            f"{budget['alpha']:g} left")
+
+
 def confirmation_markdown(s: OptimizationSummary, url_of: Callable[[str], str | None] | None = None) -> str:
     """The confirmation artifact: the outcome, the runs it describes (linked to their flow runs when
     `url_of(flow_run_id)` gives a URL), the evidence, per-spectrum deltas, spend vs budget, and the
@@ -427,17 +492,18 @@ def confirmation_markdown(s: OptimizationSummary, url_of: Callable[[str], str | 
                   f"| {level} CI (points) | {_points(s.ci_low)} to {_points(s.ci_high)} |",
                   f"| p-value (one-sided; Holm-adjusted) | {s.p_value:.3g}; {s.adjusted_p_value:.3g} |",
                   f"| cases (N) · observations · per case | {s.n_cases} · {s.n_observations} · {s.repeats:g} |",
-                  f"| test | {s.test} |",
-                  f"| MDE at this N (points) | {_points(s.mde, signed=False)}"
+                  f"| test · clustered by | {s.test} · {s.cluster_unit or 'case'} ({s.n_clusters} clusters) |",
+                  f"| MDE of the rule at this N and level (points) | {_points(s.mde, signed=False)}"
                   + (" — underpowered for the minimum effect" if s.underpowered else "") + " |",
                   f"| minimum effect · alpha | {_points(s.min_effect, signed=False)} · {s.alpha:g} |",
+                  f"| error budget | {_budget_line(s.error_budget)} |",
                   f"| test quality current → candidate | {s.current_test_quality} → {s.candidate_test_quality} |",
                   ""]
     if s.per_spectrum:
-        lines += ["| spectrum | Δ (points) | lower bound | cases | non-inferior |", "|---|---:|---:|---:|---|"]
+        lines += ["| spectrum | Δ (points) | harm test upper bound | cases | harmed |", "|---|---:|---:|---:|---|"]
         for sp in s.per_spectrum:
-            lines.append(f"| {sp['spectrum']} | {_points(sp['delta'])} | {_points(sp['ci_low'])} | "
-                         f"{sp['n_cases']} | {'yes' if sp['non_inferior'] else '**no**'} |")
+            lines.append(f"| {sp['spectrum']} | {_points(sp['delta'])} | {_points(sp.get('upper_bound'))} | "
+                         f"{sp['n_cases']} | {'**yes**' if sp.get('harmed') else 'no'} |")
         lines.append("")
     lines.append(_spend_line(s))
     if s.candidate_hash and s.candidate_template is not None:

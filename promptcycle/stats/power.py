@@ -12,17 +12,22 @@ optimistic below ~30 cases):
 
 `sd` is the standard deviation of the per-case differences *after* averaging repeats within each case: more
 repeats shrink only its repeat-noise part, more cases shrink the standard error itself.
+
+These describe the t-test alone. `RuleDesign` describes the whole decision rule of `promptcycle.stats.paired`
+(level, Holm, min_effect, clusters and the spectrum harm guard): its `mde()` is what a confirmation reports and
+what `underpowered` is judged by; bench/gate_error_rates.py checks it against simulated power.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from scipy import optimize, stats
 
-__all__ = ["compute_mde", "compute_power", "compute_required_cases", "noncentrality_for_power"]
+__all__ = ["compute_mde", "compute_power", "compute_required_cases", "noncentrality_for_power", "RuleDesign"]
 
 
 def _check_levels(alpha: float, power: float | None = None) -> None:
@@ -98,3 +103,91 @@ def compute_required_cases(effect: float, sd: float, *, alpha: float = 0.05, pow
     while compute_power(effect, sd, n, alpha=alpha) < power:
         n += 1
     return n
+
+
+# ----------------------------------------------------------------------------- the whole decision rule --
+@dataclass(frozen=True)
+class RuleDesign:
+    """The decision rule of `promptcycle.stats.paired` as a design: what it detects, not only what the t-test does.
+
+    A uniform true improvement `effect` is promoted when (1) the one-sided test on cluster totals is significant
+    at `level` (the confirmation's share of the error budget, divided by the candidates compared), (2) the
+    estimate reaches `min_effect` and (3) no spectrum's harm test fires. `power(effect)` multiplies the
+    probability of (1)-and-(2) (noncentral t on `n_clusters - 1` degrees of freedom) with the probability that
+    no spectrum is falsely found harmed (noncentral t per spectrum, pooled SD, `spectrum_df` degrees of freedom);
+    the correlation between the two is small and ignored. bench/gate_error_rates.py checks the MDE this gives
+    against simulated power of the rule (within 10%).
+
+    `sd` is the per-case-equivalent SD of the overall estimate (standard error x sqrt(n_cases)); `spectrum_sd`
+    the pooled per-case SD within spectrums.
+    """
+
+    sd: float
+    n_cases: int
+    n_clusters: int
+    level: float
+    min_effect: float = 0.0
+    spectrum_sizes: tuple[int, ...] = ()
+    spectrum_sd: float = float("nan")
+    spectrum_df: int = 1
+    spectrum_margin: float = 0.0
+    spectrum_alpha: float = 0.06
+
+    def scaled(self, n_cases: int) -> "RuleDesign":
+        """The same design with `n_cases` cases: clusters and spectrum sizes grow in proportion."""
+        ratio = n_cases / self.n_cases
+        sizes = tuple(max(1, round(s * ratio)) for s in self.spectrum_sizes)
+        clusters = max(2, round(self.n_clusters * ratio))
+        return RuleDesign(self.sd, n_cases, clusters, self.level, self.min_effect, sizes, self.spectrum_sd,
+                          max(1, round(self.spectrum_df * ratio)), self.spectrum_margin, self.spectrum_alpha)
+
+    def power(self, effect: float | np.ndarray) -> float | np.ndarray:
+        """Probability that the rule promotes a candidate whose true gain on every case is `effect`."""
+        effect = np.asarray(effect, dtype=float)
+        df = max(self.n_clusters - 1, 1)
+        if not self.sd > 0.0:
+            overall = (effect >= self.min_effect) & (effect > 0.0)
+            overall = overall.astype(float)
+        else:
+            se = self.sd / math.sqrt(self.n_cases)
+            threshold = max(float(stats.t.ppf(1.0 - self.level, df)), self.min_effect / se)
+            overall = stats.nct.sf(threshold, df, effect / se)
+        kept = np.ones_like(effect)
+        if self.spectrum_sizes and self.spectrum_sd > 0.0:
+            critical = float(stats.t.ppf(self.spectrum_alpha, self.spectrum_df))
+            for size in self.spectrum_sizes:
+                se_s = self.spectrum_sd / math.sqrt(size)
+                kept = kept * stats.nct.sf(critical, self.spectrum_df, (effect + self.spectrum_margin) / se_s)
+        out = overall * kept
+        return float(out) if out.ndim == 0 else out
+
+    def mde(self, power: float = 0.8) -> float:
+        """The smallest uniform gain the rule promotes with probability `power` (inf if none below 1)."""
+        if not alpha_ok(self.level) or not self.level < power < 1.0:
+            raise ValueError(f"need 0 < level < 0.5 and level < power < 1, got {self.level}, {power}")
+        if not self.sd > 0.0:  # no spread: any gain reaching min_effect is certain to show
+            return self.min_effect
+        if self.power(1.0) < power:
+            return float("inf")
+        return float(optimize.brentq(lambda e: self.power(e) - power, 0.0, 1.0, xtol=1e-7))
+
+    def required_cases(self, effect: float, power: float = 0.8, max_cases: int = 1_000_000) -> int:
+        """About how many cases (clusters and spectrums growing in proportion) detect `effect` with `power`."""
+        if effect <= 0.0:
+            raise ValueError(f"effect must be positive, got {effect!r}")
+        low, high = 2, max(self.n_cases, 2)
+        while self.scaled(high).power(effect) < power:
+            low, high = high, high * 2
+            if high > max_cases:
+                raise ValueError(f"more than {max_cases} cases needed to detect {effect}")
+        while high - low > 1:
+            mid = (low + high) // 2
+            if self.scaled(mid).power(effect) >= power:
+                high = mid
+            else:
+                low = mid
+        return high
+
+
+def alpha_ok(level: float) -> bool:
+    return 0.0 < level < 0.5
