@@ -11,7 +11,8 @@
     │   │   ├── ProviderTimeoutError
     │   │   ├── MalformedResponseError
     │   │   ├── ProviderConnectionError
-    │   │   └── CircuitOpenError   the provider's breaker is open
+    │   │   ├── CircuitOpenError   the provider's breaker is open
+    │   │   └── RetryCellError      most of a cell failed retryably: retry the cell (non-final attempts only)
     │   └── FatalProviderError      not worth retrying (auth, bad request, unknown model)
     │       ├── ResponseTooLargeError   the answer's body exceeded the provider's max_response_bytes
     │       └── ProviderCheckError      a provider or model failed the check made before any paid call
@@ -24,7 +25,13 @@
     ├── DeploymentError             a deployment cannot go ahead as asked
     ├── DeploymentConflictError     another deployment of the pipeline is under way
     ├── TargetError                 a deployment target could not be written or restored
-    └── ServingError                no prompt can be served, or an outcome cannot be recorded
+    ├── ServingError                no prompt can be served, or an outcome cannot be recorded
+    └── LocalServerError            Prefect's local server could not be started
+
+Lookups of a name keep the builtin bases callers catch them by:
+
+    KeyError    └── UnknownNameError        a name is not in a registry (the message lists the known names)
+    LookupError └── UnknownSimModelError    a model name is not one of the simulator's models
 
 `is_retryable(exc)` is the single predicate that the client's retry loop and Prefect's
 `retry_condition_fn` both use.
@@ -45,6 +52,7 @@ __all__ = [
     "MalformedResponseError",
     "ProviderConnectionError",
     "CircuitOpenError",
+    "RetryCellError",
     "FatalProviderError",
     "ResponseTooLargeError",
     "ProviderCheckError",
@@ -58,6 +66,9 @@ __all__ = [
     "DeploymentConflictError",
     "TargetError",
     "ServingError",
+    "LocalServerError",
+    "UnknownNameError",
+    "UnknownSimModelError",
     "is_retryable",
 ]
 
@@ -145,6 +156,13 @@ class CircuitOpenError(RetryableProviderError):
     """The provider's circuit breaker is open; `retry_after` is the time until it half-opens."""
 
 
+class RetryCellError(RetryableProviderError):
+    """Most of a cell failed with retryable provider errors: retry the cell later.
+
+    Raised only on non-final attempts; what succeeded is already stored.
+    """
+
+
 class FatalProviderError(ProviderError):
     """A provider failure that retrying will not fix (401, 403, 400, 404 …)."""
 
@@ -206,6 +224,25 @@ class TargetError(PromptcycleError):
 
 class ServingError(PromptcycleError):
     """No prompt can be served (nothing deployed, no store), or an outcome cannot be recorded."""
+
+
+class LocalServerError(PromptcycleError):
+    """Prefect's local server could not be started."""
+
+
+class UnknownNameError(KeyError):
+    """A name is not registered; the message lists the known names."""
+
+    def __init__(self, kind: str, name: str, known: list[str]):
+        self.kind, self.name, self.known = kind, name, known
+        super().__init__(f"unknown {kind} {name!r}; known: {', '.join(known) or '(none)'}")
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want the sentence
+        return self.args[0]
+
+
+class UnknownSimModelError(LookupError):
+    """The model name is not one of SIM_MODELS."""
 
 
 def is_retryable(exc: BaseException) -> bool:

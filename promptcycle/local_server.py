@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from promptcycle.errors import PromptcycleError
+from promptcycle.errors import LocalServerError, PromptcycleError
 
 __all__ = ["FLOW_COMMANDS", "serving", "ready", "state_path", "DEFAULT_IDLE_SECONDS"]
 
@@ -48,10 +48,6 @@ STATE_FILE = "promptcycle-server.json"
 LOCK_FILE = "promptcycle-server.lock"
 LOG_FILE = "promptcycle-server.log"
 _MODULE = "promptcycle.local_server"
-
-
-class LocalServerError(PromptcycleError):
-    """Prefect's local server could not be started."""
 
 
 # -- the command's side -------------------------------------------------------------------------------------------

@@ -5,20 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from promptcycle.errors import UnknownNameError
+
 __all__ = ["Registry", "UnknownNameError"]
 
 T = TypeVar("T")
-
-
-class UnknownNameError(KeyError):
-    """A name is not registered; the message lists the known names."""
-
-    def __init__(self, kind: str, name: str, known: list[str]):
-        self.kind, self.name, self.known = kind, name, known
-        super().__init__(f"unknown {kind} {name!r}; known: {', '.join(known) or '(none)'}")
-
-    def __str__(self) -> str:  # KeyError quotes its argument; we want the sentence
-        return self.args[0]
 
 
 class Registry(Generic[T]):

@@ -27,7 +27,12 @@ from typing import TYPE_CHECKING
 
 from promptcycle.config import ModelConfig
 from promptcycle.datasets.cases import Case
-from promptcycle.errors import BudgetExceededError, ProviderError, RetryableProviderError, is_retryable
+from promptcycle.errors import (
+    BudgetExceededError,
+    ProviderError,
+    RetryCellError,
+    is_retryable,
+)
 from promptcycle.evaluation import progress
 from promptcycle.evaluation.runio import run_io
 from promptcycle.prompts import PromptTemplate
@@ -87,13 +92,6 @@ class CellOutcome:
     deferred: int = 0  # retryable failures left for the next task attempt
     stopped: int = 0  # not called because the budget ran out (nothing recorded for them)
     error_messages: list[str] = field(default_factory=list)
-
-
-class RetryCellError(RetryableProviderError):
-    """Most of a cell failed with retryable provider errors: retry the cell later.
-
-    Raised only on non-final attempts; what succeeded is already stored.
-    """
 
 
 def _now() -> datetime:

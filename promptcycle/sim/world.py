@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 
+from promptcycle.errors import UnknownSimModelError
 from promptcycle.sim.answer import compose_answer
 from promptcycle.sim.judge import judge_answer
 from promptcycle.sim.optimizer import is_optimizer_request, rewrite_prompt
@@ -71,10 +72,6 @@ class SimModelSpec:
     input_cost_per_mtok: float = 0.0
     output_cost_per_mtok: float = 0.0
     description: str = ""
-
-
-class UnknownSimModelError(LookupError):
-    """The model name is not one of SIM_MODELS."""
 
 
 def _skills(*values: float) -> dict[str, float]:

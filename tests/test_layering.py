@@ -1,0 +1,58 @@
+"""The layering rule: domain code in promptcycle/ never imports Prefect or the orchestration packages."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOMAIN = ROOT / "promptcycle"
+FORBIDDEN = ("prefect", "flows", "tasks", "blocks")
+
+# The command line still lives in the domain package; it moves out (with these lines) to its own package.
+CLI_MODULES = {"promptcycle/cli.py", "promptcycle/local_server.py", "promptcycle/commands/deploy.py",
+               "promptcycle/commands/optimize.py"}
+
+
+def forbidden_imports(source: str) -> list[str]:
+    """Every absolute import of a forbidden top-level package in `source`, at any depth (functions included)."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found += [name for name in names if name.split(".")[0] in FORBIDDEN]
+    return found
+
+
+def domain_modules() -> list[Path]:
+    return sorted(p for p in DOMAIN.rglob("*.py") if p.relative_to(ROOT).as_posix() not in CLI_MODULES)
+
+
+def test_the_scan_sees_imports_inside_functions_and_from_imports():
+    source = ("import json\nfrom promptcycle import errors\n"
+              "def run():\n    from prefect import flow\n    import flows.baseline as b\n"
+              "class C:\n    def m(self):\n        from tasks.runs import x\n        import blocks\n")
+    assert forbidden_imports(source) == ["prefect", "flows.baseline", "tasks.runs", "blocks"]
+    assert forbidden_imports("from . import tasks\nimport prefectlike\nfrom flowsy import f\n") == []
+
+
+def test_the_scan_covers_the_whole_domain_package():
+    modules = {p.relative_to(ROOT).as_posix() for p in domain_modules()}
+    assert "promptcycle/store/metrics.py" in modules and "promptcycle/optimize/search.py" in modules
+    assert len(modules) > 50
+
+
+def test_the_exempt_cli_modules_are_exactly_those_that_still_import_orchestration():
+    for name in CLI_MODULES:
+        assert forbidden_imports((ROOT / name).read_text(encoding="utf-8")), name
+
+
+@pytest.mark.parametrize("path", domain_modules(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_domain_code_imports_no_prefect_flows_tasks_or_blocks(path: Path):
+    assert forbidden_imports(path.read_text(encoding="utf-8")) == []
