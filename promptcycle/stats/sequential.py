@@ -50,6 +50,12 @@ fixed-size one-sided test. The price is the plug-in variance: validity is asympt
 simulation for pass/fail, graded and skewed scores, 10%/50% splits, the 10 -> 50% schedule, looks after every
 request, and a drifting traffic mix (bench/canary_error_rates.py).
 
+The approximation reserve: under near-continuous monitoring (a look after every request) the boundary spends its
+budget almost exactly, so any error of the normal approximation would show. The promotion boundary is therefore
+built for 0.8 alpha; the remaining 0.2 alpha is kept for the approximation (plug-in variance, skewed scores in a
+small arm — for which the boundary is also raised by a Cornish–Fisher skewness term, see `compute_bounds`). The
+evidence reports the budget spent against the 0.8 alpha the boundary actually uses.
+
 Why alpha_harm (default 0.15) is larger than alpha: rolling back a candidate that is merely no better costs only
 time, while promoting a worse one costs users. A looser harm boundary rolls a 3-point-worse candidate back, for
 harm, before the horizon in >= 95% of canaries without lengthening the horizon.
@@ -101,10 +107,14 @@ __all__ = [
     "SequentialBounds",
     "boundary_power",
     "plan_canary",
+    "pairs_for",
     "requests_for",
     "compute_bounds",
     "classify_bounds",
     "spent_alpha",
+    "critical_value",
+    "history_variance",
+    "paired_skewness",
     "stratified_statistics",
     "sequential_exceedance",
     "decide_canary",
@@ -118,6 +128,7 @@ TEST_NAME = ("stratified two-sample z-test (strata: split steps; pooled variance
 SHADOW_TEST_NAME = ("paired z-test on shadow differences (same request, both prompts), constant boundary in "
                     "information time (O'Brien-Fleming spending, continuous-monitoring limit)")
 SIEGMUND = 0.5826  # the boundary shift that makes discrete looks match continuous monitoring
+RESERVE = 0.2  # share of the promotion error budget kept back for the normal approximation (see below)
 
 
 class LookOutcome(IntEnum):
@@ -130,15 +141,24 @@ class LookOutcome(IntEnum):
     GUARDRAIL = 4  # roll back: a guardrail's test shows its limit is exceeded
 
 
-def _critical(alpha: float) -> float:
+def critical_value(alpha: float) -> float:
     """The constant boundary whose continuous-monitoring one-sided crossing probability is `alpha`."""
     return float(ndtri(1.0 - alpha / 2.0))
+
+
+def _promotion_critical(alpha: float) -> float:
+    """The promotion boundary: built for (1 - RESERVE) * alpha under continuous monitoring."""
+    return critical_value((1.0 - RESERVE) * alpha)
 
 
 def spent_alpha(alpha: float, fraction: Any) -> Any:
     """Error budget spent by information fraction `fraction`: 2 (1 - Phi(c / sqrt(t))) (Lan–DeMets O'Brien–Fleming)."""
     t = np.clip(np.asarray(fraction, dtype=float), 1e-12, 1.0)
-    return 2.0 * ndtr(-_critical(alpha) / np.sqrt(t))
+    return 2.0 * ndtr(-critical_value(alpha) / np.sqrt(t))
+
+
+def _spent_promotion(alpha: float, fraction: Any) -> Any:
+    return spent_alpha((1.0 - RESERVE) * alpha, fraction)
 
 
 def boundary_power(drift: float, critical: float) -> float:
@@ -179,6 +199,17 @@ def requests_for(horizon: float, schedule: Sequence[float], step_min_requests: i
             "control": float(np.ceil(total - treatment))}
 
 
+def pairs_for(requests: float, schedule: Sequence[float], step_min_requests: int) -> float:
+    """Effective pairs that `requests` requests reach along a split schedule (the inverse of `requests_for`)."""
+    steps = [float(p) / 100.0 for p in schedule if float(p) < 100.0]
+    pairs, remaining = 0.0, float(requests)
+    for i, p in enumerate(steps):
+        n = remaining if i == len(steps) - 1 else min(step_min_requests / p, remaining)
+        pairs += n * p * (1.0 - p)
+        remaining -= n
+    return pairs
+
+
 @dataclass(frozen=True)
 class CanaryPlan:
     """The canary's design, stated before it starts: the horizon that gives `power` at `min_effect`."""
@@ -215,12 +246,13 @@ class CanaryPlan:
 def plan_canary(variance: float, *, min_effect: float, alpha: float = 0.05, alpha_harm: float = 0.15,
                 power: float = 0.9, harm_power: float = 0.95, schedule: Sequence[float] = (10.0, 50.0, 100.0),
                 step_min_requests: int = 50, look_size: int = 200, variance_source: str = "given",
-                mode: str = "split") -> CanaryPlan:
+                mode: str = "split", max_requests: int | None = None) -> CanaryPlan:
     """The horizon (effective pairs) and requests that give `power` to promote a true gain of `min_effect`, and
     `harm_power` to roll back a loss of `min_effect` for harm, at the given score variance.
 
     Discrete looks every `look_size` requests cross less often than continuous monitoring; Siegmund's correction
     (boundary + 0.583 sqrt(look spacing / horizon)) accounts for it, so the stated power holds at that spacing.
+    With `max_requests` the horizon is what that many requests reach instead, and `power` is the power it gives.
     """
     if not min_effect > 0:
         raise ValueError(f"min_effect must be > 0 to size the canary, got {min_effect!r}")
@@ -235,12 +267,20 @@ def plan_canary(variance: float, *, min_effect: float, alpha: float = 0.05, alph
     horizon = 1.0
     for _ in range(20):  # the correction depends on the horizon itself; a fixed point in a few rounds
         shift = SIEGMUND * np.sqrt(look_pairs / horizon)
-        drift = max(_drift_for(power, _critical(alpha) + shift), _drift_for(harm_power, _critical(alpha_harm) + shift))
+        drift = max(_drift_for(power, _promotion_critical(alpha) + shift), _drift_for(harm_power, critical_value(alpha_harm) + shift))
         new = float(np.ceil(drift**2 * variance / min_effect**2))
         if abs(new - horizon) < 1:
             break
         horizon = new
     horizon = new
+    if max_requests is not None:
+        horizon = float(max_requests) if mode == "shadow" else pairs_for(max_requests, schedule, step_min_requests)
+        if horizon <= 0:
+            raise ValueError(f"max_requests {max_requests} reaches no information along the schedule")
+        shift = SIEGMUND * np.sqrt(look_pairs / horizon)
+        drift = float(np.sqrt(horizon) * min_effect / np.sqrt(variance))
+        power = boundary_power(drift, _promotion_critical(alpha) + shift)
+        harm_power = boundary_power(drift, critical_value(alpha_harm) + shift)
     if mode == "shadow":
         counts = {"requests": horizon, "treatment": horizon, "control": horizon}
         test = SHADOW_TEST_NAME
@@ -279,24 +319,32 @@ class SequentialBounds:
 
 
 def compute_bounds(effect, variance, n_effective, horizon, *, alpha: float = 0.05, alpha_harm: float = 0.15,
-                   var_floor: float = DEFAULT_VAR_FLOOR) -> SequentialBounds:
+                   var_floor: float = DEFAULT_VAR_FLOOR, skewness=0.0) -> SequentialBounds:
     """Boundary statistics for looks given the (stratified) effect, the pooled per-request variance and the
-    effective pairs so far; all numpy-broadcastable. `horizon` is the plan's effective pairs."""
+    effective pairs so far; all numpy-broadcastable. `horizon` is the plan's effective pairs.
+
+    `skewness` is that of the effect estimate (`stratified_statistics`); when positive — a small arm of right-skewed
+    scores, whose mean has a heavy upper tail — the promotion boundary is raised by the Cornish–Fisher term
+    skewness / 6 * (z_b^2 - 1) at the look's boundary z_b = c / sqrt(t). It is never lowered.
+    """
     n_eff = np.maximum(np.asarray(n_effective, dtype=float), 1e-12)
     sd = np.sqrt(np.maximum(np.asarray(variance, dtype=float), var_floor))
     effect = np.asarray(effect, dtype=float)
     horizon = np.asarray(horizon, dtype=float)
     fraction = np.minimum(1.0, n_eff / horizon)
     z = effect * np.sqrt(n_eff) / sd
+    c, c_h = _promotion_critical(alpha), critical_value(alpha_harm)
+    gamma = np.maximum(np.nan_to_num(np.asarray(skewness, dtype=float)), 0.0)
+    shift = np.sqrt(fraction) * gamma / 6.0 * np.maximum(c**2 / fraction - 1.0, 0.0)  # in z sqrt(t) units
     scaled = z * np.sqrt(fraction)
-    c, c_h = _critical(alpha), _critical(alpha_harm)
+    improvement = scaled - shift
     # half-widths: c / sqrt(t) standard errors
     width = sd / np.sqrt(n_eff) / np.sqrt(fraction)
     return SequentialBounds(
         effect=effect, std_error=sd / np.sqrt(n_eff), sd=sd, n_effective=n_eff,
-        lower=effect - c * width, upper=effect + c_h * width, information_fraction=fraction,
-        z_improvement=scaled, z_harm=-scaled,
-        p_improvement=np.minimum(1.0, 2.0 * ndtr(-scaled)), p_harm=np.minimum(1.0, 2.0 * ndtr(scaled)),
+        lower=effect - (c + shift) * width, upper=effect + c_h * width, information_fraction=fraction,
+        z_improvement=improvement, z_harm=-scaled,
+        p_improvement=np.minimum(1.0, 2.0 * ndtr(-improvement)), p_harm=np.minimum(1.0, 2.0 * ndtr(scaled)),
         critical=c, critical_harm=c_h)
 
 
@@ -451,43 +499,87 @@ def _prepare_arm(arm: str, scores: Sequence[float], ids: Sequence[str] | None, e
     return _Arm(scores=values, strata=st, errors=err, latencies=lat, duplicates=duplicates)
 
 
-def stratified_statistics(n_control, sum_control, sumsq_control, n_treatment, sum_treatment, sumsq_treatment):
-    """(effect, pooled within-group variance, effective pairs) from per-stratum sums over the last axis.
+def stratified_statistics(n_control, sum_control, sumsq_control, n_treatment, sum_treatment, sumsq_treatment,
+                          sumcube_control=None, sumcube_treatment=None):
+    """(effect, pooled within-group variance, effective pairs, skewness of the effect) from per-stratum sums over
+    the last axis.
 
-    Each argument is an array (..., strata) of counts, sums and sums of squares; strata where an arm is empty add
-    no information (but their scores still inform the pooled variance). Variance is NaN without a degree of
-    freedom; effect is NaN without a stratum holding both arms.
+    Each argument is an array (..., strata) of counts, sums, sums of squares (and, for the skewness, sums of
+    cubes); strata where an arm is empty add no information (their scores still inform the pooled moments).
+    Variance is NaN without a degree of freedom; effect is NaN without a stratum holding both arms; skewness is 0
+    without the cubes.
     """
     nc, sc, qc = (np.asarray(x, dtype=float) for x in (n_control, sum_control, sumsq_control))
     nt, st, qt = (np.asarray(x, dtype=float) for x in (n_treatment, sum_treatment, sumsq_treatment))
     both = (nc > 0) & (nt > 0)
     w = np.where(both, nc * nt / np.maximum(nc + nt, 1.0), 0.0)
     n_eff = w.sum(axis=-1)
-    diff = np.where(both, st / np.maximum(nt, 1.0) - sc / np.maximum(nc, 1.0), 0.0)
+    mc, mt = sc / np.maximum(nc, 1.0), st / np.maximum(nt, 1.0)
+    diff = np.where(both, mt - mc, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         effect = np.where(n_eff > 0, (w * diff).sum(axis=-1) / np.maximum(n_eff, 1e-300), np.nan)
-        ss = (qc - sc**2 / np.maximum(nc, 1.0)).sum(axis=-1) + (qt - st**2 / np.maximum(nt, 1.0)).sum(axis=-1)
+        ss = (qc - sc * mc).sum(axis=-1) + (qt - st * mt).sum(axis=-1)
         dof = nc.sum(axis=-1) + nt.sum(axis=-1) - (nc > 0).sum(axis=-1) - (nt > 0).sum(axis=-1)
         variance = np.where(dof > 0, np.maximum(ss, 0.0) / np.maximum(dof, 1), np.nan)
-    return effect, variance, n_eff
+        skewness = np.zeros_like(n_eff)
+        if sumcube_control is not None and sumcube_treatment is not None:
+            cc, ct = np.asarray(sumcube_control, dtype=float), np.asarray(sumcube_treatment, dtype=float)
+            # pooled third central moment: sum over groups of sum (x - m)^3 = q3 - 3 m q2 + 2 n m^3
+            m3 = ((cc - 3 * mc * qc + 2 * nc * mc**3).sum(axis=-1)
+                  + (ct - 3 * mt * qt + 2 * nt * mt**3).sum(axis=-1)) / np.maximum(dof, 1)
+            share = w / np.maximum(n_eff[..., None], 1e-300)
+            k3 = (share**3 * np.where(both, 1.0 / np.maximum(nt, 1.0)**2 - 1.0 / np.maximum(nc, 1.0)**2, 0.0)
+                  ).sum(axis=-1) * m3
+            se = np.sqrt(np.maximum(variance, 1e-12) / np.maximum(n_eff, 1e-6))
+            skewness = np.where((n_eff > 0) & (dof > 0), k3 / se**3, 0.0)
+    return effect, variance, n_eff, skewness
+
+
+def paired_skewness(n, total, sumsq, sumcube):
+    """Skewness of a mean of `n` paired differences from their sum, sum of squares and sum of cubes."""
+    n = np.maximum(np.asarray(n, dtype=float), 2.0)
+    m = np.asarray(total, dtype=float) / n
+    var = np.maximum((np.asarray(sumsq, dtype=float) - n * m**2) / (n - 1), 1e-12)
+    m3 = (np.asarray(sumcube, dtype=float) - 3 * m * sumsq + 2 * n * m**3) / (n - 1)
+    return m3 / (var**1.5 * np.sqrt(n))
+
+
+def history_variance(scores: Sequence[float], *, confidence: float = 0.9,
+                     largest: float = MAX_VARIANCE) -> tuple[float, float]:
+    """(estimate, upper confidence bound) of the per-request score variance from production history.
+
+    The plan sizes the horizon on the upper bound (normal approximation with the sample's fourth moment), so a
+    history that happened to look calm does not leave the canary short of power. The bound is capped at `largest`
+    (0.25 for scores in [0, 1]; 1 for paired differences).
+    """
+    x = np.asarray(scores, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        raise ValueError("history variance needs at least 2 scores")
+    var = float(x.var(ddof=1))
+    m4 = float(((x - x.mean()) ** 4).mean())
+    se = np.sqrt(max(m4 - var**2, 0.0) / x.size)
+    return var, float(min(largest, var + float(ndtri(confidence)) * se))
 
 
 def _stratified(c_values: np.ndarray, c_strata: np.ndarray, t_values: np.ndarray, t_strata: np.ndarray,
-                strata: int) -> tuple[float | None, float | None, float]:
-    """(stratified effect, pooled within-group variance, effective pairs) of two arms' values."""
-    def sums(v: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                strata: int) -> tuple[float | None, float | None, float, float]:
+    """(stratified effect, pooled within-group variance, effective pairs, skewness) of two arms' values."""
+    def sums(v: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, ...]:
         return (np.bincount(s, minlength=strata).astype(float), np.bincount(s, v, minlength=strata),
-                np.bincount(s, v * v, minlength=strata))
+                np.bincount(s, v * v, minlength=strata), np.bincount(s, v**3, minlength=strata))
 
-    effect, variance, n_eff = stratified_statistics(*sums(c_values, c_strata), *sums(t_values, t_strata))
+    (nc, sc, qc, cc), (nt, st, qt, ct) = sums(c_values, c_strata), sums(t_values, t_strata)
+    effect, variance, n_eff, skew = stratified_statistics(nc, sc, qc, nt, st, qt, cc, ct)
     effect, variance = float(effect), float(variance)
-    return (None if np.isnan(effect) else effect, None if np.isnan(variance) else variance, float(n_eff))
+    return (None if np.isnan(effect) else effect, None if np.isnan(variance) else variance, float(n_eff),
+            float(skew))
 
 
 def _check_guardrails(g: Guardrails, control: _Arm, treatment: _Arm, strata: int,
                       plan: dict[str, Any]) -> list[GuardrailState]:
     states: list[GuardrailState] = []
-    c = _critical(g.alpha)
+    c = critical_value(g.alpha)
     horizon_pairs = float(plan.get("horizon") or 1.0)
     horizon_treatment = float(plan.get("treatment_requests") or horizon_pairs)
 
@@ -519,7 +611,7 @@ def _check_guardrails(g: Guardrails, control: _Arm, treatment: _Arm, strata: int
     if g.max_error_rate_increase is not None:
         t_err = need(treatment.errors, "treatment_errors", "max_error_rate_increase").astype(float)
         c_err = need(control.errors, "control_errors", "max_error_rate_increase").astype(float)
-        gap, _, n_eff = _stratified(c_err, control.strata, t_err, treatment.strata, strata)
+        gap, _, n_eff, _ = _stratified(c_err, control.strata, t_err, treatment.strata, strata)
         pooled = (t_err.sum() + c_err.sum() + 1.0) / (t_err.size + c_err.size + 2.0)
         stat = None
         if gap is not None:
@@ -640,8 +732,8 @@ def decide_canary(control: Sequence[float], treatment: Sequence[float], *, horiz
 
     c_ok, t_ok = ~np.isnan(ctrl.scores), ~np.isnan(trt.scores)
     n_c, n_t = int(c_ok.sum()), int(t_ok.sum())
-    effect, variance, n_eff = _stratified(ctrl.scores[c_ok], ctrl.strata[c_ok], trt.scores[t_ok], trt.strata[t_ok],
-                                          strata)
+    effect, variance, n_eff, skew = _stratified(ctrl.scores[c_ok], ctrl.strata[c_ok], trt.scores[t_ok],
+                                                trt.strata[t_ok], strata)
     used = {int(s) for s in np.concatenate([ctrl.strata[c_ok], trt.strata[t_ok]])}
     evidence: dict[str, Any] = dict(
         n_control=n_c, n_treatment=n_t, effect=effect, ci_low=None, ci_high=None,
@@ -655,11 +747,12 @@ def decide_canary(control: Sequence[float], treatment: Sequence[float], *, horiz
         unscored=int((~c_ok).sum() + (~t_ok).sum()), plan=plan_dict, guardrails=states, mode="split")
     outcome = LookOutcome.CONTINUE
     if effect is not None and variance is not None:
-        b = compute_bounds(effect, variance, n_eff, horizon, alpha=alpha, alpha_harm=alpha_harm, var_floor=var_floor)
+        b = compute_bounds(effect, variance, n_eff, horizon, alpha=alpha, alpha_harm=alpha_harm, var_floor=var_floor,
+                           skewness=skew)
         fraction = float(b.information_fraction)
         evidence.update(ci_low=float(b.lower), ci_high=float(b.upper), p_value=float(b.p_improvement),
                         p_value_harm=float(b.p_harm), information_fraction=fraction,
-                        alpha_spent=float(spent_alpha(alpha, fraction)),
+                        alpha_spent=float(_spent_promotion(alpha, fraction)),
                         alpha_harm_spent=float(spent_alpha(alpha_harm, fraction)))
         outcome = LookOutcome(int(classify_bounds(b, n_c, n_t, min_per_arm=min_per_arm)))
     counts = f"{n_c} control / {n_t} treatment scored requests"
@@ -702,11 +795,11 @@ def decide_shadow(production: Sequence[float], candidate: Sequence[float], *, ho
     outcome = LookOutcome.CONTINUE
     if n >= 2:
         b = compute_bounds(d.mean(), d.var(ddof=1), n, horizon, alpha=alpha, alpha_harm=alpha_harm,
-                           var_floor=var_floor)
+                           var_floor=var_floor, skewness=paired_skewness(n, d.sum(), (d * d).sum(), (d**3).sum()))
         fraction = float(b.information_fraction)
         evidence.update(ci_low=float(b.lower), ci_high=float(b.upper), p_value=float(b.p_improvement),
                         p_value_harm=float(b.p_harm), information_fraction=fraction,
-                        alpha_spent=float(spent_alpha(alpha, fraction)),
+                        alpha_spent=float(_spent_promotion(alpha, fraction)),
                         alpha_harm_spent=float(spent_alpha(alpha_harm, fraction)))
         outcome = LookOutcome(int(classify_bounds(b, n, n, min_per_arm=min_pairs)))
     action, reason = _conclude(evidence, outcome, [], f"{n} shadow pairs", n < min_pairs, min_pairs)
