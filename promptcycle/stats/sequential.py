@@ -319,13 +319,14 @@ class SequentialBounds:
 
 
 def compute_bounds(effect, variance, n_effective, horizon, *, alpha: float = 0.05, alpha_harm: float = 0.15,
-                   var_floor: float = DEFAULT_VAR_FLOOR, skewness=0.0) -> SequentialBounds:
+                   var_floor: float = DEFAULT_VAR_FLOOR, skewness=0.0, p_values: bool = True) -> SequentialBounds:
     """Boundary statistics for looks given the (stratified) effect, the pooled per-request variance and the
     effective pairs so far; all numpy-broadcastable. `horizon` is the plan's effective pairs.
 
     `skewness` is that of the effect estimate (`stratified_statistics`); when positive — a small arm of right-skewed
     scores, whose mean has a heavy upper tail — the promotion boundary is raised by the Cornish–Fisher term
     skewness / 6 * (z_b^2 - 1) at the look's boundary z_b = c / sqrt(t). It is never lowered.
+    `p_values=False` skips the always-valid p-values (None), which simulations do not need.
     """
     n_eff = np.maximum(np.asarray(n_effective, dtype=float), 1e-12)
     sd = np.sqrt(np.maximum(np.asarray(variance, dtype=float), var_floor))
@@ -344,7 +345,8 @@ def compute_bounds(effect, variance, n_effective, horizon, *, alpha: float = 0.0
         effect=effect, std_error=sd / np.sqrt(n_eff), sd=sd, n_effective=n_eff,
         lower=effect - (c + shift) * width, upper=effect + c_h * width, information_fraction=fraction,
         z_improvement=improvement, z_harm=-scaled,
-        p_improvement=np.minimum(1.0, 2.0 * ndtr(-improvement)), p_harm=np.minimum(1.0, 2.0 * ndtr(scaled)),
+        p_improvement=np.minimum(1.0, 2.0 * ndtr(-improvement)) if p_values else None,
+        p_harm=np.minimum(1.0, 2.0 * ndtr(scaled)) if p_values else None,
         critical=c, critical_harm=c_h)
 
 
