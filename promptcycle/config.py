@@ -283,6 +283,12 @@ class CanaryConfig(_Strict):
     max_requests: int | None = Field(default=None, ge=10, description="Cap the canary at this many requests "
                                      "(default: as many as `power` needs; the plan states the power the cap gives).")
     min_per_arm: int = Field(default=20, ge=2, description="Scored requests per arm before quality decides.")
+    mode: Literal["split", "shadow"] = Field(default="split", description="'split': the new version serves the "
+                                             "schedule's share of requests; 'shadow': production serves every "
+                                             "request and the new version also answers `shadow_pct` percent of "
+                                             "them, unserved, for a paired comparison (see docs/deployment.md).")
+    shadow_pct: float = Field(default=10.0, gt=0, le=100, description="Shadow mode: percent of requests the new "
+                              "version also answers.")
     guardrails: GuardrailConfig = Field(default_factory=GuardrailConfig)
 
     @field_validator("schedule")

@@ -294,6 +294,35 @@ def test_a_guardrail_rolls_back_at_once(labelled):
     assert store.get_label(PIPE, "production") == first
 
 
+def test_a_shadow_canary_pairs_both_answers_of_each_request_and_never_serves_the_new_version(tmp_path):
+    from promptcycle.deploy.serving import resolve_prompt
+
+    clear_cache()
+    shadow = {**DEPLOYMENT, "canary": {**DEPLOYMENT["canary"], "mode": "shadow", "shadow_pct": 50}}
+    config = write_config(tmp_path, models=["small", "xl"], deployment=shadow)
+    cfg = load_config(config)
+    store = MetricsStore(tmp_path / "metrics.duckdb")
+    first = record_version(store, PIPE, cfg.pipeline(PIPE).prompt.to_template())
+    store.move_label(PIPE, "production", first, actor="test", reason="initial")
+    version = record_version(store, PIPE, better_prompt(cfg.pipeline(PIPE).prompt.to_template()), parent=first)
+    canary = start_canary(store, cfg, PIPE, version, first)
+    plan = canary.settings["plan"]
+    assert canary.split_pct == 0.0 and plan["mode"] == "shadow" and "shadowed requests" in canary.reason
+    served = [resolve_prompt(PIPE, f"user-{i}", store=store.path) for i in range(400)]
+    assert {s.version for s in served} == {first}  # production answers every request
+    assert 120 < sum(s.shadow is not None and s.shadow.version == version for s in served) < 280
+    look, sent = drive(config, store, canary.canary_id)
+    assert look.action == "promote", look.decision.reason
+    assert look.decision.mode == "shadow" and "paired" in look.decision.test and look.decision.effect > 0
+    rows = store.production_results(PIPE, canary_id=canary.canary_id)
+    assert not [r for r in rows if r.prompt_hash == version and r.arm != "shadow"]
+    pairs = [r for r in rows if r.arm == "shadow"]
+    assert look.decision.n_effective == len(pairs) and all(r.metadata["shadow_of"] for r in pairs)
+    conclude_canary(cfg, store, look, actor="canary test")
+    assert store.get_label(PIPE, "production") == version
+    clear_cache()
+
+
 def test_strong_early_evidence_moves_the_split_on_before_it_promotes(labelled):
     from promptcycle.deploy.serving import log_production_results
 

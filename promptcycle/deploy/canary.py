@@ -30,6 +30,11 @@ Outcomes belong to the canary when they were served by one of its two versions a
 with its id, or without an id while it ran. The canary's settings are frozen when it starts, so
 editing pipelines.yaml mid-canary does not change the test under way.
 
+In shadow mode (`mode: shadow`) production serves every request and the new version also answers
+`shadow_pct` percent of them unserved; each look compares the two answers of every shadowed request
+(`decide_shadow`: the same boundary on paired differences), and a promotion goes straight to
+production. Guardrails watch served traffic only, so they do not apply in shadow mode.
+
 One canary per pipeline: `begin_canary` refuses a second while one runs. Canaries of different
 pipelines share nothing but the store.
 """
@@ -51,6 +56,7 @@ from promptcycle.stats.sequential import (
     CanaryPlan,
     Guardrails,
     decide_canary,
+    decide_shadow,
     history_variance,
     plan_canary,
 )
@@ -58,7 +64,7 @@ from promptcycle.store import MetricsStore
 from promptcycle.store.records import CanaryRecord
 
 __all__ = ["CanaryArms", "CanaryLook", "MIN_HISTORY", "HISTORY_REQUESTS", "begin_canary", "plan_for", "read_arms",
-           "look_at_canary", "new_canary_id"]
+           "read_pairs", "look_at_canary", "new_canary_id"]
 
 MIN_HISTORY = 100  # scored production outcomes needed to trust their variance
 HISTORY_REQUESTS = 5000  # the most recent production outcomes the plan reads
@@ -81,7 +87,7 @@ def begin_canary(store: MetricsStore, *, pipeline: str, control_hash: str, treat
     record, created = store.start_canary(CanaryRecord(
         canary_id=new_canary_id(pipeline), pipeline=pipeline, scope=scope, deployment_id=deployment_id,
         control_hash=control_hash, treatment_hash=treatment_hash, actor=actor, step=0,
-        split_pct=float(config.schedule[0]), settings=settings,
+        split_pct=0.0 if config.mode == "shadow" else float(config.schedule[0]), settings=settings,
         reason=f"canary of {treatment_hash} against production {control_hash}: {plan.describe()}"))
     if not created:
         raise DeploymentConflictError(
@@ -102,10 +108,16 @@ def plan_for(store: MetricsStore, *, pipeline: str, scope: str, control_hash: st
         variance = MAX_VARIANCE
         source = (f"no production history ({len(scores)} scored outcomes, {MIN_HISTORY} needed): the largest "
                   "variance of a score in [0, 1]")
+    look_size = config.look_size
+    if config.mode == "shadow":
+        # a paired difference has variance 2 sigma^2 (1 - rho); rho >= 0 for answers to the same request, so
+        # 2 sigma^2 is a safe bound until the canary's own pairs are seen
+        variance, source = 2 * variance, f"2 x the production variance ({source}; assumes no correlation)"
+        look_size = max(1, round(look_size * config.shadow_pct / 100))
     return plan_canary(max(variance, 0.05**2), min_effect=config.min_effect, alpha=config.alpha,
                        alpha_harm=config.alpha_harm, power=config.power, schedule=config.schedule,
-                       step_min_requests=config.step_min_requests, look_size=config.look_size,
-                       variance_source=source, max_requests=config.max_requests)
+                       step_min_requests=config.step_min_requests, look_size=look_size,
+                       variance_source=source, max_requests=config.max_requests, mode=config.mode)
 
 
 @dataclass(frozen=True)
@@ -139,7 +151,8 @@ def read_arms(store: MetricsStore, canary: CanaryRecord) -> CanaryArms:
                                     canary_id=canary.canary_id)
     arms: dict[bool, list] = {False: [], True: []}
     for r in rows:
-        arms[r.prompt_hash == canary.treatment_hash].append(r)
+        if r.arm != "shadow":
+            arms[r.prompt_hash == canary.treatment_hash].append(r)
 
     starts = _step_starts(store, canary)
 
@@ -189,13 +202,55 @@ def _guardrails(settings: dict[str, Any]) -> Guardrails:
                       min_requests=int(g.get("min_requests", 20)), alpha=float(settings["alpha"]))
 
 
+def read_pairs(store: MetricsStore, canary: CanaryRecord) -> tuple[np.ndarray, np.ndarray]:
+    """Shadow mode: (production score, new version's score) of each request both answered, in arrival order
+    (NaN where an answer errored or was not scored)."""
+    rows = store.production_results(canary.pipeline, prompt_hashes=[canary.control_hash, canary.treatment_hash],
+                                    scope=canary.scope, since=canary.started_at, until=canary.finished_at,
+                                    canary_id=canary.canary_id)
+    nan = float("nan")
+    served = {r.request_id: r for r in rows if r.arm != "shadow" and r.prompt_hash == canary.control_hash}
+    production, candidate, seen = [], [], set()
+    for r in rows:
+        origin = (r.metadata or {}).get("shadow_of")
+        if r.arm != "shadow" or r.prompt_hash != canary.treatment_hash or origin not in served or origin in seen:
+            continue
+        seen.add(origin)
+        p = served[origin]
+        production.append(nan if p.score is None or p.error else float(p.score))
+        candidate.append(nan if r.score is None or r.error else float(r.score))
+    return np.array(production, dtype=float), np.array(candidate, dtype=float)
+
+
+def _look_at_shadow(store: MetricsStore, canary: CanaryRecord) -> CanaryLook:
+    s = canary.settings
+    production, candidate = read_pairs(store, canary)
+    decision = decide_shadow(production, candidate, horizon=float(s["plan"]["horizon"]), alpha=float(s["alpha"]),
+                             alpha_harm=float(s["alpha_harm"]), min_effect=float(s["min_effect"]),
+                             min_pairs=int(s["min_per_arm"]), plan=s["plan"])
+    look = canary.looks + 1
+    store.write_canary_look(canary.canary_id, look, split_pct=0.0, n_control=decision.n_control,
+                            n_treatment=decision.n_treatment, action=decision.action, reason=decision.reason,
+                            decision={**decision.to_dict(), "requests_control": int(production.size),
+                                      "requests_treatment": int(candidate.size), "next_split_pct": 0.0,
+                                      "advanced": False, "step": 0})
+    store.update_canary(canary.canary_id, looks=look, decision=decision.to_dict(), reason=decision.reason)
+    return CanaryLook(canary_id=canary.canary_id, pipeline=canary.pipeline, look=look, action=decision.action,
+                      reason=decision.reason, split_pct=0.0, next_split_pct=0.0, advanced=False,
+                      requests_control=int(production.size), requests_treatment=int(candidate.size),
+                      decision=decision)
+
+
 def look_at_canary(store: MetricsStore, canary_id: str) -> CanaryLook:
-    """Decide the running canary on the outcomes reported so far, record the look, move the split if due."""
+    """Decide the running canary on the outcomes reported so far, record the look, move the split if due
+    (shadow mode: decide on the pairs so far; a promotion goes straight to production)."""
     canary = store.get_canary(canary_id)
     if canary is None:
         raise PromptcycleError(f"no canary {canary_id!r} in {store.path}")
     if canary.status != "running":
         raise PromptcycleError(f"canary {canary_id} is {canary.status}, not running; nothing to look at")
+    if canary.settings.get("mode") == "shadow":
+        return _look_at_shadow(store, canary)
     s = canary.settings
     arms = read_arms(store, canary)
     plan = s["plan"]
