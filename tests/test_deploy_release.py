@@ -323,6 +323,25 @@ def test_a_shadow_canary_pairs_both_answers_of_each_request_and_never_serves_the
     clear_cache()
 
 
+def test_a_canary_started_before_plans_existed_is_still_looked_at(labelled):
+    import duckdb
+
+    config, store, first = labelled
+    cfg = load_config(config)
+    version = record_version(store, PIPE, better_prompt(cfg.pipeline(PIPE).prompt.to_template()), parent=first)
+    canary = start_canary(store, cfg, PIPE, version, first)
+    old = {"schedule": [10.0, 50.0, 100.0], "step_min_requests": 50, "look_size": 200, "look_interval_seconds": 60.0,
+           "max_looks": 500, "alpha": 0.05, "min_effect": 0.0, "max_per_arm": 500, "min_per_arm": 20,
+           "guardrails": {"max_error_rate": 0.05, "max_error_rate_increase": 0.02, "max_p95_latency_ms": None,
+                          "max_p95_latency_increase_ms": None, "min_requests": 20}}
+    with duckdb.connect(str(store.path)) as con:
+        con.execute("UPDATE canaries SET settings_json = ? WHERE canary_id = ?", [json.dumps(old), canary.canary_id])
+    run(simulate_traffic(load_pipeline(config, PIPE), requests=200, seed=1))
+    look = look_at_canary(store, canary.canary_id)
+    assert look.decision.plan["variance"] == 0.25 and "before canary plans" in look.decision.plan["variance_source"]
+    assert look.decision.min_effect == 0.03
+
+
 def test_strong_early_evidence_moves_the_split_on_before_it_promotes(labelled):
     from promptcycle.deploy.serving import log_production_results
 

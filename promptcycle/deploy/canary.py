@@ -42,7 +42,7 @@ pipelines share nothing but the store.
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -241,6 +241,22 @@ def _look_at_shadow(store: MetricsStore, canary: CanaryRecord) -> CanaryLook:
                       decision=decision)
 
 
+def _upgraded_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings of a canary started before canaries had plans: today's defaults for the new keys, a positive
+    min_effect, and a plan at the largest variance a score can have (safe, long)."""
+    from promptcycle.config import CanaryConfig
+
+    known = {k: v for k, v in settings.items() if k in CanaryConfig.model_fields and k != "min_effect"}
+    config = CanaryConfig(**known, min_effect=settings.get("min_effect") or 0.03)
+    upgraded = config.model_dump()
+    upgraded["plan"] = plan_canary(MAX_VARIANCE, min_effect=config.min_effect, alpha=config.alpha,
+                                   alpha_harm=config.alpha_harm, power=config.power, schedule=config.schedule,
+                                   step_min_requests=config.step_min_requests, look_size=config.look_size,
+                                   variance_source="started before canary plans: the largest variance of a "
+                                   "score in [0, 1]").to_dict()
+    return upgraded
+
+
 def look_at_canary(store: MetricsStore, canary_id: str) -> CanaryLook:
     """Decide the running canary on the outcomes reported so far, record the look, move the split if due
     (shadow mode: decide on the pairs so far; a promotion goes straight to production)."""
@@ -249,6 +265,8 @@ def look_at_canary(store: MetricsStore, canary_id: str) -> CanaryLook:
         raise PromptcycleError(f"no canary {canary_id!r} in {store.path}")
     if canary.status != "running":
         raise PromptcycleError(f"canary {canary_id} is {canary.status}, not running; nothing to look at")
+    if "plan" not in canary.settings:
+        canary = replace(canary, settings=_upgraded_settings(canary.settings))
     if canary.settings.get("mode") == "shadow":
         return _look_at_shadow(store, canary)
     s = canary.settings
