@@ -152,7 +152,8 @@ def _promotion_critical(alpha: float) -> float:
 
 
 def spent_alpha(alpha: float, fraction: Any) -> Any:
-    """Error budget spent by information fraction `fraction`: 2 (1 - Phi(c / sqrt(t))) (Lan–DeMets O'Brien–Fleming)."""
+    """Error budget spent by information fraction `fraction`: 2 (1 - Phi(c / sqrt(t)))
+    (the Lan–DeMets O'Brien–Fleming spending function)."""
     t = np.clip(np.asarray(fraction, dtype=float), 1e-12, 1.0)
     return 2.0 * ndtr(-critical_value(alpha) / np.sqrt(t))
 
@@ -267,7 +268,8 @@ def plan_canary(variance: float, *, min_effect: float, alpha: float = 0.05, alph
     horizon = 1.0
     for _ in range(20):  # the correction depends on the horizon itself; a fixed point in a few rounds
         shift = SIEGMUND * np.sqrt(look_pairs / horizon)
-        drift = max(_drift_for(power, _promotion_critical(alpha) + shift), _drift_for(harm_power, critical_value(alpha_harm) + shift))
+        drift = max(_drift_for(power, _promotion_critical(alpha) + shift),
+                    _drift_for(harm_power, critical_value(alpha_harm) + shift))
         new = float(np.ceil(drift**2 * variance / min_effect**2))
         if abs(new - horizon) < 1:
             break
