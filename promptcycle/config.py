@@ -298,12 +298,24 @@ class CanaryConfig(_Strict):
                                          "real traffic.")
     max_looks: int = Field(default=500, ge=1, description="Looks before a watching flow gives up (the canary "
                            "stays running).")
-    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Error rate of each side of the test.")
-    min_effect: float = Field(default=0.0, ge=0, le=1, description="Improvement (score units) the new version "
-                              "must show to be promoted.")
-    max_per_arm: int = Field(default=500, ge=2, description="Horizon: requests per arm; reaching it without "
-                             "evidence of improvement rolls back.")
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Chance of promoting a version that is no better "
+                         "(and of a guardrail rolling back one that keeps its limits), however often the canary looks.")
+    alpha_harm: float = Field(default=0.15, gt=0, lt=0.5, description="Chance of rolling back, for harm, a version "
+                              "that is no worse (looser than alpha: rolling back costs only time).")
+    min_effect: float = Field(default=0.03, gt=0, le=1, description="Smallest improvement (score units) worth "
+                              "detecting: the canary's horizon gives `power` at it. Promotion needs evidence that the "
+                              "new version is better.")
+    power: float = Field(default=0.9, gt=0.5, lt=1, description="Chance of promoting a version better by "
+                         "`min_effect` before the horizon; sets the horizon.")
+    max_requests: int | None = Field(default=None, ge=10, description="Cap the canary at this many requests "
+                                     "(default: as many as `power` needs; the plan states the power the cap gives).")
     min_per_arm: int = Field(default=20, ge=2, description="Scored requests per arm before quality decides.")
+    mode: Literal["split", "shadow"] = Field(default="split", description="'split': the new version serves the "
+                                             "schedule's share of requests; 'shadow': production serves every "
+                                             "request and the new version also answers `shadow_pct` percent of "
+                                             "them, unserved, for a paired comparison (see docs/deployment.md).")
+    shadow_pct: float = Field(default=10.0, gt=0, le=100, description="Shadow mode: percent of requests the new "
+                              "version also answers.")
     guardrails: GuardrailConfig = Field(default_factory=GuardrailConfig)
 
     @field_validator("schedule")
@@ -316,12 +328,6 @@ class CanaryConfig(_Strict):
         if v[-1] != 100:
             raise ValueError("the last step must be 100 (full rollout)")
         return v
-
-    @model_validator(mode="after")
-    def _arms(self) -> "CanaryConfig":
-        if self.min_per_arm > self.max_per_arm:
-            raise ValueError("min_per_arm must not exceed max_per_arm")
-        return self
 
 
 class DeploymentConfig(_Strict):
