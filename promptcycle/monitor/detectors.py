@@ -213,7 +213,7 @@ class LevelDetector(Detector):
 
 @detectors.register("trend")
 class TrendDetector(Detector):
-    """Mann–Kendall with the Hamed–Rao correction over the last `trend_window` runs: a significant decline is low."""
+    """Mann–Kendall, prewhitened against autocorrelation, over the last `trend_window` runs: a significant decline is low."""
 
     name = "trend"
     alpha: ClassVar[float] = 0.05
@@ -223,7 +223,7 @@ class TrendDetector(Detector):
         r = mann_kendall(values)
         declining = r.p_value < self.alpha and r.declining
         ev = {"slope_per_run": r.slope, "p_value": r.p_value, "runs": r.n, "z": r.z,
-              "autocorrelation_correction": r.variance_correction}
+              "lag1_autocorrelation": r.lag1}
         msg = (f"declining {r.slope:+.2f} points per run over {r.n} runs (p = {r.p_value:.3f})" if declining
                else f"no significant trend over {r.n} runs (slope {r.slope:+.2f}, p = {r.p_value:.3f})")
         return Finding(self.name, "low" if declining else "info", not declining, r.z, None, msg, ev), None

@@ -41,7 +41,7 @@ Levels: `Thresholds.level` (config) names the level of one value; `level_breach`
 last runs is below a threshold *beyond noise* (a one-sided z-test), which is what may page — a single run under a
 threshold never does.
 
-Dashboard only: `mann_kendall` (trend, with the Hamed–Rao variance correction for autocorrelation) and
+Dashboard only: `mann_kendall` (trend, prewhitened against lag-1 autocorrelation) and
 `variance_ratio` (recent run-to-run variance against the baseline's). Stale data: `staleness`.
 """
 
@@ -300,51 +300,53 @@ def level_breach(values: Sequence[float], run_sds: Sequence[float] | None, thres
 @dataclass(frozen=True)
 class TrendResult:
     slope: float  # Sen's slope, points per run
-    s: float  # Mann-Kendall S
+    s: float  # Mann-Kendall S (of the prewhitened series when prewhitened)
     z: float
     p_value: float  # two-sided
     n: int
-    variance_correction: float  # Hamed-Rao n / n* (1 = no autocorrelation found)
+    lag1: float  # the lag-1 autocorrelation removed by prewhitening (0 without)
 
     @property
     def declining(self) -> bool:
         return self.slope < 0
 
 
-def mann_kendall(values: Sequence[float], *, hamed_rao: bool = True, acf_alpha: float = 0.05) -> TrendResult:
-    """Mann–Kendall trend test with Sen's slope and the Hamed & Rao (1998) autocorrelation correction.
+def _mk_z(x: np.ndarray) -> tuple[float, float]:
+    n = len(x)
+    i, j = np.triu_indices(n, 1)
+    s = float(np.sign(x[j] - x[i]).sum())
+    var_s = n * (n - 1) * (2 * n + 5) / 18.0
+    return s, (s - np.sign(s)) / math.sqrt(var_s) if s != 0 else 0.0
 
-    Positively autocorrelated runs look like a trend to the plain test. Hamed–Rao multiplies Var(S) by
-    1 + 2 / (n (n-1) (n-2)) * sum_k (n-k)(n-k-1)(n-k-2) r_k over the lags whose autocorrelation r_k (of the ranks of
-    the detrended series) is significant at `acf_alpha`. Ties are ignored in Var(S) (scores are continuous).
+
+def mann_kendall(values: Sequence[float], *, prewhiten: bool = True) -> TrendResult:
+    """Mann–Kendall trend test with Sen's slope, prewhitened against lag-1 autocorrelation.
+
+    Positively autocorrelated runs wander, and the plain test reads the wander as a trend (at lag-1
+    autocorrelation 0.6 over 30 runs it rejects about 28% of trendless series at 5%). Prewhitening (von Storch
+    1995) tests x_t - r1 x_{t-1} instead, with r1 estimated from the series detrended by Sen's slope (so a real
+    trend does not inflate it) and bias-corrected for short series, r1 + (1 + 4 r1) / n + 2 / n (Kendall's bias of
+    the lag-1 estimate plus the part the detrending takes). Measured on simulated AR(1) series of 30 runs: 4% at
+    r1 = 0.2, 12% at 0.6 (plain: 12% and 28%). Hamed–Rao's variance correction was tried and does not help at
+    these lengths: its autocorrelation estimate from the detrended ranks is too small (tests/test_stats_drift.py).
     """
     x = np.asarray(values, dtype=float)
     n = len(x)
     if n < 4:
-        return TrendResult(0.0, 0.0, 0.0, 1.0, n, 1.0)
+        return TrendResult(0.0, 0.0, 0.0, 1.0, n, 0.0)
     i, j = np.triu_indices(n, 1)
-    diffs = x[j] - x[i]
-    s = float(np.sign(diffs).sum())
-    slope = float(np.median(diffs / (j - i)))
-    var_s = n * (n - 1) * (2 * n + 5) / 18.0
-    correction = 1.0
-    if hamed_rao:
-        detrended = x - slope * np.arange(n)
-        r = sps.rankdata(detrended)
-        r = r - r.mean()
-        denom = float(np.sum(r * r))
+    slope = float(np.median((x[j] - x[i]) / (j - i)))
+    r1 = 0.0
+    if prewhiten:
+        y = x - slope * np.arange(n)
+        yc = y - y.mean()
+        denom = float(np.sum(yc * yc))
         if denom > 0:
-            bound = sps.norm.ppf(1 - acf_alpha / 2) / math.sqrt(n)
-            total = 0.0
-            for lag in range(1, n - 2):
-                rk = float(np.sum(r[:-lag] * r[lag:]) / denom)
-                if abs(rk) > bound:
-                    total += (n - lag) * (n - lag - 1) * (n - lag - 2) * rk
-            correction = max(1.0 + 2.0 * total / (n * (n - 1) * (n - 2)), 1e-6)
-    var_s *= correction
-    z = (s - np.sign(s)) / math.sqrt(var_s) if s != 0 else 0.0
-    p = float(2 * sps.norm.sf(abs(z)))
-    return TrendResult(slope, s, float(z), p, n, float(correction))
+            r1 = float(np.sum(yc[:-1] * yc[1:]) / denom)
+            r1 = min(max(r1 + (1 + 4 * r1) / n + 2.0 / n, 0.0), 0.95)
+        x = x[1:] - r1 * x[:-1]
+    s, z = _mk_z(x)
+    return TrendResult(slope, s, float(z), float(2 * sps.norm.sf(abs(z))), n, r1)
 
 
 @dataclass(frozen=True)
