@@ -21,7 +21,7 @@ detectors do not model (day-to-day traffic, provider drift). Each stream starts 
 
 Paging = the CUSUM or the EWMA out of control, or the window mean of the last 3 runs below the critical threshold
 beyond noise (`level_breach`). Every figure is computed by the library's own array functions (`baseline_arrays`,
-`standardize`, `cusum_step`, `ewma_step`, `ewma_limit`); the same detectors run one observation at a time in
+`standardize`, `cusum_step`, `ewma_step`, `ewma_limit`, `level_z`); the same detectors run one observation at a time in
 `promptcycle.monitor` (tests/test_monitor_detectors.py checks the two agree).
 
 Scenarios
@@ -61,6 +61,7 @@ from promptcycle.stats.drift import (
     cusum_step,
     ewma_limit,
     ewma_step,
+    level_z,
     standardize,
 )
 
@@ -121,9 +122,8 @@ def page_matrix(x: np.ndarray, case_var: np.ndarray, p: Params, critical: float)
         c = cusum_step(c, z, p.k, p.h, p.cap)
         e = ewma_step(e, z, p.lam)
         page = (c > p.h) | (e < -limit)
-        if t + 1 >= w:  # level_breach over the last w runs, vectorised: all runs share run_sd
-            window = post[:, t + 1 - w:t + 1].mean(axis=1)
-            page |= (critical - window) / (run_sd / math.sqrt(w)) >= DEFAULT_LEVEL_Z
+        if t + 1 >= w:  # level_breach over the last w runs, vectorised
+            page |= level_z(post[:, t + 1 - w:t + 1], run_sd[:, None], critical, p.clip) >= DEFAULT_LEVEL_Z
         pages[:, t] = page
     return pages
 

@@ -81,6 +81,7 @@ __all__ = [
     "ewma_limit",
     "ewma_step",
     "level_breach",
+    "level_z",
     "mann_kendall",
     "staleness",
     "standardize",
@@ -277,20 +278,38 @@ class LevelBreach:
     runs: int
 
 
+def level_z(values: np.ndarray, run_sd: np.ndarray | float, threshold: float,
+            clip: float = DEFAULT_CLIP) -> np.ndarray | float:
+    """How many standard errors the window mean is below `threshold` (array-friendly over the last axis).
+
+    Each run counts at most `clip` of its standard errors below the threshold, so one wild run cannot carry the
+    window: with a window of w runs it adds at most clip / sqrt(w) (2.3 at w = 3), less than the default z_crit."""
+    x = np.asarray(values, dtype=float)
+    sd = np.broadcast_to(np.asarray(run_sd, dtype=float), x.shape)
+    w = x.shape[-1]
+    clipped = np.maximum(x, threshold - clip * sd)
+    se = np.sqrt(np.sum(sd * sd, axis=-1)) / w
+    z = (threshold - clipped.mean(axis=-1)) / se
+    return float(z) if np.ndim(z) == 0 else z
+
+
 def level_breach(values: Sequence[float], run_sds: Sequence[float] | None, threshold: float,
-                 z_crit: float = DEFAULT_LEVEL_Z) -> LevelBreach:
+                 z_crit: float = DEFAULT_LEVEL_Z, clip: float = DEFAULT_CLIP) -> LevelBreach:
     """Is the mean of `values` (the last few runs) below `threshold` beyond noise?
 
-    One-sided z-test of the window mean against the threshold with the runs' standard errors (`run_sds`, points).
-    Without standard errors (noise not yet known) nothing is `breached`. Use a window of at least 2 runs so that one
-    run alone never breaches.
+    One-sided z-test of the window mean against the threshold with the runs' standard errors (`run_sds`, points),
+    each run clipped as in `level_z`. Without standard errors (noise not yet known) nothing is `breached`; a window
+    of one run never is.
     """
     x = np.asarray(values, dtype=float)
     mean = float(x.mean())
     if run_sds is None or len(x) < 2:
         return LevelBreach(threshold, mean, None, None, False, len(x))
-    se = float(np.sqrt(np.sum(np.square(run_sds))) / len(x))
-    z = (threshold - mean) / se if se > 0 else (math.inf if mean < threshold else -math.inf)
+    sd = np.asarray(run_sds, dtype=float)
+    se = float(np.sqrt(np.sum(sd * sd)) / len(x))
+    if se <= 0:
+        return LevelBreach(threshold, mean, 0.0, None, bool(np.all(x < threshold)), len(x))
+    z = level_z(x, sd, threshold, clip)
     return LevelBreach(threshold, mean, se, float(z), bool(z >= z_crit), len(x))
 
 
