@@ -30,6 +30,9 @@ Scenarios
 - step drop of 5 or 2 points after 20 stable runs at mu = 92; delay = runs from the change to the first page
   (1 = paged on the first changed run); median and p90 with bootstrap-free order-statistic SEs.
 - slow drift: 5 points over 100 runs (0.05 per run), from mu = 92; detected before it is complete = within 100 runs.
+- means only: the same at the default probe size when runs report no per-case variance (production outcomes as
+  means): the noise then comes from the in-control runs alone (its 90% upper confidence bound).
+- delays are whole runs, so a median's MC SE (half the width of its order-statistic 68% interval) is often 0.
 - the naive rules on stable streams sitting at a threshold (mu = 90, the warning threshold): "the OLS slope of the
   last 5 runs is negative" and "the latest run is below a threshold" — each alerts on about half of the runs, and on
   every stream within a day; ours on the same streams.
@@ -238,7 +241,9 @@ def run(sims: int, seed: int, cases: int) -> list[Row]:
     rows += step_rows(rng, sims, small, th, 2.0, "70 cases", None, None)[:1]
     # Means only (no per-case variance, e.g. production outcomes): noise from the 10 in-control runs alone.
     means_only = Params(cases=cases, case_var=False)
-    rows += stable_rows(rng, sims, means_only, th, f"{cases} cases, means only", False)[:1]
+    rows += stable_rows(rng, sims, means_only, th, f"{cases} cases, means only", True)[:1]
+    rows += step_rows(rng, sims, means_only, th, 5.0, f"{cases} cases, means only", None, None)[:1]
+    rows += step_rows(rng, sims, means_only, th, 2.0, f"{cases} cases, means only", None, None)[:1]
     return rows
 
 

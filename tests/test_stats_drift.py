@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import chi2
 
 from promptcycle.stats.drift import (
     DEFAULT_CLIP,
@@ -67,10 +68,12 @@ def test_baseline_inflates_for_run_level_noise_case_sampling_does_not_explain():
     assert float(b.run_sd(N)) > 2 * RUN_SD
 
 
-def test_baseline_without_per_case_variance_uses_run_to_run_variance():
+def test_baseline_without_per_case_variance_uses_the_upper_bound_of_run_to_run_variance():
     x, _ = stream(3, np.full(20, 92.0))
     b = estimate_baseline(x, [N] * 20, None)
-    assert b.case_var is None and b.run_sd(N) == pytest.approx(np.std(x, ddof=1))
+    upper = np.var(x, ddof=1) * 19 / chi2.ppf(0.1, 19)
+    assert b.case_var is None and b.run_sd(N) == pytest.approx(math.sqrt(upper))
+    assert b.run_sd(N) == pytest.approx(1.277 * np.std(x, ddof=1), rel=0.01)
 
 
 def test_baseline_collects_then_freezes_and_round_trips_json():

@@ -18,7 +18,8 @@ the baseline `mu0`, their pooled per-case variance gives `sigma_case` (precise: 
 and when their run-to-run variance exceeds what case sampling explains (a chi-square test at 1%), the excess is
 kept as an inflation factor (run-level effects: day-to-day traffic, provider variation). Without per-case
 variances (production outcomes reported as means only), the run-to-run variance of the in-control runs is the
-noise (fewer degrees of freedom: the guarantee is then weaker; bench/monitor_error_rates.py prints how much).
+noise, at its 90% upper confidence bound (m - 1 degrees of freedom only; bench/monitor_error_rates.py prints a
+row for it).
 
 Each run is standardized, z_t = (x_t - mu0) / s_t with s_t = sqrt(inflation * sigma_case^2 / n_t), and clipped to
 [-clip, clip] (`DEFAULT_CLIP`): one wild run (a probe hit by provider errors) moves the statistics at most as far as
@@ -169,7 +170,9 @@ def estimate_baseline(values: Sequence[float], ns: Sequence[int], case_vars: Seq
 
     With per-case variances for every run, the noise is the pooled per-case variance over n_t, inflated by the
     ratio (run-to-run variance) / (what case sampling explains) only when that ratio is significant at
-    `overdispersion_alpha` (chi-square, m - 1 df). Otherwise the run-to-run variance is the noise. `var_floor`
+    `overdispersion_alpha` (chi-square, m - 1 df). Otherwise the noise is the run-to-run variance, taken at its
+    upper `run_var_confidence` (90%) confidence bound: from m runs it is uncertain, and an underestimate pages too
+    often (with 20 runs the bound is 1.28 x the SD: 0.5 instead of 3.6 alerting runs per 1,000). `var_floor`
     (points^2) keeps a saturated in-control period (every score 100) from reading as zero noise.
     """
     x = np.asarray(values, dtype=float)
@@ -186,7 +189,7 @@ def estimate_baseline(values: Sequence[float], ns: Sequence[int], case_vars: Seq
 
 
 def baseline_arrays(x: np.ndarray, n: np.ndarray, case_var: np.ndarray | None, *,
-                    overdispersion_alpha: float = 0.01, var_floor: float = 0.25
+                    overdispersion_alpha: float = 0.01, var_floor: float = 0.25, run_var_confidence: float = 0.9
                     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
     """`estimate_baseline` over the last axis of arrays (streams x in-control runs): mean, case_var, run_var,
     inflation. `case_var=None` means no per-case variances."""
@@ -194,7 +197,9 @@ def baseline_arrays(x: np.ndarray, n: np.ndarray, case_var: np.ndarray | None, *
     mean = x.mean(axis=-1)
     run_var = np.maximum(x.var(axis=-1, ddof=1), var_floor)
     if case_var is None:
-        return mean, None, run_var, np.ones_like(mean)
+        # m - 1 degrees of freedom only: an underestimate would page too often, so take the upper confidence bound
+        upper = run_var * (m - 1) / sps.chi2.ppf(1 - run_var_confidence, m - 1)
+        return mean, None, upper, np.ones_like(mean)
     pooled = np.maximum(np.sum((n - 1) * case_var, axis=-1) / np.sum(n - 1 + 0 * case_var, axis=-1), var_floor)
     expected = np.mean(pooled[..., None] / n, axis=-1)
     ratio = run_var / expected
