@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -204,3 +206,18 @@ def test_trend_and_variance_never_page():
 def test_findings_are_json_safe():
     a = monitor(observations(13, np.full(30, 92.0)))[0][-1]
     assert json.loads(json.dumps([f.to_dict() for f in a.findings]))
+
+
+def test_a_run_without_cases_is_no_observation():
+    series = observations(14, np.full(22, 92.0))
+    gap = Observation(series[-1].time + timedelta(minutes=30), 0.0, 0, None)
+    a = assess([*series, gap], None, thresholds=TH, settings=SETTINGS, now=gap.time + timedelta(hours=2))
+    assert not a.paging
+    assert a.state["last_time"] == series[-1].time.isoformat()
+    assert next(f for f in a.findings if f.detector == "stale").severity == "medium"
+
+
+def test_detectors_import_no_prefect():
+    code = ("import sys, promptcycle.monitor, promptcycle.stats.drift; "
+            "sys.exit(any(m == 'prefect' or m.startswith('prefect.') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], env={**os.environ}).returncode == 0

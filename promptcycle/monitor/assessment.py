@@ -8,7 +8,8 @@ the previous assessment returned (None the first time) — a JSON-safe dict hold
 state and the time of the last observation seen. Observations at or before that time are not fed to the sequential
 detectors again, so assessing the same series twice (a monitor resumed after a kill) changes nothing.
 
-`reset_at` (the time of the pipeline's latest deployment) resets the baseline: when it is later than the state's,
+Times are timezone-aware (UTC), as the store keeps them. `reset_at` (the time of the pipeline's latest deployment)
+resets the baseline: when it is later than the state's,
 everything starts again from the observations after it, and CUSUM and EWMA wait for `in_control_runs` of them.
 """
 
@@ -61,7 +62,8 @@ def assess(series: Sequence[Observation], state: dict[str, Any] | None, *, thres
                                           or datetime.fromisoformat(state["reset_at"]) < reset_at))):
         state = _fresh_state(settings, reset_at)
     since = datetime.fromisoformat(state["reset_at"]) if state.get("reset_at") else None
-    history = sorted((o for o in series if since is None or o.time > since), key=lambda o: o.time)
+    # A run with no cases (no outcomes) is no observation: the stale detector reports the gap.
+    history = sorted((o for o in series if o.n >= 1 and (since is None or o.time > since)), key=lambda o: o.time)
     last_seen = datetime.fromisoformat(state["last_time"]) if state.get("last_time") else None
     new = [o for o in history if last_seen is None or o.time > last_seen]
 
