@@ -4,7 +4,7 @@ A *quality series* is one run-level score per monitor run (points, 0-100) for on
 spectrum, with the number of cases behind it and, for a probe, the per-case variance of its scores. Everything here
 is plain numpy/scipy with no store and no Prefect: the monitor keeps the small state dataclasses (`to_dict` /
 `from_dict`, JSON-safe) between runs, so a detector continues across runs and processes, and a deployment resets
-it by starting a new `Baseline`. The step functions (`cusum_step`, `ewma_step`, `standardize`) take arrays, so
+it by starting a new `Baseline`. The step functions (`baseline_arrays`, `standardize`, `cusum_step`, `ewma_step`, `level_z`) take arrays, so
 bench/monitor_error_rates.py runs the very same arithmetic vectorised over thousands of simulated streams.
 
 The noise model (what the paging guarantees assume)
@@ -22,12 +22,13 @@ noise, at its 90% upper confidence bound (m - 1 degrees of freedom only; bench/m
 row for it).
 
 Each run is standardized, z_t = (x_t - mu0) / s_t with s_t = sqrt(inflation * sigma_case^2 / n_t), and clipped to
-[-clip, clip] (`DEFAULT_CLIP`): one wild run (a probe hit by provider errors) moves the statistics at most as far as
-`clip` standard errors, which is less than either paging boundary — **no single run can page by itself**.
+[-clip, clip] (`DEFAULT_CLIP` = 4): one wild run (a probe hit by provider errors) moves the CUSUM from 0 by at most
+clip - k = 2.4 < h, the EWMA from 0 by lam * clip = 0.6 < its limit 1.41, and the level window by clip / sqrt(3) = 2.3
+< z_crit standard errors — **no single run can page by itself** (with the defaults; tests/test_stats_drift.py).
 
 Paging (one-sided: only a drop pages; a rise is good news)
 ----------------------------------------------------------
-- CUSUM (Page 1954): C_t = min(cap, max(0, C_{t-1} - z_t - k)); out of control while C_t > h. `k` is half the
+- CUSUM (Page 1954): C_t = min(h + cap, max(0, C_{t-1} - z_t - k)); out of control while C_t > h. `k` is half the
   standardized drop it is tuned for; `cap` bounds how long it stays out of control after the series recovers.
 - EWMA (Roberts 1959): E_t = (1 - lam) E_{t-1} + lam z_t; out of control while E_t < -L sqrt(lam / (2 - lam) + 1/m),
   the 1/m for the error of the baseline mean estimated from m in-control runs.
