@@ -161,6 +161,8 @@ def test_level_breach_needs_evidence_beyond_noise_and_more_than_one_run():
     b = level_breach([80.0, 81.0, 80.5], [RUN_SD] * 3, 85)
     assert b.breached and b.z > 4
     assert not level_breach([80.0, 81.0, 80.5], None, 85).breached  # noise unknown: no evidence
+    wild = level_breach([0.0, 85.0, 85.0], [RUN_SD] * 3, 85)  # one wild run among runs at the threshold
+    assert not wild.breached and wild.z == pytest.approx(DEFAULT_CLIP / math.sqrt(3))
 
 
 def test_mann_kendall_finds_a_trend():
