@@ -221,3 +221,9 @@ def test_detectors_import_no_prefect():
     code = ("import sys, promptcycle.monitor, promptcycle.stats.drift; "
             "sys.exit(any(m == 'prefect' or m.startswith('prefect.') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], env={**os.environ}).returncode == 0
+
+
+def test_observation_from_per_case_scores():
+    o = Observation.from_scores(T0, [1.0, 0.8, 0.6])
+    assert (o.value, o.n) == (pytest.approx(80.0), 3) and o.case_var == pytest.approx(400.0)
+    assert Observation.from_scores(T0, []).n == 0 and Observation.from_scores(T0, [0.5]).case_var is None

@@ -68,6 +68,15 @@ class Observation:
     n: int
     case_var: float | None = None
 
+    @classmethod
+    def from_scores(cls, time: datetime, scores: Sequence[float]) -> "Observation":
+        """From one run's per-case overall scores in [0, 1] (a call with no answer counts as 0): the mean and the
+        per-case variance in points. An empty run gives n = 0, which the assessment skips."""
+        x = np.asarray(scores, dtype=float) * 100.0
+        if len(x) == 0:
+            return cls(time, 0.0, 0, None)
+        return cls(time, float(x.mean()), len(x), float(x.var(ddof=1)) if len(x) >= 2 else None)
+
 
 @dataclass(frozen=True)
 class Finding:
