@@ -9,7 +9,7 @@ from promptcycle.scoring import build_scorers
 from promptcycle.store.remote import open_store
 from tasks.limits import provider_slot
 from tasks.retry import final_attempt
-from tasks.secrets import resolve_api_key
+from tasks.secrets import aresolve_api_keys
 
 __all__ = ["run_cell"]
 
@@ -17,10 +17,11 @@ __all__ = ["run_cell"]
 async def run_cell(ctx: PipelineContext, spec: CellSpec, *, retries: int, budget=None) -> CellOutcome:
     """Evaluate a cell with the process's shared provider client, inside the provider's global slot."""
     provider_name = spec.model.provider
+    keys = await aresolve_api_keys(ctx.config, [provider_name, *ctx.providers_used()])  # model and LLM judges
 
     def provider_of(model_name: str):
         name = ctx.config.models[model_name].provider
-        return get_provider(ctx.config, name, resolve_api_key(ctx.config, name))
+        return get_provider(ctx.config, name, keys[name])
 
     async def complete(model_name: str, messages: list[dict[str, str]]):
         return await provider_of(model_name).complete(model_name, messages)  # the LLM judge's calls
