@@ -14,6 +14,7 @@
     │   │   └── CircuitOpenError   the provider's breaker is open
     │   └── FatalProviderError      not worth retrying (auth, bad request, unknown model)
     ├── StoreError                  the metrics store failed
+    │   └── StorePathError          the store path is not a metrics store (a directory, a foreign file)
     ├── RunFailedError              a run could not finish (it stays resumable)
     ├── BudgetExceededError         a call or cost cap was reached
     ├── GateError                   a deployment gate refused
@@ -43,6 +44,7 @@ __all__ = [
     "CircuitOpenError",
     "FatalProviderError",
     "StoreError",
+    "StorePathError",
     "RunFailedError",
     "BudgetExceededError",
     "GateError",
@@ -141,6 +143,11 @@ class FatalProviderError(ProviderError):
 
 class StoreError(PromptcycleError):
     """The metrics store could not be read or written."""
+
+
+class StorePathError(StoreError):
+    """The store path names something that is not a metrics store: a directory, an empty file, a file
+    of another format (a SQLite database …). Bad input: the command exits 2."""
 
 
 class RunFailedError(PromptcycleError):

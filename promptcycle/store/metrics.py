@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
-from promptcycle.errors import StoreError
+from promptcycle.errors import StoreError, StorePathError
 from promptcycle.store.records import (
     CANARY_STATUSES,
     DECISION_KINDS,
@@ -63,6 +63,7 @@ from promptcycle.store.arrow import (
     results_table,
     splits_table,
 )
+from promptcycle.store.offline import connect, foreign_format
 from promptcycle.store.schema import MIGRATIONS, apply_migrations
 
 if TYPE_CHECKING:
@@ -237,8 +238,8 @@ class MetricsStore:
         except OSError as exc:
             raise StoreError(f"cannot create the directory of the metrics store {self.path}: {exc}") from exc
         if self.path.is_dir():
-            raise StoreError(f"the metrics store path {self.path} is a directory; give a file path "
-                             f"such as {self.path / 'metrics.duckdb'}")
+            raise StorePathError(f"the metrics store path {self.path} is a directory; give a file path "
+                                 f"such as {self.path / 'metrics.duckdb'}")
         if not self.path.exists():
             self._create()
         self.migrate()
@@ -255,7 +256,7 @@ class MetricsStore:
         """
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
-            with duckdb.connect(str(temporary)) as con:
+            with connect(temporary) as con:
                 apply_migrations(con, MIGRATIONS, source=f"the metrics store {self.path}")
             try:
                 os.link(temporary, self.path)
@@ -278,15 +279,17 @@ class MetricsStore:
         wait = _FIRST_WAIT_S
         while True:
             try:
-                return duckdb.connect(str(self.path))
+                return connect(self.path)
             except duckdb.Error as exc:
                 if not _is_lock_conflict(exc):
                     if "not a valid DuckDB database" in str(exc) and _is_empty(self.path):
-                        raise StoreError(f"{self.path} is an empty file, not a DuckDB database; delete it and "
-                                         f"the store will create the database there") from exc
-                    if "not a valid DuckDB database" in str(exc):
-                        raise StoreError(f"{self.path} exists but is not a DuckDB database; point the store "
-                                         f"at a new file or an existing metrics store") from exc
+                        raise StorePathError(f"{self.path} is an empty file, not a DuckDB database; delete it "
+                                             f"and the store will create the database there") from exc
+                    kind = foreign_format(self.path)
+                    if kind is not None or "not a valid DuckDB database" in str(exc):
+                        raise StorePathError(f"{self.path} is {kind or 'a file of another format'}, not a DuckDB "
+                                             f"database; point --store (or `store:` in pipelines.yaml) at a new "
+                                             f"file or an existing metrics store") from exc
                     raise StoreError(f"cannot open the metrics store {self.path}: {exc}") from exc
                 self.lock_conflicts += 1
                 remaining = deadline - time.monotonic()
