@@ -165,3 +165,21 @@ def test_cli_validate_reports_a_dataset_directory_with_exit_2(tmp_path, repo_con
     code = main(["validate", "--config", str(repo_config)])
     err = capsys.readouterr().err
     assert code == 2 and "cases.jsonl: is a directory, expected a JSONL, CSV or Parquet file" in err
+
+
+# -- scorer weights, as docs/configuration.md describes them ---------------------------------------
+
+def test_a_negative_weight_is_refused_at_load_as_documented(repo_config):
+    from promptcycle.config import load_config
+    from promptcycle.errors import ConfigError
+
+    data = yaml.safe_load(repo_config.read_text())
+    data["pipelines"]["customer-insights"]["scorers"]["latency"]["weight"] = -1
+    repo_config.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_config(repo_config)
+    assert "pipelines.customer-insights.scorers.latency.weight" in str(info.value)
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    row = next(line for line in docs.splitlines() if line.startswith("| `weight` |"))
+    assert "negative weight is refused when pipelines.yaml is loaded" in row
