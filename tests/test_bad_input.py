@@ -78,7 +78,7 @@ def test_a_sqlite_file_as_store_is_named_and_nothing_is_downloaded(proxy, sqlite
     with pytest.raises(StorePathError) as info:
         MetricsStore(sqlite_file)
     message = str(info.value)
-    assert f"{sqlite_file} is a SQLite database, not a DuckDB database" in message
+    assert f"{sqlite_file} exists but is not a DuckDB database (it is a SQLite database)" in message
     assert "download" not in message.lower() and "http" not in message
     assert proxy.requests == []
 
@@ -86,7 +86,7 @@ def test_a_sqlite_file_as_store_is_named_and_nothing_is_downloaded(proxy, sqlite
 def test_serving_names_a_sqlite_store_and_downloads_nothing(proxy, sqlite_file):
     from promptcycle.deploy.serving import resolve_prompt
 
-    with pytest.raises(ServingError, match="is a SQLite database, not a DuckDB database"):
+    with pytest.raises(ServingError, match=r"exists but is not a DuckDB database \(it is a SQLite database\)"):
         resolve_prompt("customer-insights", "user-1", store=sqlite_file)
     assert proxy.requests == []
 
@@ -95,7 +95,7 @@ def test_cli_refuses_a_sqlite_store_with_exit_2(proxy, sqlite_file, repo_config,
     code = main(["status", "--config", str(repo_config), "--store", str(sqlite_file)])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith("error (StorePathError): ") and "is a SQLite database, not a DuckDB database" in err
+    assert err.startswith("error (StorePathError): ") and "not a DuckDB database (it is a SQLite database)" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert proxy.requests == []
 

@@ -138,7 +138,8 @@ def _connect(path: Path, timeout_s: float) -> duckdb.DuckDBPyConnection:
         except duckdb.Error as exc:
             kind = foreign_format(path)
             if kind is not None:
-                raise ServingError(f"the metrics store {path} is {kind}, not a DuckDB database") from exc
+                raise ServingError(f"the metrics store {path} exists but is not a DuckDB database (it is {kind})"
+                                   ) from exc
             if not _is_busy(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(wait * random.uniform(0.5, 1.0))

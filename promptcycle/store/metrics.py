@@ -63,7 +63,7 @@ from promptcycle.store.arrow import (
     results_table,
     splits_table,
 )
-from promptcycle.store.offline import connect, foreign_format
+from promptcycle.store.offline import UNKNOWN_FORMAT, connect, foreign_format
 from promptcycle.store.schema import MIGRATIONS, apply_migrations
 
 if TYPE_CHECKING:
@@ -287,9 +287,10 @@ class MetricsStore:
                                              f"and the store will create the database there") from exc
                     kind = foreign_format(self.path)
                     if kind is not None or "not a valid DuckDB database" in str(exc):
-                        raise StorePathError(f"{self.path} is {kind or 'a file of another format'}, not a DuckDB "
-                                             f"database; point --store (or `store:` in pipelines.yaml) at a new "
-                                             f"file or an existing metrics store") from exc
+                        what = f" (it is {kind})" if kind and kind != UNKNOWN_FORMAT else ""
+                        raise StorePathError(f"{self.path} exists but is not a DuckDB database{what}; point --store "
+                                             f"(or `store:` in pipelines.yaml) at a new file or an existing metrics "
+                                             f"store") from exc
                     raise StoreError(f"cannot open the metrics store {self.path}: {exc}") from exc
                 self.lock_conflicts += 1
                 remaining = deadline - time.monotonic()

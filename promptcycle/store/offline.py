@@ -15,9 +15,10 @@ from pathlib import Path
 
 import duckdb
 
-__all__ = ["OFFLINE_CONFIG", "connect", "foreign_format"]
+__all__ = ["OFFLINE_CONFIG", "UNKNOWN_FORMAT", "connect", "foreign_format"]
 
 OFFLINE_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+UNKNOWN_FORMAT = "a file of another format"
 
 _DUCKDB_MAGIC = b"DUCK"  # bytes 8-12 of every DuckDB database file
 _KNOWN_FORMATS = ((b"SQLite format 3\x00", "a SQLite database"), (b"PAR1", "a Parquet file"),
@@ -31,7 +32,7 @@ def connect(path: str | Path) -> duckdb.DuckDBPyConnection:
 
 def foreign_format(path: str | Path) -> str | None:
     """What the non-empty file `path` is when it is not a DuckDB database ("a SQLite database", or
-    "a file of another format" when unrecognised); None for a DuckDB file, an empty or unreadable one."""
+    `UNKNOWN_FORMAT` when unrecognised); None for a DuckDB file, an empty or unreadable one."""
     try:
         with open(path, "rb") as f:
             head = f.read(16)
@@ -42,4 +43,4 @@ def foreign_format(path: str | Path) -> str | None:
     for magic, name in _KNOWN_FORMATS:
         if head.startswith(magic):
             return name
-    return "a file of another format"
+    return UNKNOWN_FORMAT
