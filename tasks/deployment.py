@@ -34,7 +34,7 @@ from promptcycle.store import MetricsStore
 from tasks.reports import artifact_key
 from tasks.retry import BACKOFF, retry_if_transient
 from tasks.runs import emit_outcome, flow_run_url
-from tasks.secrets import resolve_api_key
+from tasks.secrets import aresolve_api_keys
 
 __all__ = ["flow_actor", "block_secret", "prepare_deployment", "validate_stage", "gate_deployment",
            "release_deployment", "start_canary", "finish_deployment", "find_canary", "send_simulated_traffic",
@@ -83,9 +83,11 @@ async def validate_stage(config_path: str, pipeline: str, store_path: str | None
     ctx = load_pipeline(config_path, pipeline, store=store_path)
     store = MetricsStore(ctx.store_path)
     renew_lock(store, pipeline, plan.deployment_id, plan.lease_seconds)
+    # Only the integration stage calls models; its keys are loaded here, with Prefect's async block loader.
+    calls_models = stage == "integration" and skip_reason is None and stage in plan.stages
+    keys = await aresolve_api_keys(ctx.config, ctx.providers_used()) if calls_models else {}
     try:
-        report = await run_stage(ctx, store, plan, stage, key_of=lambda name: resolve_api_key(ctx.config, name),
-                                 skip_reason=skip_reason)
+        report = await run_stage(ctx, store, plan, stage, key_of=keys.__getitem__, skip_reason=skip_reason)
     finally:
         await close_providers()
     await create_markdown_artifact(key=artifact_key("deploy", pipeline, stage), markdown=report.to_markdown(),

@@ -48,6 +48,7 @@ import duckdb
 
 from promptcycle.errors import ServingError
 from promptcycle.prompts import PromptTemplate
+from promptcycle.store.offline import connect, foreign_format
 
 __all__ = [
     "STORE_ENV",
@@ -142,8 +143,12 @@ def _connect(path: Path, timeout_s: float) -> duckdb.DuckDBPyConnection:
     wait = 0.005
     while True:
         try:
-            return duckdb.connect(str(path))
+            return connect(path)
         except duckdb.Error as exc:
+            kind = foreign_format(path)
+            if kind is not None:
+                raise ServingError(f"the metrics store {path} exists but is not a DuckDB database (it is {kind})"
+                                   ) from exc
             if not _is_busy(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(wait * random.uniform(0.5, 1.0))
