@@ -285,10 +285,48 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 # -- sim-server -------------------------------------------------------------------------------------------------
 
+def _share(text: str) -> float:
+    """argparse type of the fault rates: a probability."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1 (0.05 = 5% of requests), found {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    """argparse type of durations: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, found {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    """argparse type of --port: a TCP port."""
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port (0-65535), found {text!r}")
+    return int(text)
+
+
 def cmd_sim_server(args: argparse.Namespace) -> int:
     """Serve the simulated models over the OpenAI protocol on loopback."""
     from promptcycle.sim.server import FaultConfig, LatencyOverride, run_server
 
+    rates = {"--error-rate": args.error_rate, "--rate-limit-rate": args.rate_limit_rate,
+             "--timeout-rate": args.timeout_rate, "--malformed-rate": args.malformed_rate}
+    total = sum(rates.values())
+    if total > 1.0 + 1e-9:
+        raise ConfigError(f"the fault rates sum to {total:g}; they are shares of the same requests and must sum "
+                          "to at most 1", path=" + ".join(rates), found=total, expected="a sum <= 1")
+    if args.latency_dist == "lognormal" and args.latency_ms == 0:
+        raise ConfigError("a lognormal latency needs a mean above 0", path="--latency-ms", found=0,
+                          expected="a number > 0 (or --latency-dist fixed)")
     faults = FaultConfig(server_error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate,
                          retry_after_seconds=args.retry_after, timeout_rate=args.timeout_rate,
                          hang_seconds=args.hang_seconds, malformed_rate=args.malformed_rate, seed=args.seed)
@@ -330,15 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sim-server", help="serve the simulated models over HTTP on 127.0.0.1")
     _common(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8787)
-    p.add_argument("--latency-ms", type=float, default=None, help="override every model's latency (mean, ms)")
+    p.add_argument("--port", type=_port, default=8787)
+    p.add_argument("--latency-ms", type=_non_negative, default=None, help="override every model's latency (mean, ms)")
     p.add_argument("--latency-dist", choices=["fixed", "lognormal"], default="fixed")
-    p.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered with a 5xx")
-    p.add_argument("--rate-limit-rate", type=float, default=0.0, help="share of requests answered 429")
-    p.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds on 429")
-    p.add_argument("--timeout-rate", type=float, default=0.0, help="share of requests that hang")
-    p.add_argument("--hang-seconds", type=float, default=60.0, help="how long a hanging request hangs")
-    p.add_argument("--malformed-rate", type=float, default=0.0, help="share of requests with a malformed body")
+    p.add_argument("--error-rate", type=_share, default=0.0, help="share of requests answered with a 5xx")
+    p.add_argument("--rate-limit-rate", type=_share, default=0.0, help="share of requests answered 429")
+    p.add_argument("--retry-after", type=_non_negative, default=1.0, help="Retry-After seconds on 429")
+    p.add_argument("--timeout-rate", type=_share, default=0.0, help="share of requests that hang")
+    p.add_argument("--hang-seconds", type=_non_negative, default=60.0, help="how long a hanging request hangs")
+    p.add_argument("--malformed-rate", type=_share, default=0.0, help="share of requests with a malformed body")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
     p.add_argument("--api-key-env", default=None, metavar="VAR",
                    help="answer 401 unless requests carry the key held in this environment variable")

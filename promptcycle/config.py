@@ -34,6 +34,7 @@ __all__ = [
     "DeploymentConfig",
     "ResultsExpectation",
     "ResultsQualityConfig",
+    "MonitorConfig",
     "PipelineConfig",
     "PromptcycleConfig",
     "load_config",
@@ -298,12 +299,24 @@ class CanaryConfig(_Strict):
                                          "real traffic.")
     max_looks: int = Field(default=500, ge=1, description="Looks before a watching flow gives up (the canary "
                            "stays running).")
-    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Error rate of each side of the test.")
-    min_effect: float = Field(default=0.0, ge=0, le=1, description="Improvement (score units) the new version "
-                              "must show to be promoted.")
-    max_per_arm: int = Field(default=500, ge=2, description="Horizon: requests per arm; reaching it without "
-                             "evidence of improvement rolls back.")
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Chance of promoting a version that is no better "
+                         "(and of a guardrail rolling back one that keeps its limits), however often the canary looks.")
+    alpha_harm: float = Field(default=0.15, gt=0, lt=0.5, description="Chance of rolling back, for harm, a version "
+                              "that is no worse (looser than alpha: rolling back costs only time).")
+    min_effect: float = Field(default=0.03, gt=0, le=1, description="Smallest improvement (score units) worth "
+                              "detecting: the canary's horizon gives `power` at it. Promotion needs evidence that the "
+                              "new version is better.")
+    power: float = Field(default=0.9, gt=0.5, lt=1, description="Chance of promoting a version better by "
+                         "`min_effect` before the horizon; sets the horizon.")
+    max_requests: int | None = Field(default=None, ge=10, description="Cap the canary at this many requests "
+                                     "(default: as many as `power` needs; the plan states the power the cap gives).")
     min_per_arm: int = Field(default=20, ge=2, description="Scored requests per arm before quality decides.")
+    mode: Literal["split", "shadow"] = Field(default="split", description="'split': the new version serves the "
+                                             "schedule's share of requests; 'shadow': production serves every "
+                                             "request and the new version also answers `shadow_pct` percent of "
+                                             "them, unserved, for a paired comparison (see docs/deployment.md).")
+    shadow_pct: float = Field(default=10.0, gt=0, le=100, description="Shadow mode: percent of requests the new "
+                              "version also answers.")
     guardrails: GuardrailConfig = Field(default_factory=GuardrailConfig)
 
     @field_validator("schedule")
@@ -316,12 +329,6 @@ class CanaryConfig(_Strict):
         if v[-1] != 100:
             raise ValueError("the last step must be 100 (full rollout)")
         return v
-
-    @model_validator(mode="after")
-    def _arms(self) -> "CanaryConfig":
-        if self.min_per_arm > self.max_per_arm:
-            raise ValueError("min_per_arm must not exceed max_per_arm")
-        return self
 
 
 class DeploymentConfig(_Strict):
@@ -373,6 +380,36 @@ class ResultsQualityConfig(_Strict):
         "`{column: format, min: 0.95, mostly: 0.95}`; one on `format` replaces the built-in format expectation.")
 
 
+class MonitorConfig(_Strict):
+    """How the monitor watches a pipeline's quality and which evidence pages (see docs/monitoring.md).
+
+    The defaults are calibrated together in bench/monitor_error_rates.py; change the detector settings only with
+    that bench rerun (`--cases` for another probe size)."""
+
+    interval_minutes: float = Field(default=30, gt=0, description="Minutes between monitor runs.")
+    probe_cases: int = Field(default=150, ge=10, le=10000, description="Cases per probe run for each serving "
+                             "model x spectrum: sets the run-to-run noise, hence how fast a drop is seen.")
+    in_control_runs: int = Field(default=20, ge=5, le=1000, description="Runs after a reset (deployment) from "
+                                 "which the baseline mean and noise are estimated; CUSUM and EWMA wait for them.")
+    stale_after_minutes: float | None = Field(default=None, gt=0, description="No observation for this long is "
+                                              "a stale-data finding; default 3 x interval_minutes.")
+    cusum_k: float = Field(default=1.6, gt=0, description="CUSUM slack, in standard errors of a run.")
+    cusum_h: float = Field(default=3.5, gt=0, description="CUSUM decision boundary, in standard errors.")
+    ewma_lambda: float = Field(default=0.15, gt=0, le=1, description="EWMA weight of the newest run.")
+    ewma_l: float = Field(default=3.9, gt=0, description="EWMA limit width, in the EWMA's standard deviations.")
+    level_window: int = Field(default=3, ge=2, le=100, description="Runs whose mean is tested against the "
+                              "thresholds (at least 2: one run never pages).")
+    level_z: float = Field(default=4.0, gt=0, description="Standard errors below a threshold the window mean "
+                           "must be for a sustained level breach.")
+    trend_window: int = Field(default=20, ge=4, le=1000, description="Runs for the trend and variance findings "
+                              "(dashboard only, never paging).")
+
+    @property
+    def stale_after(self) -> float:
+        """Minutes without an observation before the data are stale."""
+        return self.stale_after_minutes if self.stale_after_minutes is not None else 3 * self.interval_minutes
+
+
 class PipelineConfig(_Strict):
     description: str = ""
     prompt: PromptConfig
@@ -386,6 +423,7 @@ class PipelineConfig(_Strict):
     quality: ResultsQualityConfig = Field(default_factory=ResultsQualityConfig)
     optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
     deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     @field_validator("models")
     @classmethod

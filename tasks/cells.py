@@ -12,7 +12,7 @@ from promptcycle.scoring import build_scorers
 from promptcycle.store.remote import open_store
 from tasks.limits import provider_slot
 from tasks.retry import final_attempt
-from tasks.secrets import resolve_api_key
+from tasks.secrets import aresolve_api_keys
 
 __all__ = ["run_cell", "check_providers"]
 
@@ -26,9 +26,11 @@ async def check_providers(config_path: str, pipeline: str, store_path: str | Non
     """
     ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
     judges = [(opts or {}).get("model") for opts in ctx.pipeline.scorers.values()]
+    models = [*ctx.pipeline.models, *(j for j in judges if j)]
+    # Keys load the async way here: a credentials block's sync loader returns a coroutine in async code.
+    keys = await aresolve_api_keys(ctx.config, sorted({ctx.config.models[m].provider for m in models}))
     try:
-        await check_models(ctx.config, [*ctx.pipeline.models, *(j for j in judges if j)],
-                           lambda name: resolve_api_key(ctx.config, name))
+        await check_models(ctx.config, models, lambda name: keys[name])
     finally:
         await close_providers()  # the cells build their own clients
 
@@ -36,10 +38,11 @@ async def check_providers(config_path: str, pipeline: str, store_path: str | Non
 async def run_cell(ctx: PipelineContext, spec: CellSpec, *, retries: int, budget=None) -> CellOutcome:
     """Evaluate a cell with the process's shared provider client, inside the provider's global slot."""
     provider_name = spec.model.provider
+    keys = await aresolve_api_keys(ctx.config, [provider_name, *ctx.providers_used()])  # model and LLM judges
 
     def provider_of(model_name: str):
         name = ctx.config.models[model_name].provider
-        return get_provider(ctx.config, name, resolve_api_key(ctx.config, name))
+        return get_provider(ctx.config, name, keys[name])
 
     async def complete(model_name: str, messages: list[dict[str, str]]):
         return await provider_of(model_name).complete(model_name, messages)  # the LLM judge's calls

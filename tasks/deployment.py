@@ -34,7 +34,7 @@ from promptcycle.store import MetricsStore
 from tasks.reports import artifact_key
 from tasks.retry import BACKOFF, retry_if_transient
 from tasks.runs import emit_outcome, flow_run_url
-from tasks.secrets import resolve_api_key
+from tasks.secrets import aresolve_api_keys
 
 __all__ = ["flow_actor", "block_secret", "prepare_deployment", "validate_stage", "gate_deployment",
            "release_deployment", "start_canary", "finish_deployment", "find_canary", "send_simulated_traffic",
@@ -83,9 +83,11 @@ async def validate_stage(config_path: str, pipeline: str, store_path: str | None
     ctx = load_pipeline(config_path, pipeline, store=store_path)
     store = MetricsStore(ctx.store_path)
     renew_lock(store, pipeline, plan.deployment_id, plan.lease_seconds)
+    # Only the integration stage calls models; its keys are loaded here, with Prefect's async block loader.
+    calls_models = stage == "integration" and skip_reason is None and stage in plan.stages
+    keys = await aresolve_api_keys(ctx.config, ctx.providers_used()) if calls_models else {}
     try:
-        report = await run_stage(ctx, store, plan, stage, key_of=lambda name: resolve_api_key(ctx.config, name),
-                                 skip_reason=skip_reason)
+        report = await run_stage(ctx, store, plan, stage, key_of=keys.__getitem__, skip_reason=skip_reason)
     finally:
         await close_providers()
     await create_markdown_artifact(key=artifact_key("deploy", pipeline, stage), markdown=report.to_markdown(),
@@ -162,7 +164,7 @@ def start_canary(config_path: str, pipeline: str, store_path: str | None, plan: 
     ctx = load_pipeline(config_path, pipeline, store=store_path)
     canary = start_release_canary(ctx.config, MetricsStore(ctx.store_path), plan, gate)
     return {"canary_id": canary.canary_id, "split_pct": canary.split_pct, "control": canary.control_hash,
-            "treatment": canary.treatment_hash}
+            "treatment": canary.treatment_hash, "plan": canary.settings.get("plan"), "reason": canary.reason}
 
 
 @task(name="finish-deployment", cache_policy=NO_CACHE)
@@ -249,9 +251,20 @@ def _look_row(look: dict[str, Any]) -> dict[str, Any]:
     def fmt(x: Any) -> str:
         return f"{x:+.4f}" if isinstance(x, (int, float)) else "—"
 
+    fraction, spent = d.get("information_fraction"), d.get("alpha_spent")
     return {"look": look["look"], "split %": look["split_pct"], "control": look["n_control"],
             "treatment": look["n_treatment"], "effect": fmt(d.get("effect")),
-            "CI": f"{fmt(d.get('ci_low'))} … {fmt(d.get('ci_high'))}", "action": look["action"]}
+            "CI": f"{fmt(d.get('ci_low'))} … {fmt(d.get('ci_high'))}",
+            "horizon": f"{fraction:.0%}" if isinstance(fraction, (int, float)) else "—",
+            "alpha spent": f"{spent:.3g}" if isinstance(spent, (int, float)) else "—", "action": look["action"]}
+
+
+def _plan_line(plan: dict[str, Any]) -> str:
+    if not plan:
+        return "—"
+    return (f"{plan['test']}; {plan['power']:.0%} power at a {plan['min_effect'] * 100:.1f}-point gain by "
+            f"{plan['requests']:.0f} requests (horizon {plan['horizon']:.0f} effective pairs; score variance "
+            f"{plan['variance']:.4f}, {plan['variance_source']}); alpha {plan['alpha']:g}, harm {plan['alpha_harm']:g}")
 
 
 def _publish_looks(store: MetricsStore, pipeline: str, canary_id: str) -> None:
@@ -262,6 +275,7 @@ def _publish_looks(store: MetricsStore, pipeline: str, canary_id: str) -> None:
     lines = [f"# Canary `{canary_id}` — {canary.status}", "",
              f"`{canary.control_hash}` (production) vs `{canary.treatment_hash}` (new) · split now "
              f"{canary.split_pct:g}% · schedule {', '.join(f'{x:g}%' for x in canary.settings['schedule'])}", "",
+             f"Plan: {_plan_line(canary.settings.get('plan') or {})}", "",
              f"Last look: {canary.reason}", ""]
     if rows:
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

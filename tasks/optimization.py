@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from promptcycle import dataworker
 from promptcycle.errors import (
@@ -70,7 +70,7 @@ from tasks.runs import flow_run_url
 from tasks.cells import run_cell
 from tasks.retry import BACKOFF, retry_if_transient
 from tasks.limits import check_provider_limits
-from tasks.secrets import resolve_api_key
+from tasks.secrets import aresolve_api_key, resolve_api_key
 
 __all__ = ["OptimizationPlan", "Screening", "Confirmation", "find_baseline", "prepare_optimization",
            "diagnose_baseline", "generate_candidates", "estimate_budget", "open_evaluations", "evaluate_prompt",
@@ -261,6 +261,7 @@ def _ledger_complete(ctx: PipelineContext, store, plan: OptimizationPlan):
     """`complete(model, messages)` for the strategies: answered from the paid-call ledger when the
     identical call was paid before, else paid for (within the budget) and recorded in the ledger."""
     budget = budget_for(store, plan.run_id, max_calls=plan.max_calls, max_cost_usd=plan.max_cost_usd)
+    keys: dict[str, SecretStr | None] = {}  # provider -> key, each loaded once (async: Block.aload)
 
     async def complete(model_name: str, messages: list[dict[str, str]]) -> Completion:
         mconf = ctx.config.models[model_name]
@@ -271,9 +272,11 @@ def _ledger_complete(ctx: PipelineContext, store, plan: OptimizationPlan):
                               output_tokens=paid.output_tokens or 0, latency_ms=paid.latency_ms or 0.0,
                               cost_usd=paid.cost_usd or 0.0, attempts=paid.attempts or 1,
                               simulated=bool(paid.simulated))
+        if mconf.provider not in keys:
+            keys[mconf.provider] = await aresolve_api_key(ctx.config, mconf.provider)
         if not budget.try_acquire(model_name):
             raise BudgetExceededError(f"the budget ran out before the call to {model_name}")
-        provider = get_provider(ctx.config, mconf.provider, resolve_api_key(ctx.config, mconf.provider))
+        provider = get_provider(ctx.config, mconf.provider, keys[mconf.provider])
         try:
             completion = await provider.complete(model_name, messages, seed=0)
         except BaseException:

@@ -1,4 +1,9 @@
-"""Resolving provider API keys: a Prefect credentials block first, then an environment variable."""
+"""Resolving provider API keys: a Prefect credentials block first, then an environment variable.
+
+Prefect's `Block.load` returns a coroutine when called from async code (an async task, or anything
+under a running event loop), so async code must use `aresolve_api_key` / `aresolve_api_keys`, which
+await `Block.aload`; sync tasks use `resolve_api_key`.
+"""
 
 from __future__ import annotations
 
@@ -9,28 +14,57 @@ from pydantic import SecretStr
 from promptcycle.config import PromptcycleConfig
 from promptcycle.errors import ConfigError
 
-__all__ = ["resolve_api_key"]
+__all__ = ["resolve_api_key", "aresolve_api_key", "aresolve_api_keys"]
+
+
+def _missing_block(config: PromptcycleConfig, provider: str, name: str) -> ConfigError:
+    return ConfigError(f"no ProviderCredentials block named {name!r} "
+                       "(create it in the Prefect UI or with ProviderCredentials(api_key=...).save(name))",
+                       file=str(config.source_path) if config.source_path else None,
+                       path=f"providers.{provider}.api_key_block", found=name, expected="an existing block name")
+
+
+def _key_from_env(config: PromptcycleConfig, provider: str) -> SecretStr | None:
+    pconf = config.providers[provider]
+    if not pconf.api_key_env:
+        return None
+    value = os.environ.get(pconf.api_key_env)
+    if not value:
+        raise ConfigError(f"environment variable {pconf.api_key_env} is not set",
+                          file=str(config.source_path) if config.source_path else None,
+                          path=f"providers.{provider}.api_key_env",
+                          found=pconf.api_key_env, expected="a set environment variable holding the key")
+    return SecretStr(value)
 
 
 def resolve_api_key(config: PromptcycleConfig, provider: str) -> SecretStr | None:
-    """The key for `provider`, or None when it needs none. Missing configured keys fail clearly."""
-    pconf = config.providers[provider]
-    file = str(config.source_path) if config.source_path else None
-    if pconf.api_key_block:
+    """The key for `provider`, or None when it needs none. Missing configured keys fail clearly.
+    For sync code only (see the module docstring)."""
+    block = config.providers[provider].api_key_block
+    if block:
         from blocks.credentials import ProviderCredentials
 
         try:
-            return ProviderCredentials.load(pconf.api_key_block).get_api_key()
+            return ProviderCredentials.load(block, _sync=True).get_api_key()
         except ValueError:
-            raise ConfigError(f"no ProviderCredentials block named {pconf.api_key_block!r} "
-                              "(create it in the Prefect UI or with ProviderCredentials(api_key=...).save(name))",
-                              file=file, path=f"providers.{provider}.api_key_block",
-                              found=pconf.api_key_block, expected="an existing block name") from None
-    if pconf.api_key_env:
-        value = os.environ.get(pconf.api_key_env)
-        if not value:
-            raise ConfigError(f"environment variable {pconf.api_key_env} is not set",
-                              file=file, path=f"providers.{provider}.api_key_env",
-                              found=pconf.api_key_env, expected="a set environment variable holding the key")
-        return SecretStr(value)
-    return None
+            raise _missing_block(config, provider, block) from None
+    return _key_from_env(config, provider)
+
+
+async def aresolve_api_key(config: PromptcycleConfig, provider: str) -> SecretStr | None:
+    """`resolve_api_key` for async code: awaits Prefect's block loader."""
+    block = config.providers[provider].api_key_block
+    if block:
+        from blocks.credentials import ProviderCredentials
+
+        try:
+            credentials = await ProviderCredentials.aload(block)
+        except ValueError:
+            raise _missing_block(config, provider, block) from None
+        return credentials.get_api_key()
+    return _key_from_env(config, provider)
+
+
+async def aresolve_api_keys(config: PromptcycleConfig, providers: list[str]) -> dict[str, SecretStr | None]:
+    """The keys of `providers`, each loaded once: a lookup for code that needs a key synchronously."""
+    return {name: await aresolve_api_key(config, name) for name in dict.fromkeys(providers)}

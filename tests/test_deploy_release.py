@@ -42,7 +42,7 @@ from simserver import unused_port
 OTHER = "customer-insights-eu"
 DEPLOYMENT = {"serving_models": ["xl"], "integration": {"cases_per_spectrum": 1},
               "targets": [{"kind": "file", "options": {"path": "deployed/{pipeline}.json"}}],
-              "canary": {"schedule": [10, 50, 100], "look_size": 200, "max_per_arm": 500}}
+              "canary": {"schedule": [10, 50, 100], "look_size": 200, "min_effect": 0.03}}
 
 
 def run(coro):
@@ -286,10 +286,60 @@ def test_a_guardrail_rolls_back_at_once(labelled):
     version = record_version(store, PIPE, better_prompt(cfg.pipeline(PIPE).prompt.to_template()), parent=first)
     canary = start_canary(store, cfg, PIPE, version, first)
     look, sent = drive(config, store, canary.canary_id, error_rates={"treatment": 0.3})
-    assert look.action == "rollback" and "guardrail treatment_error_rate is breached" in look.decision.reason
+    assert look.action == "rollback" and "guardrail" in look.decision.reason
+    breached = {g.name for g in look.decision.guardrails if g.breached}
+    assert breached and breached <= {"treatment_error_rate", "error_rate_increase"}
     assert sent <= 600  # long before the quality test could decide
     conclude_canary(cfg, store, look, actor="canary test")
     assert store.get_label(PIPE, "production") == first
+
+
+def test_a_shadow_canary_pairs_both_answers_of_each_request_and_never_serves_the_new_version(tmp_path):
+    from promptcycle.deploy.serving import resolve_prompt
+
+    clear_cache()
+    shadow = {**DEPLOYMENT, "canary": {**DEPLOYMENT["canary"], "mode": "shadow", "shadow_pct": 50}}
+    config = write_config(tmp_path, models=["small", "xl"], deployment=shadow)
+    cfg = load_config(config)
+    store = MetricsStore(tmp_path / "metrics.duckdb")
+    first = record_version(store, PIPE, cfg.pipeline(PIPE).prompt.to_template())
+    store.move_label(PIPE, "production", first, actor="test", reason="initial")
+    version = record_version(store, PIPE, better_prompt(cfg.pipeline(PIPE).prompt.to_template()), parent=first)
+    canary = start_canary(store, cfg, PIPE, version, first)
+    plan = canary.settings["plan"]
+    assert canary.split_pct == 0.0 and plan["mode"] == "shadow" and "shadowed requests" in canary.reason
+    served = [resolve_prompt(PIPE, f"user-{i}", store=store.path) for i in range(400)]
+    assert {s.version for s in served} == {first}  # production answers every request
+    assert 120 < sum(s.shadow is not None and s.shadow.version == version for s in served) < 280
+    look, sent = drive(config, store, canary.canary_id)
+    assert look.action == "promote", look.decision.reason
+    assert look.decision.mode == "shadow" and "paired" in look.decision.test and look.decision.effect > 0
+    rows = store.production_results(PIPE, canary_id=canary.canary_id)
+    assert not [r for r in rows if r.prompt_hash == version and r.arm != "shadow"]
+    pairs = [r for r in rows if r.arm == "shadow"]
+    assert look.decision.n_effective == len(pairs) and all(r.metadata["shadow_of"] for r in pairs)
+    conclude_canary(cfg, store, look, actor="canary test")
+    assert store.get_label(PIPE, "production") == version
+    clear_cache()
+
+
+def test_a_canary_started_before_plans_existed_is_still_looked_at(labelled):
+    import duckdb
+
+    config, store, first = labelled
+    cfg = load_config(config)
+    version = record_version(store, PIPE, better_prompt(cfg.pipeline(PIPE).prompt.to_template()), parent=first)
+    canary = start_canary(store, cfg, PIPE, version, first)
+    old = {"schedule": [10.0, 50.0, 100.0], "step_min_requests": 50, "look_size": 200, "look_interval_seconds": 60.0,
+           "max_looks": 500, "alpha": 0.05, "min_effect": 0.0, "max_per_arm": 500, "min_per_arm": 20,
+           "guardrails": {"max_error_rate": 0.05, "max_error_rate_increase": 0.02, "max_p95_latency_ms": None,
+                          "max_p95_latency_increase_ms": None, "min_requests": 20}}
+    with duckdb.connect(str(store.path)) as con:
+        con.execute("UPDATE canaries SET settings_json = ? WHERE canary_id = ?", [json.dumps(old), canary.canary_id])
+    run(simulate_traffic(load_pipeline(config, PIPE), requests=200, seed=1))
+    look = look_at_canary(store, canary.canary_id)
+    assert look.decision.plan["variance"] == 0.25 and "before canary plans" in look.decision.plan["variance_source"]
+    assert look.decision.min_effect == 0.03
 
 
 def test_strong_early_evidence_moves_the_split_on_before_it_promotes(labelled):

@@ -101,6 +101,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         if "canary_id" in result:
             console.print(f"canary [bold]{result['canary_id']}[/] started at {result['split_pct']:g}% "
                           f"({result['control']} → {result['treatment']})")
+            if result.get("reason"):
+                console.print(f"  plan: {result['reason']}")
         else:
             for t in result.get("targets") or []:
                 console.print(f"  target {t['target']} ({t['kind']}): {t['status']} — {t['detail']}")

@@ -76,7 +76,6 @@ def _check_input(args: argparse.Namespace, names: list[str] | None) -> None:
     from promptcycle.errors import ConfigError
     from promptcycle.evaluation.context import resolve_store_path
     from promptcycle.optimize.strategies import strategies
-    from promptcycle.store import MetricsStore
 
     config = load_config(args.config)
     config.pipeline(args.pipeline)
@@ -85,8 +84,12 @@ def _check_input(args: argparse.Namespace, names: list[str] | None) -> None:
             raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(strategies.names())}",
                               path="--strategies", found=name, expected="a registered strategy")
     if args.baseline:
+        # Through the data worker, which owns the store: DuckDB loaded in this process (which then
+        # runs Prefect) ends every command with ~45 lines of nanobind "leaked" warnings at exit.
+        from promptcycle.store.remote import open_store
+
         store_path = resolve_store_path(config, args.store)
-        run = MetricsStore(store_path).get_run(args.baseline) if store_path.exists() else None
+        run = open_store(store_path).get_run(args.baseline) if store_path.exists() else None
         if run is None or run.kind != "baseline" or run.pipeline != args.pipeline:
             raise ConfigError(f"no baseline run {args.baseline!r} of pipeline {args.pipeline!r} in {store_path}",
                               path="--baseline", found=args.baseline,

@@ -51,6 +51,9 @@ def load_cases(source: str, *, base_dir: Path | None = None) -> list[Case]:
     path = Path(source).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory, expected a JSONL, CSV or Parquet file "
+                           f"({', '.join(SUPPORTED_EXTENSIONS)}) or '{BUNDLED_PREFIX}<name>'")
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_EXTENSIONS:
         raise DatasetError(f"{path}: unsupported dataset file type {path.suffix or '(no extension)'!r}; "

@@ -18,6 +18,11 @@ hash taken modulo 10,000 gives a bucket, and buckets below `split_pct * 100` get
 version (`arm="treatment"`), the others production (`arm="control"`). Raising the split from 10%
 to 50% keeps every treatment key in treatment.
 
+A canary in shadow mode serves production to every request; for buckets below `shadow_pct * 100`
+`served.shadow` is the new version too, which the application answers *without serving it* and
+reports with `arm="shadow"` and the served request's id (`log_shadow_result`), so both answers of
+the same request are compared.
+
 The store file is `store=` or the `PROMPTCYCLE_STORE` environment variable (default
 `promptcycle.duckdb`). DuckDB lets one process open the file at a time: while a flow writes, a
 read waits (up to `lock_timeout_s`) and, if the file stays busy, the last state read is served.
@@ -43,6 +48,7 @@ import duckdb
 
 from promptcycle.errors import ServingError
 from promptcycle.prompts import PromptTemplate
+from promptcycle.store.offline import connect, foreign_format
 
 __all__ = [
     "STORE_ENV",
@@ -55,6 +61,8 @@ __all__ = [
     "clear_cache",
     "log_production_result",
     "log_production_results",
+    "log_shadow_result",
+    "shadow_outcome",
     "ingest_production_results",
 ]
 
@@ -83,6 +91,7 @@ class ResolvedPrompt:
     bucket: int
     canary_id: str | None = None
     split_pct: float = 0.0
+    shadow: "ResolvedPrompt | None" = None  # shadow mode: the new version, to answer unserved
 
     @property
     def prompt(self) -> PromptTemplate:
@@ -107,6 +116,7 @@ class _State:
     canary_id: str | None = None
     treatment: _Version | None = None
     split_pct: float = 0.0
+    shadow_pct: float = 0.0
 
 
 def bucket_of(request_key: str) -> int:
@@ -133,8 +143,12 @@ def _connect(path: Path, timeout_s: float) -> duckdb.DuckDBPyConnection:
     wait = 0.005
     while True:
         try:
-            return duckdb.connect(str(path))
+            return connect(path)
         except duckdb.Error as exc:
+            kind = foreign_format(path)
+            if kind is not None:
+                raise ServingError(f"the metrics store {path} exists but is not a DuckDB database (it is {kind})"
+                                   ) from exc
             if not _is_busy(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(wait * random.uniform(0.5, 1.0))
@@ -149,7 +163,8 @@ def _read_state(path: Path, pipeline: str, scope: str, timeout_s: float) -> _Sta
                 "ON v.prompt_hash = l.prompt_hash WHERE l.pipeline = ? AND l.label = 'production' AND l.scope = ?",
                 [pipeline, scope]).fetchone()
             canary = con.execute(
-                "SELECT c.canary_id, c.treatment_hash, v.system, v.template, c.split_pct FROM canaries c "
+                "SELECT c.canary_id, c.treatment_hash, v.system, v.template, c.split_pct, c.settings_json "
+                "FROM canaries c "
                 "JOIN prompt_versions v ON v.prompt_hash = c.treatment_hash "
                 "WHERE c.pipeline = ? AND c.scope = ? AND c.status = 'running' ORDER BY c.started_at LIMIT 1",
                 [pipeline, scope]).fetchone()
@@ -158,8 +173,10 @@ def _read_state(path: Path, pipeline: str, scope: str, timeout_s: float) -> _Sta
                                "predates deployments: open it once with promptcycle to upgrade it") from None
     if canary is None:
         return _State(scope, _Version(*production) if production else None)
+    settings = json.loads(canary[5]) if canary[5] else {}
+    shadow_pct = float(settings.get("shadow_pct", 0.0)) if settings.get("mode") == "shadow" else 0.0
     return _State(scope, _Version(*production) if production else None, canary[0], _Version(*canary[1:4]),
-                  float(canary[4]))
+                  float(canary[4]), shadow_pct)
 
 
 _cache: dict[tuple[str, str, str], tuple[float, _State]] = {}
@@ -212,14 +229,19 @@ def resolve_prompt(pipeline: str, request_key: str, *, model: str | None = None,
         raise ServingError(f"pipeline {pipeline!r} has no production prompt in {path}; deploy one with "
                            f"`promptcycle deploy --pipeline {pipeline}`")
     bucket = bucket_of(request_key)
-    chosen, arm = state.production, "production"
+    chosen, arm, shadow = state.production, "production", None
     if state.canary_id is not None and state.treatment is not None:
         arm = "control"
         if bucket < state.split_pct * (BUCKETS / 100.0):
             chosen, arm = state.treatment, "treatment"
+        elif bucket < state.shadow_pct * (BUCKETS / 100.0):
+            t = state.treatment
+            shadow = ResolvedPrompt(pipeline=pipeline, scope=state.scope, version=t.version, system=t.system,
+                                    template=t.template, arm="shadow", bucket=bucket, canary_id=state.canary_id,
+                                    split_pct=state.split_pct)
     return ResolvedPrompt(pipeline=pipeline, scope=state.scope, version=chosen.version, system=chosen.system,
                           template=chosen.template, arm=arm, bucket=bucket, canary_id=state.canary_id,
-                          split_pct=state.split_pct)
+                          split_pct=state.split_pct, shadow=shadow)
 
 
 # -- outcomes ---------------------------------------------------------------------------------------------------
@@ -261,8 +283,8 @@ def _row(outcome: Mapping[str, Any]) -> tuple:
             raise ValueError(f"latency_ms must be a number >= 0 or null, not {latency!r}")
         latency = float(latency)
     arm = outcome.get("arm")
-    if arm is not None and arm not in ("production", "control", "treatment"):
-        raise ValueError(f"arm must be 'production', 'control' or 'treatment', not {arm!r}")
+    if arm is not None and arm not in ("production", "control", "treatment", "shadow"):
+        raise ValueError(f"arm must be 'production', 'control', 'treatment' or 'shadow', not {arm!r}")
     metadata = outcome.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise ValueError(f"metadata must be an object, not {type(metadata).__name__}")
@@ -322,6 +344,26 @@ def log_production_result(pipeline: str, request_id: str, version: str, *, score
     outcome = {"pipeline": pipeline, "request_id": request_id, "version": version, "score": score, "error": error,
                "latency_ms": latency_ms, "model": model, "scope": scope, "canary_id": canary_id, "arm": arm,
                "metadata": dict(metadata) if metadata is not None else None, "at": at}
+    return _insert([_row(outcome)], store, lock_timeout_s) == 1
+
+
+def shadow_outcome(pipeline: str, request_id: str, version: str, **fields: Any) -> dict[str, Any]:
+    """The outcome dict of a shadow answer to request `request_id` (for `log_production_results`): its own id
+    `<request_id>#shadow`, `arm="shadow"`, and `metadata.shadow_of` naming the served request."""
+    metadata = dict(fields.pop("metadata", None) or {})
+    metadata["shadow_of"] = request_id
+    return {"pipeline": pipeline, "request_id": f"{request_id}#shadow", "version": version, "arm": "shadow",
+            "metadata": metadata, **fields}
+
+
+def log_shadow_result(pipeline: str, request_id: str, version: str, *, score: float | None = None,
+                      error: bool = False, latency_ms: float | None = None, model: str | None = None,
+                      scope: str = "", canary_id: str | None = None, store: str | Path | None = None,
+                      lock_timeout_s: float = 30.0) -> bool:
+    """Record the shadow answer (`served.shadow.version`, not served to the user) to request `request_id`,
+    scored like a served one; True if new."""
+    outcome = shadow_outcome(pipeline, request_id, version, score=score, error=error, latency_ms=latency_ms,
+                             model=model, scope=scope, canary_id=canary_id)
     return _insert([_row(outcome)], store, lock_timeout_s) == 1
 
 

@@ -17,8 +17,9 @@ Built-in kinds (options in docs/deployment.md):
 - `webhook`: POSTs the payload to the application's reload endpoint, retrying connection failures,
   429 and 5xx with back-off; a bearer token comes from an environment variable or a Prefect
   "Webhook Credentials" block;
-- `langsmith`: pushes the prompt to the LangSmith prompt hub with a tag when an API key is set, and
-  is skipped, saying so, when none is.
+- `langsmith`: commits the prompt to the LangSmith prompt hub and tags the commit, over the hub's REST
+  API (`promptcycle.deploy.hub`; no langchain-core needed), when an API key is set, and is skipped,
+  saying so, when none is.
 """
 
 from __future__ import annotations
@@ -382,45 +383,56 @@ class LangSmithTarget(Target):
         return self.options.prompt_name.replace("{pipeline}", prompt.pipeline).replace(
             "{scope}", prompt.scope or "all-models")
 
-    def _push(self, prompt: DeployedPrompt) -> str:
+    def _hub(self):
+        from promptcycle.deploy.hub import PromptHub
+
+        return PromptHub(self._api_url(), self.secret, timeout_s=self.options.timeout_seconds)
+
+    def _push(self, prompt: DeployedPrompt):
         import httpx2
 
-        url = self._api_url()
-        try:  # a dead endpoint would otherwise stall in the SDK's own retries
-            httpx2.get(f"{url}/info", timeout=min(2.0, self.options.timeout_seconds)).raise_for_status()
+        hub = self._hub()
+        try:  # a dead endpoint fails fast, before anything is sent
+            httpx2.get(f"{hub.api_url}/info", timeout=min(2.0, self.options.timeout_seconds)).raise_for_status()
         except httpx2.HTTPError as exc:
-            raise TargetError(f"langsmith target {self.name!r}: {url} is not reachable ({type(exc).__name__}: "
-                              f"{exc})") from None
-        from langsmith import Client
-
-        client = Client(api_url=url, api_key=self.secret.get_secret_value() if self.secret else None,
-                        timeout_ms=int(self.options.timeout_seconds * 1000))
+            raise TargetError(f"langsmith target {self.name!r}: {hub.api_url} is not reachable "
+                              f"({type(exc).__name__}: {exc})") from None
         try:
-            return client.push_prompt(self._name(prompt), object=_manifest(prompt), commit_tags=[self.options.tag],
-                                      commit_description=f"promptcycle version {prompt.version}")
-        except Exception as exc:  # noqa: BLE001 - the SDK raises many types; all mean "not pushed"
-            message = str(exc)
-            if self.secret:
-                message = message.replace(self.secret.get_secret_value(), "***")
-            raise TargetError(f"langsmith target {self.name!r}: push to {url} failed: {type(exc).__name__}: "
-                              f"{message[:300]}") from None
+            return hub.push(self._name(prompt), _manifest(prompt), tag=self.options.tag,
+                            description=f"promptcycle version {prompt.version}")
+        except TargetError as exc:
+            raise TargetError(f"langsmith target {self.name!r}: push to {hub.api_url} failed: {exc}") from None
 
     def deploy(self, prompt: DeployedPrompt, previous: DeployedPrompt | None) -> Receipt:
         if self.secret is None:
             return Receipt(self.outcome("skipped", f"skipped: no LangSmith API key (set {self.options.api_key_env} "
                                                    "to push the production prompt to the prompt hub)"))
-        where = self._push(prompt)
-        return Receipt(self.outcome("written", f"pushed version {prompt.version} as {self._name(prompt)!r} with tag "
-                                               f"{self.options.tag!r} ({where})"), undo=previous)
+        pushed = self._push(prompt)
+        created = " (the prompt was created)" if pushed.created_prompt else ""
+        return Receipt(self.outcome("written", f"pushed version {prompt.version} as commit {pushed.ref} tagged "
+                                               f"{self.options.tag!r}{created}"),
+                       undo={"previous": previous, "pushed": pushed})
 
     def restore(self, receipt: Receipt) -> TargetOutcome:
         if receipt.outcome.status == "skipped":
             return self.outcome("skipped", receipt.outcome.detail)
-        previous: DeployedPrompt | None = receipt.undo
-        if previous is None:
-            return self.outcome("restored", "nothing to restore: no earlier version was pushed")
-        self._push(previous)
-        return self.outcome("restored", f"pushed version {previous.version} back with tag {self.options.tag!r}")
+        previous: DeployedPrompt | None = receipt.undo["previous"]
+        pushed = receipt.undo["pushed"]
+        if previous is not None:
+            again = self._push(previous)
+            return self.outcome("restored", f"pushed version {previous.version} back as commit {again.ref} tagged "
+                                            f"{self.options.tag!r}")
+        if pushed.created_prompt:
+            try:
+                self._hub().delete_prompt(f"{pushed.owner}/{pushed.name}")
+            except TargetError as exc:
+                raise TargetError(f"could not delete the prompt {pushed.owner}/{pushed.name} this deployment "
+                                  f"created: {exc}") from None
+            return self.outcome("restored", f"deleted the prompt {pushed.owner}/{pushed.name} this deployment "
+                                            "created")
+        return self.outcome("restore_failed", f"no earlier version was pushed to {pushed.owner}/{pushed.name}, "
+                                              f"which existed before: commit {pushed.ref} stays tagged "
+                                              f"{self.options.tag!r}; move the tag in LangSmith by hand")
 
 
 # -- building and applying --------------------------------------------------------------------------------------

@@ -7,6 +7,10 @@ prompt version — sticky by user, following the canary's split — the user's s
 pipeline's scorers grade the answer, and the outcome is reported with `log_production_results`,
 exactly as an application would. The simulated service time is the reported latency.
 
+When the canary runs in shadow mode, a request `resolve_prompt` marks for shadowing is also answered
+by the new version (`served.shadow`), scored by the same scorers and reported with `arm="shadow"`
+and the served request's id, as an application would with `log_shadow_result`.
+
 `error_rates` injects failures per arm ({"treatment": 0.2} fails a fifth of the new version's
 requests) to exercise the guardrails; the failures are simulated and marked so in each outcome's
 metadata.
@@ -22,7 +26,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from promptcycle.deploy.serving import bucket_of, clear_cache, log_production_results, resolve_prompt
+from promptcycle.deploy.serving import (
+    bucket_of,
+    clear_cache,
+    log_production_results,
+    resolve_prompt,
+    shadow_outcome,
+)
 from promptcycle.errors import ConfigError
 from promptcycle.evaluation.context import PipelineContext
 from promptcycle.providers.base import Completion
@@ -84,6 +94,14 @@ async def simulate_traffic(ctx: PipelineContext, *, requests: int, seed: int = 0
                           simulated=True)
 
     scorers = build_scorers(ctx.pipeline.scorers, complete=complete)
+
+    async def answer(served: Any, case: Any, model: str) -> tuple[float, float]:
+        completion = await complete(model, served.render(case.inputs))
+        sample = Sample(case=case, output=completion.text, model=model, latency_ms=completion.latency_ms,
+                        latency_target_ms=ctx.config.models[model].latency_target_ms)
+        values = {name: (await scorer.ascore(sample)).value for name, scorer in scorers.items()}
+        return min(1.0, max(0.0, overall(values, ctx.weights))), completion.latency_ms
+
     summary = TrafficSummary(requests=requests)
     totals: Counter = Counter()
     prefix = f"sim-{ctx.name}-{secrets.token_hex(4)}"
@@ -106,14 +124,19 @@ async def simulate_traffic(ctx: PipelineContext, *, requests: int, seed: int = 0
             outcome.update(error=True, score=None, latency_ms=None)
             outcome["metadata"]["injected_error"] = True
         else:
-            completion = await complete(model, served.render(case.inputs))
-            sample = Sample(case=case, output=completion.text, model=model, latency_ms=completion.latency_ms,
-                            latency_target_ms=ctx.config.models[model].latency_target_ms)
-            values = {name: (await scorer.ascore(sample)).value for name, scorer in scorers.items()}
-            score = min(1.0, max(0.0, overall(values, ctx.weights)))
-            outcome.update(error=False, score=score, latency_ms=completion.latency_ms)
+            score, latency = await answer(served, case, model)
+            outcome.update(error=False, score=score, latency_ms=latency)
             totals[served.arm + ":sum"] += score
             totals[served.arm + ":n"] += 1
+        if served.shadow is not None:
+            score, latency = await answer(served.shadow, case, model)
+            outcomes.append(shadow_outcome(ctx.name, outcome["request_id"], served.shadow.version, score=score,
+                                           error=False, latency_ms=latency, scope=served.scope,
+                                           canary_id=served.canary_id, model=model, at=outcome["at"],
+                                           metadata={"simulated": True, "case_id": case.id, "user": user}))
+            totals["shadow:sum"] += score
+            totals["shadow:n"] += 1
+            summary.by_arm["shadow"] = summary.by_arm.get("shadow", 0) + 1
         summary.by_arm[served.arm] = summary.by_arm.get(served.arm, 0) + 1
         summary.by_version[served.version] = summary.by_version.get(served.version, 0) + 1
         if outcome["error"]:

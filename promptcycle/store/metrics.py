@@ -63,6 +63,7 @@ from promptcycle.store.arrow import (
     results_table,
     splits_table,
 )
+from promptcycle.store.offline import UNKNOWN_FORMAT, connect, foreign_format
 from promptcycle.store.schema import MIGRATIONS, apply_migrations
 
 if TYPE_CHECKING:
@@ -239,7 +240,7 @@ class MetricsStore:
             raise StorePathError(f"cannot create the directory of the metrics store {self.path}: {exc}") from exc
         if self.path.is_dir():
             raise StorePathError(f"the metrics store path {self.path} is a directory; give a file path "
-                             f"such as {self.path / 'metrics.duckdb'}")
+                                 f"such as {self.path / 'metrics.duckdb'}")
         if not self.path.exists():
             self._create()
         self.migrate()
@@ -256,7 +257,7 @@ class MetricsStore:
         """
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
-            with duckdb.connect(str(temporary)) as con:
+            with connect(temporary) as con:
                 apply_migrations(con, MIGRATIONS, source=f"the metrics store {self.path}")
             try:
                 os.link(temporary, self.path)
@@ -279,15 +280,18 @@ class MetricsStore:
         wait = _FIRST_WAIT_S
         while True:
             try:
-                return duckdb.connect(str(self.path))
+                return connect(self.path)
             except duckdb.Error as exc:
                 if not _is_lock_conflict(exc):
                     if "not a valid DuckDB database" in str(exc) and _is_empty(self.path):
-                        raise StorePathError(f"{self.path} is an empty file, not a DuckDB database; delete it and "
-                                         f"the store will create the database there") from exc
-                    if "not a valid DuckDB database" in str(exc):
-                        raise StorePathError(f"{self.path} exists but is not a DuckDB database; point the store "
-                                         f"at a new file or an existing metrics store") from exc
+                        raise StorePathError(f"{self.path} is an empty file, not a DuckDB database; delete it "
+                                             f"and the store will create the database there") from exc
+                    kind = foreign_format(self.path)
+                    if kind is not None or "not a valid DuckDB database" in str(exc):
+                        what = f" (it is {kind})" if kind and kind != UNKNOWN_FORMAT else ""
+                        raise StorePathError(f"{self.path} exists but is not a DuckDB database{what}; point --store "
+                                             f"(or `store:` in pipelines.yaml) at a new file or an existing metrics "
+                                             f"store") from exc
                     raise StorePathError(f"cannot open the metrics store {self.path}: {exc}") from exc
                 self.lock_conflicts += 1
                 remaining = deadline - time.monotonic()
