@@ -79,7 +79,7 @@ def existing_store(config, store: str | None, command: str) -> Path:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check pipelines.yaml and run the dataset suite of each pipeline — no model calls."""
-    from promptcycle.config import load_config
+    from promptcycle.catalog import load_config
     from promptcycle.evaluation.context import load_pipeline
     from promptcycle.quality.worker import validate_dataset
     from promptcycle.store.remote import open_store
@@ -262,7 +262,7 @@ def _print_summary(summary) -> None:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     """Run the baseline flow for one pipeline."""
-    from promptcycle.config import load_config
+    from promptcycle.catalog import load_config
 
     load_config(args.config).pipeline(args.pipeline)  # fail fast on config errors, before Prefect starts
     from promptcycle.quality.worker import warm_up

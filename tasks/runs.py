@@ -36,7 +36,7 @@ def run_tags(pipeline: str, phase: str, simulated: bool) -> list[str]:
 
 def is_simulated(config_path: str, pipeline: str) -> bool:
     """Whether any of the pipeline's models is served by the built-in simulator."""
-    from promptcycle.config import load_config
+    from promptcycle.catalog import load_config
 
     config = load_config(config_path)
     pipe = config.pipeline(pipeline)

@@ -170,7 +170,7 @@ def test_cli_validate_reports_a_dataset_directory_with_exit_2(tmp_path, repo_con
 # -- scorer weights, as docs/configuration.md describes them ---------------------------------------
 
 def test_a_negative_weight_is_refused_at_load_as_documented(repo_config):
-    from promptcycle.config import load_config
+    from promptcycle.catalog import load_config
     from promptcycle.errors import ConfigError
 
     data = yaml.safe_load(repo_config.read_text())

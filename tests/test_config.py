@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptcycle.config import load_config
+from promptcycle.catalog import load_config
 from promptcycle.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

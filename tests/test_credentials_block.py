@@ -52,7 +52,7 @@ def test_baseline_reads_the_key_from_a_credentials_block(prefect_harness, repo_c
 def test_a_missing_block_is_a_config_error_from_sync_and_async_code(prefect_harness, repo_config):
     import asyncio
 
-    from promptcycle.config import load_config
+    from promptcycle.catalog import load_config
     from promptcycle.errors import ConfigError
     from tasks.secrets import aresolve_api_key, resolve_api_key
 

@@ -12,7 +12,7 @@ import pytest
 
 from deploy_support import PIPE, better_prompt, make_candidate, record_version, worse_prompt
 from promptcycle.cli import main
-from promptcycle.config import load_config
+from promptcycle.catalog import load_config
 from promptcycle.deploy.serving import clear_cache
 from promptcycle.store import MetricsStore
 

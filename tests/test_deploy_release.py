@@ -26,7 +26,7 @@ from deploy_support import (
     worse_prompt,
     write_config,
 )
-from promptcycle.config import load_config
+from promptcycle.catalog import load_config
 from promptcycle.deploy.canary import look_at_canary
 from promptcycle.deploy.locks import DeploymentConflictError, take_lock
 from promptcycle.deploy.release import DeploymentError, conclude_canary, plan_release, roll_back

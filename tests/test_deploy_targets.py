@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptcycle.config import load_config
+from promptcycle.catalog import load_config
 from promptcycle.deploy.targets import DeployedPrompt, TargetError, apply_targets, build_targets
 from promptcycle.errors import ConfigError
 from deploy_support import PIPE, reload_endpoint, write_config

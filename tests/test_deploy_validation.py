@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from deploy_support import PIPE, better_prompt, deploy_inline, make_candidate, worse_prompt, write_config
-from promptcycle.config import ContentRules, load_config
+from promptcycle.catalog import load_config
+from promptcycle.config import ContentRules
 from promptcycle.deploy.gate import check_quality, decide_gate
 from promptcycle.deploy.validation import StageReport, validate_content, validate_syntax
 from promptcycle.errors import GateError

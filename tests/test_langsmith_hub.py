@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from simserver import ServerThread
 
 from deploy_support import PIPE, better_prompt, record_version, write_config
-from promptcycle.config import load_config
+from promptcycle.catalog import load_config
 from promptcycle.deploy.release import plan_release, release_version, roll_back
 from promptcycle.deploy.targets import DeployedPrompt, TargetError, apply_targets, build_targets
 from promptcycle.store import MetricsStore

@@ -56,3 +56,15 @@ def test_the_exempt_cli_modules_are_exactly_those_that_still_import_orchestratio
 @pytest.mark.parametrize("path", domain_modules(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_domain_code_imports_no_prefect_flows_tasks_or_blocks(path: Path):
     assert forbidden_imports(path.read_text(encoding="utf-8")) == []
+
+
+def test_config_holds_models_only_and_imports_no_registry():
+    """The models module imports nothing that could import it back: the registries and the name checks are
+    the catalog's, so `promptcycle.config` depends on errors and prompts only."""
+    imported = set()
+    for node in ast.walk(ast.parse((DOMAIN / "config.py").read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("promptcycle"):
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names if a.name.startswith("promptcycle")}
+    assert imported == {"promptcycle.errors", "promptcycle.prompts"}

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from promptcycle.config import MonitorConfig, Thresholds, load_config
+from promptcycle.catalog import load_config
+from promptcycle.config import MonitorConfig, Thresholds
 from promptcycle.errors import ConfigError
 from promptcycle.monitor import Observation, assess, detectors
 from promptcycle.registry import UnknownNameError

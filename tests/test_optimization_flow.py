@@ -104,7 +104,7 @@ def test_unknown_strategy_or_baseline_is_bad_input(tmp_path, capsys):
     ({"optimizer_model": "gpt-x"}, "optimization.optimizer_model", "gpt-x"),
 ])
 def test_strategy_and_optimizer_names_are_checked_at_load(tmp_path, section, path, found):
-    from promptcycle.config import load_config
+    from promptcycle.catalog import load_config
     from promptcycle.errors import ConfigError
 
     config = small_config(tmp_path / "pipelines.yaml")

@@ -91,7 +91,7 @@ def test_canary_outcomes_end_in_distinct_states_and_emit_events(prefect_harness,
     from prefect.events.filters import EventFilter, EventNameFilter
     from prefect.events.worker import EventsWorker
 
-    from promptcycle.config import load_config
+    from promptcycle.catalog import load_config
     from promptcycle.deploy.canary import begin_canary
     from promptcycle.store import MetricsStore
 

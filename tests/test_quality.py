@@ -282,7 +282,7 @@ def _pipeline(tmp_path, quality: dict | None = None, format_kind: str | None = "
 
     import yaml
 
-    from promptcycle.config import load_config
+    from promptcycle.catalog import load_config
 
     path = tmp_path / "pipelines.yaml"
     shutil.copy(REPO / "pipelines.yaml", path)

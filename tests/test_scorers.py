@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from promptcycle.config import load_config
+from promptcycle.catalog import load_config
 from promptcycle.datasets.cases import Case
 from promptcycle.errors import ConfigError, MalformedResponseError
 from promptcycle.providers.base import Completion

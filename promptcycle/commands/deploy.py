@@ -70,7 +70,7 @@ def _print_canary(console, result: dict[str, Any]) -> None:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Run the deployment flow: four stages, the gate, then the targets and labels — or a canary."""
-    from promptcycle.config import load_config
+    from promptcycle.catalog import load_config
 
     if args.simulate_traffic is not None and not args.canary:
         raise ConfigError("--simulate-traffic drives a canary; add --canary", path="--simulate-traffic",
@@ -117,7 +117,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def cmd_canary(args: argparse.Namespace) -> int:
     """Run the canary flow: look (optionally on simulated traffic) until the test decides."""
-    from promptcycle.config import load_config
+    from promptcycle.catalog import load_config
 
     config = load_config(args.config)
     config.pipeline(args.pipeline)
@@ -154,7 +154,7 @@ def _block_secret(name: str):
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Restore the previous (or --to) production version on every target and move the labels back."""
-    from promptcycle.config import load_config
+    from promptcycle.catalog import load_config
     from promptcycle.deploy.release import roll_back
     from promptcycle.store import MetricsStore
 
@@ -193,7 +193,7 @@ def _when(value: Any) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Production / candidate / previous per pipeline, running canaries, last decisions and deployments."""
-    from promptcycle.config import load_config
+    from promptcycle.catalog import load_config
     from promptcycle.deploy.status import pipeline_status
     from promptcycle.store import MetricsStore
 

@@ -72,7 +72,7 @@ def _strategy_names(values: list[str] | None) -> list[str] | None:
 
 def _check_input(args: argparse.Namespace, names: list[str] | None) -> None:
     """Fail on bad input before Prefect starts: pipeline, strategies, baseline run."""
-    from promptcycle.config import load_config
+    from promptcycle.catalog import load_config
     from promptcycle.errors import ConfigError
     from promptcycle.evaluation.context import resolve_store_path
     from promptcycle.optimize.strategies import strategies

@@ -12,7 +12,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from promptcycle.config import PipelineConfig, PromptcycleConfig, load_config
+from promptcycle.catalog import load_config
+from promptcycle.config import PipelineConfig, PromptcycleConfig
 from promptcycle.datasets.cases import Case, cluster_of
 from promptcycle.datasets.loaders import dataset_hash, limit_cases, load_cases
 from promptcycle.datasets.splits import assign_splits
