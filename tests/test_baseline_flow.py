@@ -14,7 +14,7 @@ import duckdb
 import pytest
 import yaml
 
-from promptcycle.cli import main
+from cli.main import main
 from promptcycle.errors import DataQualityError
 from promptcycle.store import MetricsStore
 
@@ -104,7 +104,7 @@ def test_cli_config_error_exits_2_with_readable_message(tmp_path, capsys):
 
 
 def _cli(args: list[str], env: dict, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "promptcycle.cli", *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
 
 

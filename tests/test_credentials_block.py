@@ -9,7 +9,7 @@ import pytest
 import yaml
 from simserver import ServerThread
 
-from promptcycle.cli import main
+from cli.main import main
 from promptcycle.store import MetricsStore
 
 SECRET = "sk-test-block-5f2c9a7e41d0"

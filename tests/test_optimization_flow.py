@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from promptcycle.cli import main
+from cli.main import main
 from promptcycle.optimize.search import CandidateRow, decide_outcome, pair_observations, rank_candidates
 from promptcycle.store import MetricsStore
 

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from promptcycle.cli import existing_store, final_state_name, flow_run_fields, run_flow
+from cli.main import existing_store, final_state_name, flow_run_fields, run_flow
 from promptcycle.errors import ConfigError
 
 __all__ = ["add_commands"]
@@ -81,7 +81,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     load_config(args.config).pipeline(args.pipeline)  # fail fast, before Prefect starts
     _starting(args, f"Deploying {args.pipeline!r}")
     from flows.deployment import deployment
-    from promptcycle import local_server
+    from cli import local_server
 
     local_server.ready()  # Prefect's local server, started in the background since the command was parsed
     result = run_flow(deployment, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
@@ -133,7 +133,7 @@ def cmd_canary(args: argparse.Namespace) -> int:
     error_rates = {"treatment": args.treatment_error_rate} if args.treatment_error_rate else None
     _starting(args, f"Looking at the canary of {args.pipeline!r}")
     from flows.canary import canary
-    from promptcycle import local_server
+    from cli import local_server
 
     local_server.ready()  # Prefect's local server, started in the background since the command was parsed
     result = run_flow(canary, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,

@@ -269,7 +269,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     warm_up(gx=False)  # the data worker starts while Prefect is imported; Great Expectations after the dataset gate
     from flows.baseline import baseline
-    from promptcycle import local_server
+    from cli import local_server
 
     if not args.json:
         print(f"Running the baseline of {args.pipeline!r} (Prefect's local server is reused, or started when "
@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     import importlib
 
-    from promptcycle.commands import PHASE_MODULES
+    from cli.commands import PHASE_MODULES
 
     for module_name in PHASE_MODULES:
         try:
@@ -424,8 +424,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _prefect_server(command: str):
-    """Prefect's local server for commands that run flows, started in the background (promptcycle/local_server.py)."""
-    from promptcycle import local_server
+    """Prefect's local server for commands that run flows, started in the background (cli/local_server.py)."""
+    from cli import local_server
 
     return local_server.serving(command)
 
@@ -742,8 +742,8 @@ def _present_error(args: argparse.Namespace, exc: BaseException) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m promptcycle.cli` runs this file as __main__: run the importable module instead, so that the
-    # phase commands (which import promptcycle.cli) share its state — the flow run, the log file.
-    from promptcycle.cli import main as _main
+    # `python -m cli.main` runs this file as __main__: run the importable module instead, so that the
+    # phase commands (which import cli.main) share its state — the flow run, the log file.
+    from cli.main import main as _main
 
     sys.exit(_main())
