@@ -346,8 +346,16 @@ class EmailChannel(Channel):
 # -- through Prefect ----------------------------------------------------------------------------------------------
 
 class PrefectNotificationOptions(_Options):
-    block: str = Field(description="Name of a saved Prefect notification block (Slack webhook, Microsoft Teams "
-                       "webhook, email, PagerDuty …).")
+    block: str = Field(description="A saved Prefect notification block as '<block type slug>/<name>', e.g. "
+                       "'slack-webhook/ops' or 'ms-teams-webhook/on-call' (`prefect block ls` lists them).")
+
+    @field_validator("block")
+    @classmethod
+    def _slug_and_name(cls, v: str) -> str:
+        slug, _, name = v.partition("/")
+        if not slug or not name:
+            raise ValueError("block must be '<block type slug>/<name>', e.g. 'slack-webhook/ops'")
+        return v
 
 
 @channel_kinds.register("prefect_notification")
