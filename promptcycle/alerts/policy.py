@@ -15,9 +15,9 @@ The rules, in order:
   or when the alert has not paged yet and the cooldown since the key's last page has passed, or
   when `renotify` is set and that long has passed since the last page;
 - a snoozed key pages nobody until the snooze ends; everything is still recorded;
-- an alert still unacknowledged `escalate_after` after it first paged escalates one severity up
-  (and reaches the escalation channels); `escalate` does the same on request (e.g. healing found
-  nothing to deploy).
+- an alert still unacknowledged `escalate_after` after it first paged (or last escalated) escalates
+  one severity up (and reaches the escalation channels); `escalate` does the same on request (e.g.
+  healing found nothing to deploy). An escalated severity holds until the alert resolves.
 """
 
 from __future__ import annotations
@@ -187,14 +187,17 @@ def decide(finding: Finding, state: KeyState, settings: PolicySettings, now: dat
         reason = ("back in control" + ("" if paged else "; it never paged, so no notice")
                   + ("; snoozed, so no notice" if paged and not notify else ""))
         return Decision("recovered", state.severity or finding.severity, notify, reason, resolves=True)
-    notify, why = _page_due(finding.severity, state, settings, now)
+    severity = finding.severity
+    if state.escalated_at is not None and severity_rank(state.severity or "info") > severity_rank(severity):
+        severity = state.severity  # an escalation holds until the alert resolves
+    notify, why = _page_due(severity, state, settings, now)
     if not state.has_open_alert:
-        return Decision("raised", finding.severity, notify, why, opens=True)
+        return Decision("raised", severity, notify, why, opens=True)
     # An acknowledged alert pages again only when it gets worse.
-    acknowledged_at = state.last_paged_severity or state.severity or finding.severity
-    if state.acknowledged and notify and severity_rank(finding.severity) <= severity_rank(acknowledged_at):
-        return Decision("suppressed", finding.severity, False, "acknowledged; pages again only if it gets worse")
-    return Decision("repeated" if notify else "suppressed", finding.severity, notify, why)
+    acknowledged_at = state.last_paged_severity or state.severity or severity
+    if state.acknowledged and notify and severity_rank(severity) <= severity_rank(acknowledged_at):
+        return Decision("suppressed", severity, False, "acknowledged; pages again only if it gets worse")
+    return Decision("repeated" if notify else "suppressed", severity, notify, why)
 
 
 def escalation_due(state: KeyState, settings: PolicySettings, now: datetime) -> Decision | None:
