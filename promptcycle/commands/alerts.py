@@ -30,8 +30,9 @@ def parse_duration(text: str) -> timedelta:
     """'90m', '2h', '1.5d', '30s', '1w' → a timedelta; ConfigError otherwise."""
     match = _DURATION.match(text or "")
     if not match or float(match.group(1)) <= 0:
-        raise ConfigError(f"cannot read {text!r} as a duration", path="--for", found=text,
-                          expected="a positive number and a unit: s, m, h, d or w (e.g. 30m, 2h, 1d)")
+        expected = "a positive number and a unit: s, m, h, d or w (e.g. 30m, 2h, 1d)"
+        raise ConfigError(f"cannot read {text!r} as a duration; expected {expected}", path="--for", found=text,
+                          expected=expected)
     return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
 
