@@ -145,6 +145,7 @@ def test_snoozed_key_is_recorded_but_pages_nobody_until_the_snooze_ends(store, c
     # … and pages as soon as the snooze has ended.
     after = run(store, config, T0 + timedelta(hours=2, minutes=1), finding("critical"))
     assert [(e.kind, e.notify, e.severity) for e in after] == [("repeated", True, "critical")]
+    assert store.get_alert(after[0].alert_id).status == "open"
     kinds = [e.kind for e in store.alert_events(pipeline=PIPE, limit=None)][::-1]
     assert kinds == ["raised", "snoozed", "suppressed", "recovered", "raised", "repeated"]
 

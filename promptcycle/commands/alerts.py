@@ -110,8 +110,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
             print(f"{len(open_alerts)} open alert(s):")
             for a in open_alerts:
                 status = a.status_at(now)
-                extra = f" until {_when(a.snoozed_until)}" if status == "snoozed" else ""
-                print(f"  {a.alert_id:>4}  {a.severity.upper():<8} {status}{extra:<18} {a.key}  "
+                shown = f"snoozed until {_when(a.snoozed_until)}" if status == "snoozed" else status
+                print(f"  {a.alert_id:>4}  {a.severity.upper():<8} {shown:<30} {a.key}  "
                       f"since {_when(a.first_seen)}, {a.occurrences} obs, {a.pages} page(s) — {a.message}")
         if events:
             print(f"history (newest first, {len(events)}):")

@@ -288,6 +288,10 @@ class AlertsTables:
                 raise ValueError(f"finding of pipeline {f.pipeline!r} passed for pipeline {pipeline!r}")
         events = []
         with self._transaction(f"record the alert findings of {pipeline}") as con:
+            # Snoozes that have ended: the alert is back to open (or acknowledged).
+            con.execute("UPDATE alerts SET status = CASE WHEN acknowledged_at IS NULL THEN 'open' ELSE 'acknowledged' "
+                        "END WHERE pipeline = ? AND status = 'snoozed' AND snoozed_until <= ?",
+                        [pipeline, to_db_time(now)])
             open_alerts = self._open_alerts(con, pipeline)
             pages = self._key_pages(con, pipeline)
             # One decision per key and pass: a monitor run may report a key twice (two windows); the
