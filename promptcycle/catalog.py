@@ -5,6 +5,7 @@
     strategy_registry()   optimization strategies                  promptcycle.optimize.strategies
     target_registry()     deployment target kinds                  promptcycle.deploy.targets
     detector_registry()   drift and regression detectors           promptcycle.monitor.detectors
+    channel_registry()    alert channel kinds                      promptcycle.alerts.channels
     sim_models()          the simulator's models                   promptcycle.sim.world
 
 Each registry module is imported on first use (the strategies pull in pandas), so loading a configuration
@@ -44,6 +45,7 @@ __all__ = [
     "strategy_registry",
     "target_registry",
     "detector_registry",
+    "channel_registry",
     "sim_models",
 ]
 
@@ -78,6 +80,12 @@ def detector_registry() -> Registry[Any]:
     return detectors
 
 
+def channel_registry() -> Registry[Any]:
+    from promptcycle.alerts.channels import channel_kinds  # the registry, with the built-in channels
+
+    return channel_kinds
+
+
 def sim_models() -> dict[str, Any]:
     from promptcycle.sim.world import SIM_MODELS
 
@@ -88,6 +96,7 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> PromptcycleConfig:
     """Read and validate pipelines.yaml, names included; raise ConfigError on any problem."""
     cfg = parse_config(path)
     check_names(cfg, str(Path(path)))
+    _check_alerts(cfg, str(Path(path)))
     return cfg
 
 
@@ -225,3 +234,38 @@ def _check_deployment(pname: str, pipe: PipelineConfig, file: str) -> None:
             raise ConfigError(f"{detail}{shown}", file=file,
                               path=f"{path}.options" + (f".{sub}" if sub != "(top level)" else ""),
                               found=found, expected=detail) from None
+
+
+def _check_alerts(cfg: PromptcycleConfig, file: str) -> None:
+    """Channel kinds are registered, their options valid, their names unique."""
+    channel_kinds = channel_registry()
+
+    places = [("alerts", cfg.alerts)] + [(f"pipelines.{p}.alerts", pipe.alerts) for p, pipe in cfg.pipelines.items()
+                                         if pipe.alerts is not None]
+    for base, alerts in places:
+        seen: set[str] = set()
+        for i, channel in enumerate(alerts.channels):
+            path = f"{base}.channels.{i}"
+            if channel.kind not in channel_kinds:
+                raise ConfigError(f"unknown alert channel kind {channel.kind!r}; known: "
+                                  f"{', '.join(channel_kinds.names())}", file=file, path=f"{path}.kind",
+                                  found=channel.kind, expected="an alert channel kind")
+            if channel.label in seen:
+                raise ConfigError(f"two channels are named {channel.label!r}; give each a distinct `name`",
+                                  file=file, path=f"{path}.name", found=channel.label, expected="a unique name")
+            seen.add(channel.label)
+            try:
+                channel_kinds.get(channel.kind).Options.model_validate(channel.options)
+            except ValidationError as exc:
+                err = exc.errors(include_url=False)[0]
+                sub = _dotted(err["loc"])
+                if err["type"] == "extra_forbidden":
+                    detail, found = "unknown key", None
+                elif err["type"] == "missing":
+                    detail, found = "missing required key", None
+                else:
+                    detail, found = err["msg"].removeprefix("Value error, "), err["input"]
+                shown = f" (found {_describe(found)})" if found is not None else ""
+                raise ConfigError(f"{detail}{shown}", file=file,
+                                  path=f"{path}.options" + (f".{sub}" if sub != "(top level)" else ""),
+                                  found=found, expected=detail) from None

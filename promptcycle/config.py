@@ -35,6 +35,11 @@ __all__ = [
     "ResultsExpectation",
     "ResultsQualityConfig",
     "MonitorConfig",
+    "AlertChannelConfig",
+    "AlertEscalationConfig",
+    "AlertDeliveryConfig",
+    "AlertsConfig",
+    "effective_alerts",
     "PipelineConfig",
     "PromptcycleConfig",
     "parse_config",
@@ -410,6 +415,74 @@ class MonitorConfig(_Strict):
         return self.stale_after_minutes if self.stale_after_minutes is not None else 3 * self.interval_minutes
 
 
+# -- alerts (top level and pipelines.<name>.alerts) --------------------------------------------------------------
+
+AlertSeverity = Literal[  # ordered as in promptcycle/alerts/policy.py
+    "info", "low", "medium", "high", "critical"]
+
+
+class AlertChannelConfig(_Strict):
+    """One channel pages go to: an entry of `alerts.channels`."""
+
+    kind: str = Field(description="'console', 'file', 'webhook', 'email', 'prefect_notification' or "
+                      "'prefect_event' (see docs/monitoring.md, Alerts).")
+    name: str | None = Field(default=None, description="A name for the delivery history (default: the kind); "
+                             "unique within the list.")
+    min_severity: AlertSeverity = Field(default="info", description="Pages below this severity skip the channel.")
+    escalation_only: bool = Field(default=False, description="Receive only escalations (and the recovery of an "
+                                  "escalated alert): the extra channel an unattended alert reaches.")
+    options: dict[str, Any] = Field(default_factory=dict, description="The kind's options (e.g. `url` for "
+                                    "'webhook', `path` for 'file', `block` for 'prefect_notification').")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+class AlertEscalationConfig(_Strict):
+    """When an open alert nobody acknowledged goes up a severity and reaches the escalation channels."""
+
+    after_minutes: float | None = Field(default=None, gt=0, description="Escalate an unacknowledged alert this "
+                                        "long after its first page, and again after as long each time; "
+                                        "none: only explicit escalation (e.g. healing found no fix).")
+    steps: int = Field(default=1, ge=1, le=4, description="Severities an escalation adds (capped at critical).")
+
+
+class AlertDeliveryConfig(_Strict):
+    """How one delivery pass retries a channel that is down (later passes retry again)."""
+
+    attempts_per_pass: int = Field(default=3, ge=1, le=20, description="Attempts per delivery in one pass.")
+    backoff_seconds: float = Field(default=1.0, ge=0, description="Base of the exponential back-off between them.")
+    max_backoff_seconds: float = Field(default=30.0, ge=0, description="Cap on one back-off wait.")
+    lease_seconds: float = Field(default=300.0, gt=0, description="How long a pass holds the deliveries it "
+                                 "claimed before another pass may take them over (a crashed pass).")
+
+
+class AlertsConfig(_Strict):
+    """Alerting: channels, the cooldown, re-notification and escalation (top level; a pipeline's own
+    `alerts:` overrides the keys it sets)."""
+
+    channels: list[AlertChannelConfig] = Field(
+        default_factory=lambda: [AlertChannelConfig(kind="console")],
+        description="Where pages go; default one console channel (stderr).")
+    cooldown_minutes: float = Field(default=15.0, ge=0, description="Least time between two pages of one key "
+                                    "(pipeline, model, spectrum, detector); a rise in severity pages at once.")
+    renotify_minutes: float | None = Field(default=None, gt=0, description="Page again while an unacknowledged "
+                                           "alert stays out of control this long after its last page; none: "
+                                           "an alert pages once (plus rises, escalations and its recovery).")
+    escalation: AlertEscalationConfig = Field(default_factory=AlertEscalationConfig)
+    delivery: AlertDeliveryConfig = Field(default_factory=AlertDeliveryConfig)
+
+
+def effective_alerts(config: "PromptcycleConfig", pipeline: str) -> AlertsConfig:
+    """The top-level `alerts:` with the keys the pipeline's own `alerts:` sets laid over it."""
+    top = config.alerts
+    own = config.pipeline(pipeline).alerts
+    if own is None:
+        return top
+    return top.model_copy(update={name: getattr(own, name) for name in own.model_fields_set})
+
+
 class PipelineConfig(_Strict):
     description: str = ""
     prompt: PromptConfig
@@ -424,6 +497,8 @@ class PipelineConfig(_Strict):
     optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
     deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    alerts: AlertsConfig | None = Field(default=None, description="This pipeline's alerting; keys set here "
+                                        "override the top-level `alerts:`.")
 
     @field_validator("models")
     @classmethod
@@ -438,6 +513,7 @@ class PromptcycleConfig(_Strict):
     models: dict[str, ModelConfig] = Field(min_length=1)
     pipelines: dict[str, PipelineConfig] = Field(min_length=1)
     store: str = Field(default="promptcycle.duckdb", description="Default DuckDB file (relative to pipelines.yaml).")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alerting of every pipeline.")
 
     # Where the config was read from; relative paths in it resolve against this directory.
     source_path: Path | None = Field(default=None, exclude=True)

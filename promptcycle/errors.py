@@ -26,7 +26,8 @@
     ├── DeploymentConflictError     another deployment of the pipeline is under way
     ├── TargetError                 a deployment target could not be written or restored
     ├── ServingError                no prompt can be served, or an outcome cannot be recorded
-    └── LocalServerError            Prefect's local server could not be started
+    ├── LocalServerError            Prefect's local server could not be started
+    └── AlertDeliveryError          an alert channel could not deliver a page (retryable, retry_after)
 
 Lookups of a name keep the builtin bases callers catch them by:
 
@@ -69,6 +70,7 @@ __all__ = [
     "LocalServerError",
     "UnknownNameError",
     "UnknownSimModelError",
+    "AlertDeliveryError",
     "is_retryable",
 ]
 
@@ -243,6 +245,15 @@ class UnknownNameError(KeyError):
 
 class UnknownSimModelError(LookupError):
     """The model name is not one of SIM_MODELS."""
+
+
+class AlertDeliveryError(PromptcycleError):
+    """An alert channel could not deliver a page; `retryable` says whether another attempt may succeed."""
+
+    def __init__(self, message: str, *, retryable: bool = True, retry_after: float | None = None):
+        self.retryable = retryable
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -293,10 +293,12 @@ def test_requests_per_minute_limit_holds_at_the_server():
     with ServerThread(latency=FAST) as server:
         run(burst, server.base_url, max_concurrency=8, requests_per_minute=600)  # one per 100 ms
         arrivals = list(server.state.arrivals)
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     assert len(arrivals) == 8
-    assert min(gaps) > 0.08, gaps
-    assert arrivals[-1] - arrivals[0] >= 0.69
+    # k + 1 consecutive arrivals span at least k limiter intervals, less the scheduling jitter of one
+    # delivery on a busy machine (30 ms): a burst would put them all within a few milliseconds.
+    for k in range(1, 8):
+        spans = [b - a for a, b in zip(arrivals, arrivals[k:])]
+        assert min(spans) > 0.1 * k - 0.03, (k, spans)
 
 
 def test_rate_limiter_paces_with_bursts():

@@ -14,6 +14,7 @@ row by row.
 
 from __future__ import annotations
 
+from promptcycle.store.alerts import AlertsTables
 from promptcycle.store.deployments import DeploymentsTables
 from promptcycle.store.production import ProductionTables
 from promptcycle.store.prompts import PromptsTables
@@ -22,7 +23,7 @@ from promptcycle.store.runs import RunsTables
 __all__ = ["MetricsStore"]
 
 
-class MetricsStore(RunsTables, PromptsTables, DeploymentsTables, ProductionTables):
+class MetricsStore(RunsTables, PromptsTables, DeploymentsTables, ProductionTables, AlertsTables):
     """The DuckDB metrics store at `path`: runs, the paid-call ledger, results, prompt versions and
     their labels, decisions with their evidence, diagnoses, data-quality results and dataset splits.
 
@@ -30,7 +31,7 @@ class MetricsStore(RunsTables, PromptsTables, DeploymentsTables, ProductionTable
     pending schema migrations. Instances hold no connection, so they are cheap, picklable and safe
     to share between threads and to create in several processes at once.
 
-    Each table group is a class of its own module (store/runs.py, prompts.py, deployments.py, production.py),
-    all on `StoreConnection` (store/connection.py: opening, lock retries, migrations); this class composes
+    Each table group is a class of its own module (store/runs.py, prompts.py, deployments.py, production.py,
+    alerts.py), all on `StoreConnection` (store/connection.py: opening, lock retries, migrations); this class composes
     them, so a new table group is one more base here.
     """
