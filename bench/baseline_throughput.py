@@ -49,7 +49,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cli.main import _apply_offline_defaults  # noqa: E402
+from promptcycle_cli.main import _apply_offline_defaults  # noqa: E402
 
 _apply_offline_defaults()
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
@@ -197,7 +197,7 @@ def run_in_process(args: argparse.Namespace, repeats: int) -> dict:
     server, port = start_sim_server(args.latency_ms)
     try:
         config = write_config(workdir, port, args.concurrency, timeout=30.0)
-        from flows.baseline import baseline
+        from promptcycle_flows.baseline import baseline
         from promptcycle.evaluation import progress
 
         window = Window(server.pid)
@@ -251,7 +251,7 @@ def run_command(argv: list[str], env: dict) -> tuple[float, float, resource.stru
     """Run `promptcycle ARGV` as a child process: (started, ended) in time.monotonic(), its rusage, out, err."""
     out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *argv], stdout=out, stderr=err, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "promptcycle_cli.main", *argv], stdout=out, stderr=err, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     ended = time.monotonic()
     proc.returncode = os.waitstatus_to_exitcode(status)

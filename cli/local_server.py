@@ -6,7 +6,7 @@ stays alive if the command is killed. Instead, a command that runs a flow:
 
 - reads `promptcycle-server.json` in `PREFECT_HOME` (pid, port, Prefect version). If that server is
   alive, answers `/api/health` and runs the installed Prefect version, the command uses it;
-- otherwise starts `python -m cli.local_server` in its own session (so Ctrl-C in the terminal
+- otherwise starts `python -m promptcycle_cli.local_server` in its own session (so Ctrl-C in the terminal
   and `kill` of the command leave it alone) on a free loopback port, writes the state file and waits
   for `/api/health`. A lock file makes concurrent commands share one server;
 - the server stops itself once it has had no request and no open connection for
@@ -47,7 +47,7 @@ DEFAULT_IDLE_SECONDS = 300.0
 STATE_FILE = "promptcycle-server.json"
 LOCK_FILE = "promptcycle-server.lock"
 LOG_FILE = "promptcycle-server.log"
-_MODULE = "cli.local_server"
+_MODULE = "promptcycle_cli.local_server"
 
 
 # -- the command's side -------------------------------------------------------------------------------------------

@@ -268,8 +268,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from promptcycle.quality.worker import warm_up
 
     warm_up(gx=False)  # the data worker starts while Prefect is imported; Great Expectations after the dataset gate
-    from flows.baseline import baseline
-    from cli import local_server
+    from promptcycle_flows.baseline import baseline
+    from promptcycle_cli import local_server
 
     if not args.json:
         print(f"Running the baseline of {args.pipeline!r} (Prefect's local server is reused, or started when "
@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     import importlib
 
-    from cli.commands import PHASE_MODULES
+    from promptcycle_cli.commands import PHASE_MODULES
 
     for module_name in PHASE_MODULES:
         try:
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _prefect_server(command: str):
     """Prefect's local server for commands that run flows, started in the background (cli/local_server.py)."""
-    from cli import local_server
+    from promptcycle_cli import local_server
 
     return local_server.serving(command)
 
@@ -622,7 +622,7 @@ def run_flow(flow: Any, **parameters: Any) -> Any:
         flow_run_id = state.state_details.flow_run_id
         _Session.final_state = state.name
         if flow_run_id is not None:
-            from tasks.runs import flow_run_url
+            from promptcycle_tasks.runs import flow_run_url
 
             _Session.flow_run_id = str(flow_run_id)
             try:
@@ -742,8 +742,8 @@ def _present_error(args: argparse.Namespace, exc: BaseException) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m cli.main` runs this file as __main__: run the importable module instead, so that the
-    # phase commands (which import cli.main) share its state — the flow run, the log file.
-    from cli.main import main as _main
+    # `python -m promptcycle_cli.main` runs this file as __main__: run the importable module instead, so that the
+    # phase commands (which import promptcycle_cli.main) share its state — the flow run, the log file.
+    from promptcycle_cli.main import main as _main
 
     sys.exit(_main())

@@ -22,10 +22,10 @@ from promptcycle.evaluation.heap import freeze_startup_objects
 from promptcycle.evaluation.lease import release_pipeline
 from promptcycle.evaluation.pool import close_providers
 from promptcycle.evaluation.summary import RunSummary
-from tasks.baseline import check_results, evaluate_cell_task, fail_run, prepare_baseline, summarize_run
-from tasks.cells import check_providers
-from tasks.reports import artifact_key, publish_baseline_report
-from tasks.runs import is_simulated, run_name, tag_flow_run
+from promptcycle_tasks.baseline import check_results, evaluate_cell_task, fail_run, prepare_baseline, summarize_run
+from promptcycle_tasks.cells import check_providers
+from promptcycle_tasks.reports import artifact_key, publish_baseline_report
+from promptcycle_tasks.runs import is_simulated, run_name, tag_flow_run
 
 __all__ = ["baseline"]
 

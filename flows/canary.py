@@ -25,7 +25,7 @@ from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed
 
-from tasks.deployment import (
+from promptcycle_tasks.deployment import (
     conclude_canary_task,
     find_canary,
     flow_actor,
@@ -33,8 +33,8 @@ from tasks.deployment import (
     look_canary,
     send_simulated_traffic,
 )
-from tasks.reports import artifact_key
-from tasks.runs import is_simulated, run_name, tag_flow_run
+from promptcycle_tasks.reports import artifact_key
+from promptcycle_tasks.runs import is_simulated, run_name, tag_flow_run
 
 __all__ = ["canary", "FINAL_STATES"]
 

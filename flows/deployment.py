@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 
 from promptcycle.errors import GateError
 from promptcycle.store.records import STAGES
-from tasks.deployment import (
+from promptcycle_tasks.deployment import (
     finish_deployment,
     flow_actor,
     gate_deployment,
@@ -26,7 +26,7 @@ from tasks.deployment import (
     start_canary,
     validate_stage,
 )
-from tasks.runs import is_simulated, run_name, tag_flow_run
+from promptcycle_tasks.runs import is_simulated, run_name, tag_flow_run
 
 __all__ = ["deployment"]
 
@@ -80,7 +80,7 @@ async def deployment(pipeline: str = "customer-insights", config_path: str = "pi
                "production_before": plan.production, "gate": gate.to_dict(),
                "stages": {r.stage: {"status": r.status, "reason": r.reason} for r in reports}, **result}
     if plan.canary and simulate_traffic:
-        from flows.canary import canary as canary_flow
+        from promptcycle_flows.canary import canary as canary_flow
 
         outcome["canary"] = await canary_flow(pipeline=pipeline, config_path=config_path, store_path=store_path,
                                               simulate_traffic=simulate_traffic, seed=traffic_seed, actor=actor)

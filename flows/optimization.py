@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
-from flows.baseline import baseline
+from promptcycle_flows.baseline import baseline
 from promptcycle.errors import ConfigError, RunFailedError
 from promptcycle.evaluation import progress
 from promptcycle.evaluation.context import load_pipeline
@@ -27,7 +27,7 @@ from promptcycle.evaluation.lease import release_pipeline
 from promptcycle.evaluation.pool import close_providers
 from promptcycle.optimize.budget import BudgetEstimate
 from promptcycle.optimize.search import CONFIRM, SCREEN, Arm, OptimizationSummary
-from tasks.optimization import (
+from promptcycle_tasks.optimization import (
     Confirmation,
     OptimizationPlan,
     Screening,
@@ -46,9 +46,9 @@ from tasks.optimization import (
     publish_optimization_report,
     rank_on_dev,
 )
-from tasks.cells import check_providers
-from tasks.reports import artifact_key
-from tasks.runs import is_simulated, run_name, tag_flow_run
+from promptcycle_tasks.cells import check_providers
+from promptcycle_tasks.reports import artifact_key
+from promptcycle_tasks.runs import is_simulated, run_name, tag_flow_run
 
 __all__ = ["optimization"]
 

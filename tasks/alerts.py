@@ -29,7 +29,7 @@ class PrefectChannelBridge:
     """The channels' way into Prefect: blocks and events. Built inside the task that delivers."""
 
     def credentials(self, block_type: str, name: str) -> dict[str, Any]:
-        from blocks.channels import AlertWebhookCredentials, SmtpCredentials
+        from promptcycle_blocks.channels import AlertWebhookCredentials, SmtpCredentials
 
         cls = {"webhook": AlertWebhookCredentials, "smtp": SmtpCredentials}[block_type]
         try:

@@ -19,10 +19,10 @@ from promptcycle.quality.suites import results_expectations
 from promptcycle.quality.worker import validate_dataset, validate_run_results, warm_up
 from promptcycle.store.remote import open_store
 from promptcycle.store.records import PromptVersionRecord, RunRecord
-from tasks.retry import BACKOFF, retry_if_transient
-from tasks.cells import run_cell
-from tasks.limits import check_provider_limits
-from tasks.secrets import resolve_api_key
+from promptcycle_tasks.retry import BACKOFF, retry_if_transient
+from promptcycle_tasks.cells import run_cell
+from promptcycle_tasks.limits import check_provider_limits
+from promptcycle_tasks.secrets import resolve_api_key
 
 __all__ = ["BaselinePlan", "gate_dataset", "prepare_baseline", "evaluate_cell_task", "check_results", "summarize_run",
            "fail_run", "new_run_id"]

@@ -10,9 +10,9 @@ from promptcycle.evaluation.context import PipelineContext, load_pipeline
 from promptcycle.evaluation.pool import check_models, close_providers, get_provider
 from promptcycle.scoring import build_scorers
 from promptcycle.store.remote import open_store
-from tasks.limits import provider_slot
-from tasks.retry import final_attempt
-from tasks.secrets import aresolve_api_keys
+from promptcycle_tasks.limits import provider_slot
+from promptcycle_tasks.retry import final_attempt
+from promptcycle_tasks.secrets import aresolve_api_keys
 
 __all__ = ["run_cell", "check_providers"]
 

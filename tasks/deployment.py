@@ -31,10 +31,10 @@ from promptcycle.deploy.validation import StageReport
 from promptcycle.errors import ConfigError
 from promptcycle.evaluation.context import load_pipeline
 from promptcycle.store import MetricsStore
-from tasks.reports import artifact_key
-from tasks.retry import BACKOFF, retry_if_transient
-from tasks.runs import emit_outcome, flow_run_url
-from tasks.secrets import aresolve_api_keys
+from promptcycle_tasks.reports import artifact_key
+from promptcycle_tasks.retry import BACKOFF, retry_if_transient
+from promptcycle_tasks.runs import emit_outcome, flow_run_url
+from promptcycle_tasks.secrets import aresolve_api_keys
 
 __all__ = ["flow_actor", "block_secret", "prepare_deployment", "validate_stage", "gate_deployment",
            "release_deployment", "start_canary", "finish_deployment", "find_canary", "send_simulated_traffic",
@@ -54,7 +54,7 @@ def flow_actor(phase: str) -> str:
 
 def block_secret(name: str) -> SecretStr:
     """The token of the 'Webhook Credentials' block `name`."""
-    from blocks.credentials import WebhookCredentials
+    from promptcycle_blocks.credentials import WebhookCredentials
 
     try:
         return WebhookCredentials.load(name).get_token()

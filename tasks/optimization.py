@@ -64,13 +64,13 @@ from promptcycle.quality.suites import results_expectations
 from promptcycle.quality.worker import warm_up
 from promptcycle.store.records import DecisionRecord, PromptVersionRecord, ResponseRecord, RunRecord
 from promptcycle.store.remote import open_store
-from tasks.baseline import gate_dataset, new_run_id
-from tasks.reports import artifact_key
-from tasks.runs import flow_run_url
-from tasks.cells import run_cell
-from tasks.retry import BACKOFF, retry_if_transient
-from tasks.limits import check_provider_limits
-from tasks.secrets import aresolve_api_key, resolve_api_key
+from promptcycle_tasks.baseline import gate_dataset, new_run_id
+from promptcycle_tasks.reports import artifact_key
+from promptcycle_tasks.runs import flow_run_url
+from promptcycle_tasks.cells import run_cell
+from promptcycle_tasks.retry import BACKOFF, retry_if_transient
+from promptcycle_tasks.limits import check_provider_limits
+from promptcycle_tasks.secrets import aresolve_api_key, resolve_api_key
 
 __all__ = ["OptimizationPlan", "Screening", "Confirmation", "find_baseline", "prepare_optimization",
            "diagnose_baseline", "generate_candidates", "estimate_budget", "open_evaluations", "evaluate_prompt",

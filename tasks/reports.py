@@ -9,7 +9,7 @@ from prefect.runtime import flow_run
 
 from promptcycle.config import Thresholds
 from promptcycle.evaluation.summary import RunSummary, cells_table, latency_cost_markdown, quality_markdown
-from tasks.runs import flow_run_url
+from promptcycle_tasks.runs import flow_run_url
 
 __all__ = ["publish_baseline_report", "artifact_key"]
 

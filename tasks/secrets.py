@@ -42,7 +42,7 @@ def resolve_api_key(config: PromptcycleConfig, provider: str) -> SecretStr | Non
     For sync code only (see the module docstring)."""
     block = config.providers[provider].api_key_block
     if block:
-        from blocks.credentials import ProviderCredentials
+        from promptcycle_blocks.credentials import ProviderCredentials
 
         try:
             return ProviderCredentials.load(block, _sync=True).get_api_key()
@@ -55,7 +55,7 @@ async def aresolve_api_key(config: PromptcycleConfig, provider: str) -> SecretSt
     """`resolve_api_key` for async code: awaits Prefect's block loader."""
     block = config.providers[provider].api_key_block
     if block:
-        from blocks.credentials import ProviderCredentials
+        from promptcycle_blocks.credentials import ProviderCredentials
 
         try:
             credentials = await ProviderCredentials.aload(block)

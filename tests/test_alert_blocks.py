@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from blocks.channels import AlertWebhookCredentials, SmtpCredentials
+from promptcycle_blocks.channels import AlertWebhookCredentials, SmtpCredentials
 
 
 @pytest.mark.parametrize("block", [AlertWebhookCredentials(token="tok-123", hmac_secret="mac-456"),

@@ -12,8 +12,8 @@ import yaml
 
 from promptcycle.alerts import process_findings
 from promptcycle.alerts.policy import Finding
-from cli.main import main
-from cli.commands.alerts import parse_duration
+from promptcycle_cli.main import main
+from promptcycle_cli.commands.alerts import parse_duration
 from promptcycle.catalog import load_config
 from promptcycle.config import effective_alerts
 from promptcycle.errors import ConfigError

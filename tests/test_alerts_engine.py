@@ -24,10 +24,10 @@ def test_alert_tasks_emit_an_event_notify_a_block_and_use_a_credentials_block(pr
     from prefect.events.filters import EventFilter, EventNameFilter
     from prefect.events.worker import EventsWorker
 
-    from blocks.channels import AlertWebhookCredentials
+    from promptcycle_blocks.channels import AlertWebhookCredentials
     from promptcycle.alerts.policy import Finding
     from promptcycle.store import MetricsStore
-    from tasks.alerts import deliver_alerts, record_alerts
+    from promptcycle_tasks.alerts import deliver_alerts, record_alerts
 
     monkeypatch.setenv("PROMPTCYCLE_DATA_IN_PROCESS", "1")
     suffix = uuid.uuid4().hex[:8]

@@ -228,6 +228,6 @@ def test_the_alerts_domain_does_not_import_prefect():
     import sys
 
     code = ("import sys, promptcycle.alerts, promptcycle.alerts.channels, promptcycle.store.alerts, "
-            "cli.commands.alerts; print([m for m in sys.modules if m.split('.')[0] == 'prefect'])")
+            "promptcycle_cli.commands.alerts; print([m for m in sys.modules if m.split('.')[0] == 'prefect'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

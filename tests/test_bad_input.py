@@ -12,7 +12,7 @@ import duckdb
 import pytest
 import yaml
 
-from cli.main import main
+from promptcycle_cli.main import main
 from promptcycle.datasets.loaders import load_cases
 from promptcycle.errors import DatasetError, ServingError, StorePathError
 from promptcycle.store import MetricsStore

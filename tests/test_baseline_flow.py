@@ -14,7 +14,7 @@ import duckdb
 import pytest
 import yaml
 
-from cli.main import main
+from promptcycle_cli.main import main
 from promptcycle.errors import DataQualityError
 from promptcycle.store import MetricsStore
 
@@ -67,7 +67,7 @@ def _bad_dataset(tmp_path: Path) -> Path:
 
 
 def test_dataset_suite_stops_the_run_before_any_call(tmp_path, repo_config):
-    from tasks.baseline import prepare_baseline
+    from promptcycle_tasks.baseline import prepare_baseline
 
     data = yaml.safe_load(repo_config.read_text())
     data["pipelines"]["customer-insights"]["dataset"]["source"] = str(_bad_dataset(tmp_path))
@@ -104,7 +104,7 @@ def test_cli_config_error_exits_2_with_readable_message(tmp_path, capsys):
 
 
 def _cli(args: list[str], env: dict, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "promptcycle_cli.main", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
 
 

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "promptcycle_cli.main", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 
 

@@ -33,7 +33,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _run(tmp_path: Path, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "promptcycle_cli.main", *args], capture_output=True, text=True,
                           timeout=timeout, env=_env(tmp_path, **env), cwd=tmp_path)
 
 
@@ -239,7 +239,7 @@ def test_a_dead_prefect_server_is_one_line_naming_the_url(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_prints_one_line_and_no_traceback(tmp_path):
     store = tmp_path / "m.duckdb"
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "baseline", "--config", str(_config(tmp_path)),
+    proc = subprocess.Popen([sys.executable, "-m", "promptcycle_cli.main", "baseline", "--config", str(_config(tmp_path)),
                              "--store", str(store), "--repeats", "5"], env=_env(tmp_path), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 240

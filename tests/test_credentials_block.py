@@ -9,7 +9,7 @@ import pytest
 import yaml
 from simserver import ServerThread
 
-from cli.main import main
+from promptcycle_cli.main import main
 from promptcycle.store import MetricsStore
 
 SECRET = "sk-test-block-5f2c9a7e41d0"
@@ -18,7 +18,7 @@ MODELS = ["nano", "xl"]  # xl: the pipeline's serving model
 
 @pytest.mark.engine
 def test_baseline_reads_the_key_from_a_credentials_block(prefect_harness, repo_config, capsys):
-    from blocks.credentials import ProviderCredentials
+    from promptcycle_blocks.credentials import ProviderCredentials
 
     ProviderCredentials(api_key=SECRET).save("integ-sim-key", overwrite=True)
     with ServerThread(require_api_key=SECRET) as server:
@@ -54,7 +54,7 @@ def test_a_missing_block_is_a_config_error_from_sync_and_async_code(prefect_harn
 
     from promptcycle.catalog import load_config
     from promptcycle.errors import ConfigError
-    from tasks.secrets import aresolve_api_key, resolve_api_key
+    from promptcycle_tasks.secrets import aresolve_api_key, resolve_api_key
 
     data = yaml.safe_load(repo_config.read_text())
     data["providers"]["keyed"] = {"kind": "openai", "base_url": "http://127.0.0.1:1/v1",

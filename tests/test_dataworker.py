@@ -82,7 +82,7 @@ def test_a_script_without_a_main_guard_can_use_the_store(tmp_path):
 
 
 def test_the_pipeline_process_loads_no_data_libraries():
-    code = ("import sys, flows.baseline, cli.main, promptcycle.catalog as c; "
+    code = ("import sys, promptcycle_flows.baseline, promptcycle_cli.main, promptcycle.catalog as c; "
             "c.load_config('pipelines.yaml'); "
             "print(','.join(m for m in ('pandas','pyarrow','duckdb','great_expectations') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)

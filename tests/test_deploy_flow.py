@@ -11,7 +11,7 @@ import json
 import pytest
 
 from deploy_support import PIPE, better_prompt, make_candidate, record_version, worse_prompt
-from cli.main import main
+from promptcycle_cli.main import main
 from promptcycle.catalog import load_config
 from promptcycle.deploy.serving import clear_cache
 from promptcycle.store import MetricsStore

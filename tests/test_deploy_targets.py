@@ -188,7 +188,7 @@ def test_the_repository_config_has_a_file_target(tmp_path):
 def test_a_webhook_token_can_come_from_a_credentials_block(tmp_path):
     from pydantic import SecretStr
 
-    from blocks.credentials import WebhookCredentials
+    from promptcycle_blocks.credentials import WebhookCredentials
 
     block = WebhookCredentials(token="blk-s3cret")
     assert "blk-s3cret" not in repr(block) and block.get_token().get_secret_value() == "blk-s3cret"

@@ -9,7 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAIN = ROOT / "promptcycle"
-FORBIDDEN = ("prefect", "flows", "tasks", "blocks", "cli")
+FORBIDDEN = ("prefect", "flows", "tasks", "blocks", "cli", "promptcycle_flows", "promptcycle_tasks",
+             "promptcycle_blocks", "promptcycle_cli")
 
 
 def forbidden_imports(source: str) -> list[str]:

@@ -62,7 +62,7 @@ def store_figures(store: Path, run_id: str | None = None) -> dict:
 
 
 def run_baseline(config: Path, store: Path, limit: int):
-    from flows.baseline import baseline
+    from promptcycle_flows.baseline import baseline
 
     return asyncio.run(baseline(pipeline="customer-insights", config_path=str(config), store_path=str(store),
                                 limit=limit))
@@ -187,7 +187,7 @@ def test_every_request_the_provider_received_is_an_attempt_in_the_store(prefect_
 # -- 3 and 4: real processes ----------------------------------------------------------------------------------
 
 def _cli(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "promptcycle_cli.main", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 

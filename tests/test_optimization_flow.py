@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cli.main import main
+from promptcycle_cli.main import main
 from promptcycle.optimize.search import CandidateRow, decide_outcome, pair_observations, rank_candidates
 from promptcycle.store import MetricsStore
 
@@ -126,7 +126,7 @@ def _ledger(store: Path) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def optimized(prefect_harness, tmp_path_factory):
     """One optimization of the small pipeline (its baseline is run first, inside the flow)."""
-    from flows.optimization import optimization
+    from promptcycle_flows.optimization import optimization
 
     root = tmp_path_factory.mktemp("optimization")
     config, store = small_config(root / "pipelines.yaml"), root / "metrics.duckdb"
@@ -190,7 +190,7 @@ def test_the_flow_confirms_a_better_prompt_and_labels_it_with_its_evidence(optim
 @pytest.mark.engine
 @pytest.mark.slow
 def test_re_running_the_same_optimization_pays_for_nothing(optimized):
-    from flows.optimization import optimization
+    from promptcycle_flows.optimization import optimization
 
     config, store, first = optimized
     before = _ledger(store)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
+from promptcycle_cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 PIPE = "customer-insights"
@@ -47,7 +47,7 @@ def test_a_piped_cli_baseline_logs_to_the_api_names_tags_and_links_its_run_and_p
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_LOGGING_LEVEL"}  # the CLI's own defaults
     env |= {"PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO)}
     store = repo_config.parent / "metrics.duckdb"
-    done = subprocess.run([sys.executable, "-m", "cli.main", "baseline", "--config", str(repo_config),
+    done = subprocess.run([sys.executable, "-m", "promptcycle_cli.main", "baseline", "--config", str(repo_config),
                            "--store", str(store), "--limit", "1"], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -76,7 +76,7 @@ def test_a_piped_cli_baseline_logs_to_the_api_names_tags_and_links_its_run_and_p
     assert not [line for line in done.stderr.splitlines() if "| INFO" in line or "INFO |" in line], done.stderr
 
     # Another run of the same pipeline gets another name.
-    from flows.baseline import baseline
+    from promptcycle_flows.baseline import baseline
 
     state = asyncio.run(baseline(pipeline=PIPE, config_path=str(repo_config), store_path=str(store), limit=1,
                                  return_state=True))
@@ -152,7 +152,7 @@ def test_canary_outcomes_end_in_distinct_states_and_emit_events(prefect_harness,
 # -- without the engine -------------------------------------------------------------------------------------------
 
 def test_progress_off_a_terminal_prints_plain_lines_naming_the_phase():
-    from cli.main import _progress_bar
+    from promptcycle_cli.main import _progress_bar
     from promptcycle.evaluation import progress
 
     err = io.StringIO()

@@ -350,7 +350,7 @@ def test_cli_baseline_with_a_wrong_key_stops_before_the_matrix_with_the_provider
         prefect_harness, repo_config, monkeypatch, capsys):
     import yaml
 
-    from cli.main import main
+    from promptcycle_cli.main import main
 
     with ServerThread(require_api_key=KEY) as server:
         data = yaml.safe_load(repo_config.read_text())

@@ -38,7 +38,7 @@ async def _create_limit(name: str, limit: int) -> None:
 
 
 def test_one_slot_runs_cells_one_at_a_time(prefect_harness, repo_config, tmp_path):
-    from flows.baseline import baseline
+    from promptcycle_flows.baseline import baseline
 
     with ServerThread(latency=LatencyOverride(fixed_ms=300)) as server:
         config = _config(repo_config, server.base_url, "promptcycle-test-one-slot")
@@ -53,7 +53,7 @@ def test_one_slot_runs_cells_one_at_a_time(prefect_harness, repo_config, tmp_pat
 
 
 def test_a_missing_limit_fails_the_run_clearly(prefect_harness, repo_config, tmp_path):
-    from flows.baseline import baseline
+    from promptcycle_flows.baseline import baseline
 
     with ServerThread() as server:
         config = _config(repo_config, server.base_url, "promptcycle-test-no-such-limit")
@@ -64,7 +64,7 @@ def test_a_missing_limit_fails_the_run_clearly(prefect_harness, repo_config, tmp
 
 def test_a_cell_whose_calls_all_fail_retryably_is_retried_then_resumes(prefect_harness, repo_config, tmp_path):
     """The first attempts of each cell hit 503s; the task retries and the run completes with every row."""
-    from flows.baseline import baseline
+    from promptcycle_flows.baseline import baseline
     from promptcycle.sim.server import FaultConfig
 
     data = yaml.safe_load(repo_config.read_text())

@@ -227,7 +227,7 @@ def test_in_flight_counter_and_api_key_check():
 def test_sim_server_command_serves_in_its_own_process():
     port = unused_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "sim-server", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "promptcycle_cli.main", "sim-server", "--port", str(port),
                              "--latency-ms", "0", "--rate-limit-rate", "1", "--retry-after", "7"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:

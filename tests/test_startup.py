@@ -51,7 +51,7 @@ def _rows(store: Path) -> int:
 
 
 def _cli(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "promptcycle_cli.main", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -147,7 +147,7 @@ def test_the_next_command_reuses_the_server_and_it_stops_when_idle(tmp_path, rep
             alive = _processes_of_home(home)
             # One server for the home, kept for the next command; the data worker ended with its command.
             assert list(alive) == [servers[-1]], alive
-            assert "cli.local_server" in alive[servers[-1]]
+            assert "promptcycle_cli.local_server" in alive[servers[-1]]
         assert servers[0] == servers[1]
         left = _wait_gone(home, 20)
         assert not left, f"the idle server did not stop: {left}"
@@ -156,7 +156,7 @@ def test_the_next_command_reuses_the_server_and_it_stops_when_idle(tmp_path, rep
 
 
 def test_a_configured_prefect_api_is_used_as_is(monkeypatch, tmp_path):
-    from cli import local_server
+    from promptcycle_cli import local_server
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
     from prefect.settings import PREFECT_API_URL, temporary_settings

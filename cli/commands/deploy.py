@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from cli.main import existing_store, final_state_name, flow_run_fields, run_flow
+from promptcycle_cli.main import existing_store, final_state_name, flow_run_fields, run_flow
 from promptcycle.errors import ConfigError
 
 __all__ = ["add_commands"]
@@ -80,8 +80,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                           found=args.simulate_traffic, expected="a positive number of requests")
     load_config(args.config).pipeline(args.pipeline)  # fail fast, before Prefect starts
     _starting(args, f"Deploying {args.pipeline!r}")
-    from flows.deployment import deployment
-    from cli import local_server
+    from promptcycle_flows.deployment import deployment
+    from promptcycle_cli import local_server
 
     local_server.ready()  # Prefect's local server, started in the background since the command was parsed
     result = run_flow(deployment, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
@@ -132,8 +132,8 @@ def cmd_canary(args: argparse.Namespace) -> int:
                           found=args.treatment_error_rate, expected="a rate in [0, 1]")
     error_rates = {"treatment": args.treatment_error_rate} if args.treatment_error_rate else None
     _starting(args, f"Looking at the canary of {args.pipeline!r}")
-    from flows.canary import canary
-    from cli import local_server
+    from promptcycle_flows.canary import canary
+    from promptcycle_cli import local_server
 
     local_server.ready()  # Prefect's local server, started in the background since the command was parsed
     result = run_flow(canary, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
@@ -147,7 +147,7 @@ def cmd_canary(args: argparse.Namespace) -> int:
 # -- rollback ---------------------------------------------------------------------------------------------------
 
 def _block_secret(name: str):
-    from tasks.deployment import block_secret  # Prefect only when a credentials block is configured
+    from promptcycle_tasks.deployment import block_secret  # Prefect only when a credentials block is configured
 
     return block_secret(name)
 

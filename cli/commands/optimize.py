@@ -98,7 +98,7 @@ def _check_input(args: argparse.Namespace, names: list[str] | None) -> None:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     """Run the optimization flow for one pipeline and report what it found."""
-    from cli.main import _emit, _progress_bar, flow_run_fields, run_flow
+    from promptcycle_cli.main import _emit, _progress_bar, flow_run_fields, run_flow
     from promptcycle.optimize import budget
 
     names = _strategy_names(args.strategies)
@@ -106,8 +106,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from promptcycle.quality.worker import warm_up
 
     warm_up()  # Great Expectations imports in its worker while Prefect starts
-    from flows.optimization import optimization
-    from cli import local_server
+    from promptcycle_flows.optimization import optimization
+    from promptcycle_cli import local_server
 
     def print_estimate(estimate) -> None:
         print("\n".join(estimate.lines()), file=sys.stderr)

@@ -1,0 +1,10 @@
+"""`promptcycle_tasks`: the Prefect tasks, kept in the tasks/ folder of the repository.
+
+Installed (`pip install .` or `pip install -e .`), setup.py maps this name onto tasks/ and this file is not used.
+From a checkout on PYTHONPATH it points the package at tasks/, so imports read the same either way and no
+top-level `tasks` package exists to shadow, or be shadowed by, a user's own.
+"""
+
+from pathlib import Path
+
+__path__ = [str(Path(__file__).resolve().parent.parent / "tasks")]
