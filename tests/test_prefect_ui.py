@@ -212,3 +212,18 @@ def test_the_optimization_report_shows_the_candidate_its_diff_and_links_the_runs
     # Without a UI the runs are named by id.
     plain = confirmation_markdown(summary)
     assert "Run `optimization-x` (flow run `11111111-1111-1111-1111-111111111111`)" in plain
+
+
+def test_the_printed_evidence_names_the_clustering_unit_the_rule_used(capsys):
+    from promptcycle.commands.optimize import print_report
+    from promptcycle.optimize.search import OptimizationSummary
+
+    summary = OptimizationSummary(
+        run_id="optimization-x", pipeline=PIPE, outcome="candidate_found", reason="Better.", simulated=True,
+        baseline_run_id="baseline-y", current_hash="aaa", strategies=["checklist"], min_effect=0.01, alpha=0.05,
+        decision="promote", effect=0.05, ci_low=0.02, ci_high=0.08, ci_level=0.92, p_value=0.001,
+        adjusted_p_value=0.003, n_cases=60, n_observations=1260, repeats=21, cluster_unit="template", n_clusters=23,
+        test="exact sign-flip on cluster totals, one-sided")
+    print_report(summary)
+    out = capsys.readouterr().out
+    assert "clustered by template" in out and "clustered by case" not in out, out
