@@ -214,3 +214,13 @@ def test_a_failing_or_reused_report_is_not_kept_and_a_corrupt_one_is_ignored(tmp
     assert verdicts.load("k2").reused["key"] == "k2"
     (verdicts.cache_dir() / "k2.json").write_text("{not json")
     assert verdicts.load("k2") is None
+
+
+def test_deploy_says_the_local_server_is_reused_like_the_other_commands(capsys):
+    import argparse
+
+    from promptcycle.commands.deploy import _starting
+
+    _starting(argparse.Namespace(json=False), "Deploying 'customer-insights'")
+    err = capsys.readouterr().err
+    assert "local server is reused" in err and "temporary server" not in err, err
