@@ -692,7 +692,7 @@ def _prefect_api_failure(exc: BaseException) -> str | None:
             "lost the connection to Prefect's temporary server"
     if configured:
         todo = ("start that server (`prefect server start`), point PREFECT_API_URL at a running one, or unset "
-                "PREFECT_API_URL to let promptcycle start a temporary server")
+                "PREFECT_API_URL to let promptcycle reuse (or start) its local server")
     else:
         todo = "re-run the same command to resume"
     return f"{what} ({detail}): {todo}"

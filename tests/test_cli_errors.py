@@ -227,6 +227,7 @@ def test_a_dead_prefect_server_is_one_line_naming_the_url(tmp_path):
     assert out.returncode == 3
     _assert_short_and_clean(out, f"cannot reach the Prefect API at {url}", "prefect server start",
                             "unset PREFECT_API_URL")
+    assert "temporary server" not in out.stderr  # unset, promptcycle reuses (or starts) its local server
     error_lines = [line for line in _lines(out.stderr) if line.startswith("error")]
     assert len(error_lines) == 1
 
