@@ -251,6 +251,9 @@ def _print_summary(summary) -> None:
     if summary.truncated:
         console.print(f"[dark_orange]{summary.truncated} answers were cut at max_tokens[/] (finish_reason "
                       "\"length\"; scored as they came, flagged in results.finish_reason).", markup=True)
+    if summary.tokens_estimated:
+        console.print(f"{summary.tokens_estimated} answers' token counts were estimated locally (the provider's "
+                      "were missing or implausible); their cost uses the estimate (results.tokens_source).")
     if summary.provider_errors:
         console.print("[red]provider errors[/] (the provider's status and message):")
         for line in summary.provider_errors:
