@@ -208,9 +208,11 @@ def _plain_lines(progress, interval: float):
     return lines()
 
 
-def _print_summary(summary) -> None:
+def _print_summary(summary, thresholds=None) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from promptcycle.config import Thresholds
 
     colours = {"critical": "red", "warning": "dark_orange", "ok": "yellow", "target": "green",
                "excellent": "magenta"}
@@ -245,9 +247,10 @@ def _print_summary(summary) -> None:
     console.print(f"run [bold]{summary.run_id}[/] — {summary.rows} results, {summary.errors} errors, "
                   f"{summary.calls_paid} calls paid, {summary.calls_reused} reused from earlier runs, overall "
                   f"[bold]{summary.quality:.1f}[/] ({summary.level})" + (" — resumed" if summary.resumed else ""))
-    console.print("Levels (pipelines.yaml thresholds): [red]critical[/] < 85 ≤ [dark_orange]warning[/] < 90 ≤ "
-                  "[yellow]ok[/] < 95 ≤ [green]target[/] < 98 ≤ [magenta]excellent[/]. "
-                  "The same tables are artifacts of the flow run in the Prefect UI.")
+    t = thresholds or Thresholds()
+    console.print(f"Levels (pipelines.yaml thresholds): [red]critical[/] < {t.critical:g} ≤ [dark_orange]warning[/] < "
+                  f"{t.warning:g} ≤ [yellow]ok[/] < {t.target:g} ≤ [green]target[/] < {t.excellent:g} ≤ "
+                  "[magenta]excellent[/]. The same tables are artifacts of the flow run in the Prefect UI.")
     if summary.truncated:
         console.print(f"[dark_orange]{summary.truncated} answers were cut at max_tokens[/] (finish_reason "
                       "\"length\"; scored as they came, flagged in results.finish_reason).", markup=True)
@@ -282,8 +285,15 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         summary = run_flow(baseline, pipeline=args.pipeline, config_path=str(args.config),
                            store_path=args.store, repeats=args.repeats, limit=args.limit)
     _emit(args, {"success": True, **flow_run_fields(), **json.loads(summary.model_dump_json())},
-          lambda: _print_summary(summary))
+          lambda: _print_summary(summary, _thresholds_of(args)))
     return 0
+
+
+def _thresholds_of(args: argparse.Namespace):
+    """The pipeline's thresholds, for the summary's legend (the levels were computed with them)."""
+    from promptcycle.config import load_config
+
+    return load_config(args.config).pipelines[args.pipeline].thresholds
 
 
 # -- sim-server -------------------------------------------------------------------------------------------------

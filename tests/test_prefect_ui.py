@@ -227,3 +227,19 @@ def test_the_printed_evidence_names_the_clustering_unit_the_rule_used(capsys):
     print_report(summary)
     out = capsys.readouterr().out
     assert "clustered by template" in out and "clustered by case" not in out, out
+
+
+def test_the_printed_legend_shows_the_pipelines_own_thresholds(capsys):
+    from promptcycle.cli import _print_summary
+    from promptcycle.config import Thresholds
+    from promptcycle.evaluation.summary import CellQuality, Ranked, RunSummary
+
+    cells = [CellQuality(model="nano", spectrum="s", quality=72.0, level="ok", n=3, errors=0, mean_latency_ms=100.0,
+                         p95_latency_ms=150.0, cost_usd=0.01)]
+    summary = RunSummary(run_id="baseline-x", pipeline=PIPE, status="completed", simulated=True, prompt_hash="abc",
+                         rows=3, errors=0, cost_usd=0.01, quality=72.0, level="ok", cells=cells,
+                         models=[Ranked(name="nano", quality=72.0, level="ok")],
+                         spectrums=[Ranked(name="s", quality=72.0, level="ok")])
+    _print_summary(summary, Thresholds(critical=50, warning=60, target=80, excellent=90))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "critical < 50 ≤ warning < 60 ≤ ok < 80 ≤ target < 90 ≤ excellent" in out, out
