@@ -260,3 +260,14 @@ def test_ctrl_c_prints_one_line_and_no_traceback(tmp_path):
     # What was said before the interrupt (what is running, plain progress off a terminal), then one line.
     assert _lines(stderr)[-1] == "interrupted — re-run the same command to resume", stderr
     assert len(_lines(stderr)) <= 5, stderr
+
+
+def test_sim_server_on_a_port_in_use_is_bad_input_not_an_unreachable_prefect(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run(tmp_path, "sim-server", "--port", str(port), timeout=60)
+    assert result.returncode == 2, result.stderr  # 3 would say Prefect's API could not be reached
+    assert f"error (ConfigError): --port: 127.0.0.1:{port} is already in use" in result.stderr, result.stderr
+    assert "Errno" not in result.stderr.split("error (ConfigError)")[0]
