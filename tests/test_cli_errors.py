@@ -108,6 +108,13 @@ def test_a_single_brace_placeholder_of_a_case_field_fails_at_load(tmp_path):
     _assert_short_and_clean(out, str(config), f"{PIPE}.prompt.template", "single braces", "{{question}}")
 
 
+def test_an_unclosed_brace_before_a_case_field_fails_at_load(tmp_path):
+    config = _config(tmp_path, "{{question}}", "{question")
+    out = _run(tmp_path, "validate", "--config", str(config), "--store", str(tmp_path / "m.duckdb"))
+    assert out.returncode == 2
+    _assert_short_and_clean(out, str(config), f"{PIPE}.prompt.template", "nothing closes", "{{question}}")
+
+
 def test_json_in_a_prompt_is_not_a_malformed_placeholder(tmp_path):
     config = _config(tmp_path, "Reply with a JSON object.",
                      'Reply with a JSON object such as {"a": {"b": [1, {"c": 2}]}} or {note}.')
