@@ -245,7 +245,8 @@ def _print_summary(summary, thresholds=None) -> None:
                     f"{sum(c.cost_usd for c in cells):.4f}")
     console.print(lat)
     console.print(f"run [bold]{summary.run_id}[/] — {summary.rows} results, {summary.errors} errors, "
-                  f"{summary.calls_paid} calls paid, {summary.calls_reused} reused from earlier runs, overall "
+                  f"{summary.calls_paid} call{'' if summary.calls_paid == 1 else 's'} paid, {summary.calls_reused} reused "
+                  f"from earlier runs, overall "
                   f"[bold]{summary.quality:.1f}[/] ({summary.level})" + (" — resumed" if summary.resumed else ""))
     t = thresholds or Thresholds()
     console.print(f"Levels (pipelines.yaml thresholds): [red]critical[/] < {t.critical:g} ≤ [dark_orange]warning[/] < "
@@ -262,7 +263,7 @@ def _print_summary(summary, thresholds=None) -> None:
         for line in summary.provider_errors:
             console.print(f"  {line}", markup=False, highlight=False)
     if summary.simulated:
-        console.print("[dim]All answers came from the built-in simulator: the figures describe the simulated "
+        console.print("[dim]All answers came from the simulator (SIMULATED): the figures describe the simulated "
                       "world, not real models.[/]")
 
 
