@@ -208,9 +208,11 @@ def _plain_lines(progress, interval: float):
     return lines()
 
 
-def _print_summary(summary) -> None:
+def _print_summary(summary, thresholds=None) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from promptcycle.config import Thresholds
 
     colours = {"critical": "red", "warning": "dark_orange", "ok": "yellow", "target": "green",
                "excellent": "magenta"}
@@ -243,20 +245,25 @@ def _print_summary(summary) -> None:
                     f"{sum(c.cost_usd for c in cells):.4f}")
     console.print(lat)
     console.print(f"run [bold]{summary.run_id}[/] — {summary.rows} results, {summary.errors} errors, "
-                  f"{summary.calls_paid} calls paid, {summary.calls_reused} reused from earlier runs, overall "
+                  f"{summary.calls_paid} call{'' if summary.calls_paid == 1 else 's'} paid, {summary.calls_reused} reused "
+                  f"from earlier runs, overall "
                   f"[bold]{summary.quality:.1f}[/] ({summary.level})" + (" — resumed" if summary.resumed else ""))
-    console.print("Levels (pipelines.yaml thresholds): [red]critical[/] < 85 ≤ [dark_orange]warning[/] < 90 ≤ "
-                  "[yellow]ok[/] < 95 ≤ [green]target[/] < 98 ≤ [magenta]excellent[/]. "
-                  "The same tables are artifacts of the flow run in the Prefect UI.")
+    t = thresholds or Thresholds()
+    console.print(f"Levels (pipelines.yaml thresholds): [red]critical[/] < {t.critical:g} ≤ [dark_orange]warning[/] < "
+                  f"{t.warning:g} ≤ [yellow]ok[/] < {t.target:g} ≤ [green]target[/] < {t.excellent:g} ≤ "
+                  "[magenta]excellent[/]. The same tables are artifacts of the flow run in the Prefect UI.")
     if summary.truncated:
         console.print(f"[dark_orange]{summary.truncated} answers were cut at max_tokens[/] (finish_reason "
                       "\"length\"; scored as they came, flagged in results.finish_reason).", markup=True)
+    if summary.tokens_estimated:
+        console.print(f"{summary.tokens_estimated} answers' token counts were estimated locally (the provider's "
+                      "were missing or implausible); their cost uses the estimate (results.tokens_source).")
     if summary.provider_errors:
         console.print("[red]provider errors[/] (the provider's status and message):")
         for line in summary.provider_errors:
             console.print(f"  {line}", markup=False, highlight=False)
     if summary.simulated:
-        console.print("[dim]All answers came from the built-in simulator: the figures describe the simulated "
+        console.print("[dim]All answers came from the simulator (SIMULATED): the figures describe the simulated "
                       "world, not real models.[/]")
 
 
@@ -279,8 +286,15 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         summary = run_flow(baseline, pipeline=args.pipeline, config_path=str(args.config),
                            store_path=args.store, repeats=args.repeats, limit=args.limit)
     _emit(args, {"success": True, **flow_run_fields(), **json.loads(summary.model_dump_json())},
-          lambda: _print_summary(summary))
+          lambda: _print_summary(summary, _thresholds_of(args)))
     return 0
+
+
+def _thresholds_of(args: argparse.Namespace):
+    """The pipeline's thresholds, for the summary's legend (the levels were computed with them)."""
+    from promptcycle.config import load_config
+
+    return load_config(args.config).pipelines[args.pipeline].thresholds
 
 
 # -- sim-server -------------------------------------------------------------------------------------------------
@@ -340,6 +354,15 @@ def cmd_sim_server(args: argparse.Namespace) -> int:
         if not api_key:
             raise ConfigError(f"environment variable {args.api_key_env} is not set", path="--api-key-env",
                               found=args.api_key_env, expected="a set environment variable holding the key")
+    import socket
+
+    with socket.socket() as probe:  # a taken port is bad input (exit 2), said before the server starts
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as exc:
+            raise ConfigError(f"{args.host}:{args.port} is already in use or cannot be bound ({exc.strerror})",
+                              path="--port", expected="a free port (or stop what listens there)") from None
     if not args.json:
         print(f"promptcycle simulator (simulated models, not real ones) on http://{args.host}:{args.port}/v1"
               + (" (requires an API key)" if api_key else ""), file=sys.stderr)
@@ -692,7 +715,7 @@ def _prefect_api_failure(exc: BaseException) -> str | None:
             "lost the connection to Prefect's temporary server"
     if configured:
         todo = ("start that server (`prefect server start`), point PREFECT_API_URL at a running one, or unset "
-                "PREFECT_API_URL to let promptcycle start a temporary server")
+                "PREFECT_API_URL to let promptcycle reuse (or start) its local server")
     else:
         todo = "re-run the same command to resume"
     return f"{what} ({detail}): {todo}"

@@ -20,6 +20,7 @@ PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _HALF_OPEN = re.compile(r"(?<!\{)\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
 # `{name}` alone: single braces around a bare name (literal text, but often a placeholder written f-string style).
 _SINGLE = re.compile(r"(?<!\{)\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}(?!\})")
+_UNCLOSED = re.compile(r"(?<!\{)\{\s*([A-Za-z_][A-Za-z0-9_]*)(?![A-Za-z0-9_]|\s*\})")
 
 
 def line_of(text: str, offset: int) -> int:
@@ -44,6 +45,11 @@ def malformed_placeholders(text: str) -> list[tuple[int, str]]:
 def single_brace_names(text: str) -> list[tuple[int, str]]:
     """(offset, name) of every `{name}` written with single braces."""
     return [(m.start(), m.group(1)) for m in _SINGLE.finditer(text)]
+
+
+def unclosed_brace_names(text: str) -> list[tuple[int, str]]:
+    """(offset, name) of every `{name` that no brace closes (e.g. `{question` for `{{question}}`)."""
+    return [(m.start(), m.group(1)) for m in _UNCLOSED.finditer(text)]
 
 
 @dataclass(frozen=True)

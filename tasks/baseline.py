@@ -47,8 +47,9 @@ class BaselinePlan(BaseModel):
         """What this process does, in one line: started, or resumed (and what is retried)."""
         if not self.resumed:
             return f"starting run {self.run_id}: {len(self.cells)} cells, {self.total_calls:,} calls"
-        return (f"resuming run {self.run_id}: {self.recorded:,} of {self.total_calls:,} recorded, "
-                f"{self.retried:,} ended in error and are retried")
+        retried = {0: "none ended in error", 1: "1 ended in error and is retried"}.get(
+            self.retried, f"{self.retried:,} ended in error and are retried")
+        return f"resuming run {self.run_id}: {self.recorded:,} of {self.total_calls:,} recorded, {retried}"
 
 
 def gate_dataset(ctx, store, run_id: str) -> None:

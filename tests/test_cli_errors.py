@@ -108,6 +108,13 @@ def test_a_single_brace_placeholder_of_a_case_field_fails_at_load(tmp_path):
     _assert_short_and_clean(out, str(config), f"{PIPE}.prompt.template", "single braces", "{{question}}")
 
 
+def test_an_unclosed_brace_before_a_case_field_fails_at_load(tmp_path):
+    config = _config(tmp_path, "{{question}}", "{question")
+    out = _run(tmp_path, "validate", "--config", str(config), "--store", str(tmp_path / "m.duckdb"))
+    assert out.returncode == 2
+    _assert_short_and_clean(out, str(config), f"{PIPE}.prompt.template", "nothing closes", "{{question}}")
+
+
 def test_json_in_a_prompt_is_not_a_malformed_placeholder(tmp_path):
     config = _config(tmp_path, "Reply with a JSON object.",
                      'Reply with a JSON object such as {"a": {"b": [1, {"c": 2}]}} or {note}.')
@@ -227,6 +234,7 @@ def test_a_dead_prefect_server_is_one_line_naming_the_url(tmp_path):
     assert out.returncode == 3
     _assert_short_and_clean(out, f"cannot reach the Prefect API at {url}", "prefect server start",
                             "unset PREFECT_API_URL")
+    assert "temporary server" not in out.stderr  # unset, promptcycle reuses (or starts) its local server
     error_lines = [line for line in _lines(out.stderr) if line.startswith("error")]
     assert len(error_lines) == 1
 
@@ -259,3 +267,14 @@ def test_ctrl_c_prints_one_line_and_no_traceback(tmp_path):
     # What was said before the interrupt (what is running, plain progress off a terminal), then one line.
     assert _lines(stderr)[-1] == "interrupted — re-run the same command to resume", stderr
     assert len(_lines(stderr)) <= 5, stderr
+
+
+def test_sim_server_on_a_port_in_use_is_bad_input_not_an_unreachable_prefect(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run(tmp_path, "sim-server", "--port", str(port), timeout=60)
+    assert result.returncode == 2, result.stderr  # 3 would say Prefect's API could not be reached
+    assert f"error (ConfigError): --port: 127.0.0.1:{port} is already in use" in result.stderr, result.stderr
+    assert "Errno" not in result.stderr.split("error (ConfigError)")[0]

@@ -212,3 +212,34 @@ def test_the_optimization_report_shows_the_candidate_its_diff_and_links_the_runs
     # Without a UI the runs are named by id.
     plain = confirmation_markdown(summary)
     assert "Run `optimization-x` (flow run `11111111-1111-1111-1111-111111111111`)" in plain
+
+
+def test_the_printed_evidence_names_the_clustering_unit_the_rule_used(capsys):
+    from promptcycle.commands.optimize import print_report
+    from promptcycle.optimize.search import OptimizationSummary
+
+    summary = OptimizationSummary(
+        run_id="optimization-x", pipeline=PIPE, outcome="candidate_found", reason="Better.", simulated=True,
+        baseline_run_id="baseline-y", current_hash="aaa", strategies=["checklist"], min_effect=0.01, alpha=0.05,
+        decision="promote", effect=0.05, ci_low=0.02, ci_high=0.08, ci_level=0.92, p_value=0.001,
+        adjusted_p_value=0.003, n_cases=60, n_observations=1260, repeats=21, cluster_unit="template", n_clusters=23,
+        test="exact sign-flip on cluster totals, one-sided")
+    print_report(summary)
+    out = capsys.readouterr().out
+    assert "clustered by template" in out and "clustered by case" not in out, out
+
+
+def test_the_printed_legend_shows_the_pipelines_own_thresholds(capsys):
+    from promptcycle.cli import _print_summary
+    from promptcycle.config import Thresholds
+    from promptcycle.evaluation.summary import CellQuality, Ranked, RunSummary
+
+    cells = [CellQuality(model="nano", spectrum="s", quality=72.0, level="ok", n=3, errors=0, mean_latency_ms=100.0,
+                         p95_latency_ms=150.0, cost_usd=0.01)]
+    summary = RunSummary(run_id="baseline-x", pipeline=PIPE, status="completed", simulated=True, prompt_hash="abc",
+                         rows=3, errors=0, cost_usd=0.01, quality=72.0, level="ok", cells=cells,
+                         models=[Ranked(name="nano", quality=72.0, level="ok")],
+                         spectrums=[Ranked(name="s", quality=72.0, level="ok")])
+    _print_summary(summary, Thresholds(critical=50, warning=60, target=80, excellent=90))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "critical < 50 ≤ warning < 60 ≤ ok < 80 ≤ target < 90 ≤ excellent" in out, out

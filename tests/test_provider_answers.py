@@ -11,7 +11,7 @@ import pytest
 from promptcycle.config import ModelConfig, ProviderConfig, Thresholds
 from promptcycle.datasets import load_cases
 from promptcycle.evaluation.cells import CellSpec, evaluate_cell
-from promptcycle.evaluation.summary import summarize_results
+from promptcycle.evaluation.summary import quality_markdown, summarize_results
 from promptcycle.prompts import PromptTemplate
 from promptcycle.providers import OpenAICompatibleProvider
 from promptcycle.providers.openai import count_tokens, estimate_tokens
@@ -99,6 +99,11 @@ def test_implausible_provider_token_counts_are_replaced_by_the_estimate_and_pric
         assert row["cost_usd"] == pytest.approx((row["input_tokens"] * 1.0 + row["output_tokens"] * 2.0) / 1e6)
     assert stored(store, "SELECT DISTINCT provider_model, tokens_source FROM responses") == [
         ("gpt-4o-mini-2024-07-18", "estimated")]
+    # The summary says so: its cost rests on the local estimate, not on the provider's counts.
+    summary = summarize_results(frame, thresholds=Thresholds(), run_id="run-1", pipeline="p", prompt_hash="h",
+                                status="completed", models=["m"], spectrums=sorted(frame["spectrum"].unique()))
+    assert summary.tokens_estimated == 3
+    assert "3 answers' token counts were estimated locally" in quality_markdown(summary, Thresholds())
 
 
 def test_the_token_rule():

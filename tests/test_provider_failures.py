@@ -434,3 +434,22 @@ def test_a_refused_key_is_named_once_for_all_its_models():
     message = str(caught.value)
     assert message.count("HTTP 401") == 1 and "(the same for mini, typo)" in message
     assert message.endswith("and run again")
+
+
+def test_a_dead_server_is_named_once_for_all_its_models():
+    base_url = f"http://127.0.0.1:{unused_port()}/v1"
+    config = config_for(base_url)
+    config.models.update({"mini": ModelConfig(provider="sim", model="sim-mini"),
+                          "small": ModelConfig(provider="sim", model="sim-small")})
+
+    async def go():
+        try:
+            await check_models(config, ["nano", "mini", "small"], lambda _: None)
+        finally:
+            await close_providers()
+
+    with pytest.raises(ProviderCheckError) as caught:
+        asyncio.run(go())
+    message = str(caught.value)
+    assert message.count("ConnectError connecting") == 1 and "also:" not in message, message
+    assert "(the same for mini, small)" in message and message.endswith("and run again")

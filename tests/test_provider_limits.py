@@ -9,7 +9,7 @@ import pytest
 import yaml
 from simserver import ServerThread
 
-from promptcycle.errors import RunFailedError
+from promptcycle.errors import ConfigError
 from promptcycle.sim.server import LatencyOverride
 
 pytestmark = pytest.mark.engine
@@ -57,7 +57,8 @@ def test_a_missing_limit_fails_the_run_clearly(prefect_harness, repo_config, tmp
 
     with ServerThread() as server:
         config = _config(repo_config, server.base_url, "promptcycle-test-no-such-limit")
-        with pytest.raises(RunFailedError, match="promptcycle-test-no-such-limit"):
+        # A configuration error (exit 2 from the CLI) naming the limit and how to create it, before any call.
+        with pytest.raises(ConfigError, match="prefect gcl create promptcycle-test-no-such-limit"):
             asyncio.run(baseline(config_path=str(config), store_path=str(tmp_path / "m.duckdb"), limit=1))
         assert server.state.requests == 0  # nothing was called unthrottled
 

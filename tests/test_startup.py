@@ -132,7 +132,7 @@ def test_kill_9_of_the_command_leaves_no_server_or_worker_behind(tmp_path, repo_
 @pytest.mark.slow
 def test_the_next_command_reuses_the_server_and_it_stops_when_idle(tmp_path, repo_config):
     home = tmp_path / "prefect-home"
-    env = dict(os.environ, PREFECT_HOME=str(home), PROMPTCYCLE_SERVER_IDLE_SECONDS="6",
+    env = dict(os.environ, PREFECT_HOME=str(home), PROMPTCYCLE_SERVER_IDLE_SECONDS="20",
                PROMPTCYCLE_CACHE_DIR=str(tmp_path / "cache"))
     state = home / "promptcycle-server.json"
     args = ["baseline", "--config", str(repo_config), "--limit", "1", "--repeats", "1", "--json"]
@@ -149,7 +149,7 @@ def test_the_next_command_reuses_the_server_and_it_stops_when_idle(tmp_path, rep
             assert list(alive) == [servers[-1]], alive
             assert "promptcycle_cli.local_server" in alive[servers[-1]]
         assert servers[0] == servers[1]
-        left = _wait_gone(home, 20)
+        left = _wait_gone(home, 60)
         assert not left, f"the idle server did not stop: {left}"
     finally:
         _kill_all(_processes_of_home(home))
@@ -214,3 +214,13 @@ def test_a_failing_or_reused_report_is_not_kept_and_a_corrupt_one_is_ignored(tmp
     assert verdicts.load("k2").reused["key"] == "k2"
     (verdicts.cache_dir() / "k2.json").write_text("{not json")
     assert verdicts.load("k2") is None
+
+
+def test_deploy_says_the_local_server_is_reused_like_the_other_commands(capsys):
+    import argparse
+
+    from promptcycle.commands.deploy import _starting
+
+    _starting(argparse.Namespace(json=False), "Deploying 'customer-insights'")
+    err = capsys.readouterr().err
+    assert "local server is reused" in err and "temporary server" not in err, err

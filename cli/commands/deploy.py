@@ -46,8 +46,8 @@ def _console():
 
 def _starting(args: argparse.Namespace, what: str) -> None:
     if not args.json:
-        print(f"{what} (Prefect starts a temporary server unless PREFECT_API_URL is set; the first start takes "
-              "~20 s) …", file=sys.stderr)
+        print(f"{what} (Prefect's local server is reused, or started when none is running and PREFECT_API_URL is "
+              "not set; the first start takes ~20 s) …", file=sys.stderr)
 
 
 # -- deploy -----------------------------------------------------------------------------------------------------

@@ -148,7 +148,8 @@ def print_report(s) -> None:
     console.print(f"outcome: [{OUTCOME_STYLE.get(s.outcome, 'bold')}]{s.outcome.replace('_', ' ')}[/]")
     console.print(s.reason)
     if s.effect is not None:
-        ev = Table(title="evidence (test split, paired by model × case × repeat, clustered by case)")
+        ev = Table(title="evidence (test split, paired by model × case × repeat, clustered by "
+                         f"{s.cluster_unit or 'case'})")
         ev.add_column("")
         ev.add_column("value", justify="right")
         ev.add_row("decision", s.decision)

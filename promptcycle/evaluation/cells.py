@@ -123,17 +123,20 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
     prompt_hash = spec.prompt.hash
     io = run_io(store, spec.run_id)
     done = await io.completed(spec.model_name)
+    here = io.recorded_here(spec.model_name)  # counted in the progress when recorded (by an earlier attempt)
+    newly_skipped = 0
     todo: list[tuple[Case, int, list[dict[str, str]], str]] = []
     for case in spec.cases:
         repeats = [r for r in range(spec.repeats) if (case.id, r) not in done]
         outcome.skipped += spec.repeats - len(repeats)
+        newly_skipped += sum(1 for r in range(spec.repeats) if (case.id, r) in done and (case.id, r) not in here)
         if not repeats:
             continue
         messages = spec.render_case(case) if spec.render_case is not None else spec.prompt.render(case.inputs)
         keys = call_keys(provider_name, spec.model, messages, repeats)
         todo.extend((case, repeat, messages, key) for repeat, key in zip(repeats, keys))
-    if outcome.skipped:
-        progress.report_done(outcome.skipped)
+    if newly_skipped:
+        progress.report_done(newly_skipped)
     if not todo:
         return outcome
 

@@ -81,7 +81,7 @@ def check_prompt_inputs(pipe: PipelineConfig, cases: list[Case], *, file: str, p
     """Every placeholder of the prompt has a value in every case, before any call: a missing one would fail
     each of those calls at run time. A `{name}` in single braces where the cases provide `name` is a
     placeholder written with one brace too few."""
-    from promptcycle.prompts import line_of, single_brace_names
+    from promptcycle.prompts import line_of, single_brace_names, unclosed_brace_names
 
     prompt = pipe.prompt.to_template()
     provided = sorted({key for case in cases for key in case.inputs})
@@ -103,6 +103,12 @@ def check_prompt_inputs(pipe: PipelineConfig, cases: list[Case], *, file: str, p
                     f"{{{name}}} at line {line_of(text, offset)} of the {part} has single braces, so it stays "
                     f"literal text; placeholders are {{{{{name}}}}}", file=file,
                     path=f"pipelines.{pipeline}.prompt.{part}", found=f"{{{name}}}", expected=f"{{{{{name}}}}}")
+        for offset, name in unclosed_brace_names(text):
+            if name in provided:
+                raise ConfigError(
+                    f"{{{name} at line {line_of(text, offset)} of the {part} opens a brace that nothing closes, so "
+                    f"it stays literal text; placeholders are {{{{{name}}}}}", file=file,
+                    path=f"pipelines.{pipeline}.prompt.{part}", found=f"{{{name}", expected=f"{{{{{name}}}}}")
 
 
 _cache: dict[tuple, PipelineContext] = {}

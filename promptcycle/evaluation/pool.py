@@ -55,11 +55,12 @@ async def check_models(config: PromptcycleConfig, models: Iterable[str],
     if unexpected:
         raise unexpected[0]
     if failures:
-        # A refused key is one problem however many models share it: named once, with its other models.
+        # A refused key, or an endpoint that does not answer (no HTTP status), is one problem however many
+        # models share it: named once, with its other models.
         shown: list[ProviderCheckError] = []
         refused: dict[tuple, list[str]] = {}  # (provider, status) -> models whose check met the refusal
         for f in failures:
-            if f.status in (401, 403):
+            if f.status in (401, 403, None):
                 models_refused = refused.setdefault((f.provider, f.status), [])
                 models_refused.append(str(f.model))
                 if len(models_refused) > 1:

@@ -47,6 +47,7 @@ class RunIO:
         self._last_flush = time.monotonic()
         self._active_cells = 0
         self._carried: dict[tuple[str, str, int], tuple[int, float]] = {}
+        self._recorded: dict[str, set[tuple[str, int]]] = {}  # model -> (case_id, repeat) recorded by this process
         self._timer: asyncio.Task | None = None
 
     async def __aenter__(self) -> "RunIO":
@@ -87,6 +88,10 @@ class RunIO:
                         self.carry(model, case_id, repeat, *sent)
             return self._completed[model]
 
+    def recorded_here(self, model: str) -> set[tuple[str, int]]:
+        """(case_id, repeat) of `model` this process recorded (a cell's retry skips them, already counted)."""
+        return self._recorded.get(model, set())
+
     def carry(self, model: str, case_id: str, repeat: int, attempts: int, wait_ms: float) -> None:
         """Remember requests a call sent without being recorded (to add to the row that records it)."""
         before = self._carried.get((model, case_id, repeat), (0, 0.0))
@@ -117,6 +122,7 @@ class RunIO:
             # this run will not ask for it again, and holding every answer would grow with the run.
             self._looked_up.add(response.call_key)
         self._results.append(result)
+        self._recorded.setdefault(result.model, set()).add((result.case_id, result.repeat))
         done = self._completed.get(result.model)
         if done is not None:
             done.add((result.case_id, result.repeat))

@@ -66,6 +66,7 @@ class RunSummary(BaseModel):
     models: list[Ranked]
     spectrums: list[Ranked]
     truncated: int = 0  # answers cut at max_tokens (finish_reason "length"); scored as they came
+    tokens_estimated: int = 0  # answers whose token counts (and so cost) are the local estimate, not the provider's
     provider_errors: list[str] = []  # the commonest terminal errors: model, kind, count, the provider's message
     data_quality: dict[str, bool] = {}
     started_at: datetime | None = None
@@ -135,7 +136,9 @@ def summarize_results(frame: pd.DataFrame, *, thresholds: Thresholds, run_id: st
                       rows=len(f), errors=int(f["error"].notna().sum()),
                       cost_usd=round(float(f["cost_usd"].fillna(0).sum()), 6), quality=q, level=thresholds.level(q),
                       cells=cells, models=ranked("model", models), spectrums=ranked("spectrum", spectrums),
-                      truncated=int(cut.sum()), provider_errors=provider_error_lines(f), **extra)
+                      truncated=int(cut.sum()), provider_errors=provider_error_lines(f),
+                      tokens_estimated=int((f["tokens_source"] == "estimated").sum())
+                      if "tokens_source" in f.columns else 0, **extra)
 
 
 def _summarize_stored_run(store_path: str, run_id: str, scorers: list[str], **kwargs) -> RunSummary:
@@ -164,6 +167,9 @@ def quality_markdown(summary: RunSummary, thresholds: Thresholds) -> str:
              "",
              *([f"**{summary.truncated} answers were cut at max_tokens** (finish_reason `length`).", ""]
                if summary.truncated else []),
+             *([f"{summary.tokens_estimated} answers' token counts were estimated locally (the provider's were "
+                "missing or implausible); their cost uses the estimate (`tokens_source`).", ""]
+               if summary.tokens_estimated else []),
              *(["Provider errors (status and message as the provider gave them):", ""]
                + [f"- {line}" for line in summary.provider_errors] + [""] if summary.provider_errors else []),
              f"Levels: {marks['critical']} critical < {thresholds.critical:g} ≤ {marks['warning']} warning < "
