@@ -292,7 +292,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def _thresholds_of(args: argparse.Namespace):
     """The pipeline's thresholds, for the summary's legend (the levels were computed with them)."""
-    from promptcycle.config import load_config
+    from promptcycle.catalog import load_config
 
     return load_config(args.config).pipelines[args.pipeline].thresholds
 

@@ -215,7 +215,7 @@ def test_the_optimization_report_shows_the_candidate_its_diff_and_links_the_runs
 
 
 def test_the_printed_evidence_names_the_clustering_unit_the_rule_used(capsys):
-    from promptcycle.commands.optimize import print_report
+    from promptcycle_cli.commands.optimize import print_report
     from promptcycle.optimize.search import OptimizationSummary
 
     summary = OptimizationSummary(
@@ -230,7 +230,7 @@ def test_the_printed_evidence_names_the_clustering_unit_the_rule_used(capsys):
 
 
 def test_the_printed_legend_shows_the_pipelines_own_thresholds(capsys):
-    from promptcycle.cli import _print_summary
+    from promptcycle_cli.main import _print_summary
     from promptcycle.config import Thresholds
     from promptcycle.evaluation.summary import CellQuality, Ranked, RunSummary
 

@@ -219,7 +219,7 @@ def test_a_failing_or_reused_report_is_not_kept_and_a_corrupt_one_is_ignored(tmp
 def test_deploy_says_the_local_server_is_reused_like_the_other_commands(capsys):
     import argparse
 
-    from promptcycle.commands.deploy import _starting
+    from promptcycle_cli.commands.deploy import _starting
 
     _starting(argparse.Namespace(json=False), "Deploying 'customer-insights'")
     err = capsys.readouterr().err
