@@ -164,6 +164,7 @@ def respond(model: str, messages: list[dict[str, str]], *, temperature: float = 
     `drifts` are the simulated drifts active for this call (`DriftSchedule.on_call`); the reply is a
     pure function of the arguments, drifts included."""
     spec = get_model(model)
+    drifts = tuple(d for d in drifts if d.applies_to(model))
     reading = read_messages(messages)
     rng = _rng(model, messages, temperature, seed)
     if reading.judge:
