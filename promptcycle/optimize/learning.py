@@ -1,0 +1,263 @@
+"""Learning which optimization strategies work where: outcomes, posteriors, and the `auto` allocation.
+
+Every optimization records one `StrategyOutcome` per candidate: its strategy, its *context* (pipeline,
+model scope, the spectrum the diagnosis points at and that spectrum's dominant failure kind), its effect
+on dev and on test (points over the current prompt) and what it cost. From the outcomes of the last
+`memory` optimizations (cycles), each strategy x context gets
+
+- a **success posterior** Beta(1 + s, 1 + n - s), a success being "beat the current prompt by at least the
+  minimum effect" (on test when the candidate was confirmed, else on dev);
+- an **effect posterior** Normal with known noise: prior N(0, PRIOR_SD²) on the mean effect, each
+  observed effect (test, else dev) a draw with sd NOISE_SD, so the posterior mean is
+  sum(effects) / (n + NOISE_SD² / PRIOR_SD²) and its sd NOISE_SD / sqrt(n + NOISE_SD² / PRIOR_SD²).
+
+`allocate` spends a candidate budget by Thompson sampling over the success posteriors, each slot given to
+the strategy whose sampled success rate is highest — except with probability `exploration` (the floor)
+it goes to a strategy drawn uniformly, so no strategy is starved.
+
+    outcomes = store.strategy_outcomes(pipeline)                      # stored rows, newest last
+    table = posteriors(outcomes, memory=100)                          # list[StrategyPosterior]
+    slots = allocate(names, table, context, budget=12, exploration=0.1, rng=random.Random(seed))
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from scipy.stats import beta as beta_dist
+
+__all__ = ["FAILURE_KINDS", "PRIOR_SD", "NOISE_SD", "LearningContext", "StrategyOutcome", "StrategyPosterior",
+           "failure_kind", "context_of", "outcomes_from_rows", "posteriors", "posterior_for", "allocate",
+           "select_candidates", "learning_table"]
+
+FAILURE_KINDS = ("missed_fields", "wrong_values", "format", "latency", "none")
+PRIOR_SD = 5.0  # points: how large strategy effects are a priori
+NOISE_SD = 3.0  # points: how much one candidate's effect varies around its strategy's mean in a context
+
+
+@dataclass(frozen=True)
+class LearningContext:
+    """Where a strategy is tried. Empty strings mean "any"."""
+
+    pipeline: str = ""
+    scope: str = ""  # the model of a per-model prompt; "" for a shared prompt
+    spectrum: str = ""  # the spectrum the diagnosis points at (the weakest)
+    failure_kind: str = ""  # its dominant failure (FAILURE_KINDS)
+
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.pipeline, self.scope, self.spectrum, self.failure_kind)
+
+
+@dataclass(frozen=True)
+class StrategyOutcome:
+    """One candidate's result in one optimization (a row of `strategy_outcomes`)."""
+
+    run_id: str
+    candidate: str  # the candidate's hash
+    strategy: str
+    context: LearningContext
+    dev_effect: float | None = None  # points over the current prompt on dev
+    test_effect: float | None = None  # points over the current prompt on test (confirmed candidates)
+    min_effect: float = 1.0  # points
+    calls: int = 0
+    cost_usd: float = 0.0
+    recorded_at: datetime | None = None
+    simulated: bool = False
+
+    @property
+    def effect(self) -> float | None:
+        return self.test_effect if self.test_effect is not None else self.dev_effect
+
+    @property
+    def success(self) -> bool | None:
+        return None if self.effect is None else self.effect >= self.min_effect
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row.update(row.pop("context"))
+        row["success"] = self.success
+        return row
+
+
+def outcomes_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[StrategyOutcome]:
+    """Stored rows (dicts, as `MetricsStore.strategy_outcomes` returns them) back to outcomes."""
+    out = []
+    for r in rows:
+        ctx = LearningContext(r.get("pipeline") or "", r.get("scope") or "", r.get("spectrum") or "",
+                              r.get("failure_kind") or "")
+        out.append(StrategyOutcome(run_id=r["run_id"], candidate=r["candidate"], strategy=r["strategy"], context=ctx,
+                                   dev_effect=r.get("dev_effect"), test_effect=r.get("test_effect"),
+                                   min_effect=r.get("min_effect") or 0.0, calls=r.get("calls") or 0,
+                                   cost_usd=r.get("cost_usd") or 0.0, recorded_at=r.get("recorded_at"),
+                                   simulated=bool(r.get("simulated"))))
+    return out
+
+
+def failure_kind(diagnosis: Any, spectrum: str | None = None, model: str | None = None) -> str:
+    """The dominant failure of the diagnosed rows (a `Diagnosis`): the largest of the missed-field rate
+    (1 - coverage), wrong-value rate, format failure rate and latency breach rate; 'none' when all are
+    under 5%."""
+    t = diagnosis._merged(spectrum, split=None, model=model)
+    missed = (t.missed.total() / t.required.total()) if t.required.total() else 0.0
+    wrong = (t.wrong.total() / t.stated.total()) if t.stated.total() else 0.0
+    rates = {"missed_fields": missed, "wrong_values": wrong,
+             "format": diagnosis.format_failure_rate(spectrum, split=None, model=model) or 0.0,
+             "latency": diagnosis.latency_breach_rate(spectrum, split=None, model=model) or 0.0}
+    kind, rate = max(rates.items(), key=lambda kv: kv[1])
+    return kind if rate >= 0.05 else "none"
+
+
+def context_of(diagnosis: Any, pipeline: str, scope: str | None) -> LearningContext:
+    """The context of an optimization: its weakest spectrum (for the scope's model, or all models) and
+    that spectrum's dominant failure kind."""
+    spectrums = [s for s in diagnosis.spectrums if diagnosis.quality(s, split=None, model=scope) is not None]
+    if not spectrums:
+        return LearningContext(pipeline, scope or "", "", "none")
+    weakest = min(spectrums, key=lambda s: (diagnosis.quality(s, split=None, model=scope), s))
+    return LearningContext(pipeline, scope or "", weakest, failure_kind(diagnosis, weakest, scope))
+
+
+@dataclass
+class StrategyPosterior:
+    """What the accumulator believes about one strategy in one context."""
+
+    strategy: str
+    context: LearningContext
+    n: int = 0
+    successes: int = 0
+    effects: list[float] = field(default_factory=list, repr=False)
+    calls: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 + self.successes
+
+    @property
+    def beta(self) -> float:
+        return 1.0 + self.n - self.successes
+
+    @property
+    def success_mean(self) -> float:
+        return self.alpha / (self.alpha + self.beta)
+
+    def success_interval(self, level: float = 0.9) -> tuple[float, float]:
+        lo = (1 - level) / 2
+        return (float(beta_dist.ppf(lo, self.alpha, self.beta)), float(beta_dist.ppf(1 - lo, self.alpha, self.beta)))
+
+    @property
+    def effect_mean(self) -> float:
+        return sum(self.effects) / (len(self.effects) + (NOISE_SD / PRIOR_SD) ** 2)
+
+    @property
+    def effect_sd(self) -> float:
+        return NOISE_SD / math.sqrt(len(self.effects) + (NOISE_SD / PRIOR_SD) ** 2)
+
+    def sample_success(self, rng: random.Random) -> float:
+        return rng.betavariate(self.alpha, self.beta)
+
+    def row(self) -> dict[str, Any]:
+        lo, hi = self.success_interval()
+        c = self.context
+        return {"strategy": self.strategy, "pipeline": c.pipeline, "scope": c.scope, "spectrum": c.spectrum,
+                "failure_kind": c.failure_kind, "n": self.n, "successes": self.successes,
+                "p_success": round(self.success_mean, 3), "p_success_90": [round(lo, 3), round(hi, 3)],
+                "effect_points": round(self.effect_mean, 2), "effect_sd": round(self.effect_sd, 2),
+                "calls": self.calls, "calls_per_candidate": round(self.calls / self.n, 1) if self.n else None}
+
+
+def _in_memory(outcomes: Sequence[StrategyOutcome], memory: int) -> list[StrategyOutcome]:
+    """The outcomes of the last `memory` optimizations (run ids in order of first appearance)."""
+    runs = list(dict.fromkeys(o.run_id for o in outcomes))
+    keep = set(runs[-memory:]) if memory > 0 else set()
+    return [o for o in outcomes if o.run_id in keep]
+
+
+def posteriors(outcomes: Sequence[StrategyOutcome], *, memory: int = 100,
+               by: Sequence[str] = ("pipeline", "scope", "spectrum", "failure_kind")) -> list[StrategyPosterior]:
+    """One posterior per strategy x context over the last `memory` cycles; `by` picks the context fields
+    kept (the others pooled), e.g. ("failure_kind",) to learn across pipelines and spectrums."""
+    table: dict[tuple, StrategyPosterior] = {}
+    for o in _in_memory(outcomes, memory):
+        if o.success is None:
+            continue
+        ctx = LearningContext(**{k: getattr(o.context, k) if k in by else "" for k in
+                                 ("pipeline", "scope", "spectrum", "failure_kind")})
+        p = table.setdefault((o.strategy, ctx.key()), StrategyPosterior(o.strategy, ctx))
+        p.n += 1
+        p.successes += bool(o.success)
+        p.effects.append(float(o.effect))
+        p.calls += o.calls
+        p.cost_usd += o.cost_usd
+    return sorted(table.values(), key=lambda p: (p.context.key(), -p.success_mean, p.strategy))
+
+
+def posterior_for(strategy: str, context: LearningContext, outcomes: Sequence[StrategyOutcome], *,
+                  memory: int = 100, min_n: int = 3) -> StrategyPosterior:
+    """The posterior used to decide in `context`: the most specific pooling level (full context, then
+    failure kind and spectrum, then failure kind, then the strategy anywhere) with at least `min_n`
+    outcomes; the prior Beta(1, 1) when none has."""
+    recent = [o for o in _in_memory(outcomes, memory) if o.strategy == strategy and o.success is not None]
+    levels = (("pipeline", "scope", "spectrum", "failure_kind"), ("spectrum", "failure_kind"), ("failure_kind",), ())
+    for by in levels:
+        want = {k: getattr(context, k) for k in by}
+        match = [o for o in recent if all(getattr(o.context, k) == v for k, v in want.items())]
+        if len(match) >= min_n:
+            p = StrategyPosterior(strategy, LearningContext(**want))
+            for o in match:
+                p.n += 1
+                p.successes += bool(o.success)
+                p.effects.append(float(o.effect))
+                p.calls += o.calls
+                p.cost_usd += o.cost_usd
+            return p
+    return StrategyPosterior(strategy, context)
+
+
+def allocate(strategies: Sequence[str], context: LearningContext, outcomes: Sequence[StrategyOutcome], *,
+             budget: int, exploration: float = 0.1, memory: int = 100, rng: random.Random,
+             capacity: Mapping[str, int] | None = None) -> list[str]:
+    """`budget` candidate slots, in order, each a strategy name: Thompson sampling over the success
+    posteriors, except that with probability `exploration` a slot goes to a strategy drawn uniformly.
+    `capacity` (strategy -> how many candidates it can offer) caps each strategy's slots."""
+    if not 0 <= exploration <= 1:
+        raise ValueError("exploration must be in [0, 1]")
+    post = {s: posterior_for(s, context, outcomes, memory=memory) for s in strategies}
+    left = dict(capacity) if capacity is not None else {s: budget for s in strategies}
+    slots: list[str] = []
+    while len(slots) < budget:
+        open_ = [s for s in strategies if left.get(s, 0) > 0]
+        if not open_:
+            break
+        if rng.random() < exploration:
+            pick = rng.choice(open_)
+        else:
+            pick = max(open_, key=lambda s: (post[s].sample_success(rng), s))
+        slots.append(pick)
+        left[pick] -= 1
+    return slots
+
+
+def select_candidates(candidates: Sequence[Any], context: LearningContext, outcomes: Sequence[StrategyOutcome], *,
+                      budget: int, exploration: float = 0.1, memory: int = 100, seed: int = 0) -> list[Any]:
+    """The `auto` choice among proposed candidates (objects with a `.strategy`): the first candidates of
+    each strategy, as many as `allocate` gives it. Deterministic for a seed."""
+    by_strategy: dict[str, list[Any]] = {}
+    for c in candidates:
+        by_strategy.setdefault(c.strategy, []).append(c)
+    names = list(by_strategy)
+    slots = allocate(names, context, outcomes, budget=budget, exploration=exploration, memory=memory,
+                     rng=random.Random(seed), capacity={s: len(cs) for s, cs in by_strategy.items()})
+    taken = Counter(slots)
+    return [c for s in names for c in by_strategy[s][:taken[s]]]
+
+
+def learning_table(outcomes: Sequence[StrategyOutcome], *, memory: int = 100) -> list[dict[str, Any]]:
+    """The rows `promptcycle learning` and the artifact show: one per strategy x context."""
+    return [p.row() for p in posteriors(outcomes, memory=memory)]
