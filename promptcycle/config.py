@@ -155,10 +155,17 @@ class Thresholds(_Strict):
 class OptimizationConfig(_Strict):
     """How the optimization phase searches for a better prompt and when it calls a win."""
 
-    strategies: list[str] = Field(
+    strategies: list[str] | Literal["auto"] = Field(
         default_factory=lambda: ["checklist", "format_spec", "few_shot", "grounding", "step_structure", "shorten",
                                  "combined", "meta"],
-        description="Strategy names (see `promptcycle optimize --help`); each proposes candidate prompts.")
+        description="Strategy names (see `promptcycle optimize --help`); each proposes candidate prompts. "
+        "'auto': every registered strategy proposes, and the `max_candidates` budget is spent by what past "
+        "optimizations learned (Thompson sampling on the strategies' success posteriors in this context, "
+        "with the `exploration` floor) instead of in proposal order.")
+    learning_memory: int = Field(default=100, ge=1, le=100_000, description="How many recent optimizations "
+                                 "(cycles) the strategy posteriors remember.")
+    exploration: float = Field(default=0.1, ge=0, le=1, description="With `strategies: auto`, the share of "
+                               "candidate slots given to a strategy drawn uniformly (the exploration floor).")
     optimizer_model: str | None = Field(default=None, description="Model (from `models`) the `meta` strategy asks "
                                         "for rewrites; default: the pipeline's last model.")
     max_candidates: int = Field(default=12, ge=1, le=100, description="Cap on candidates screened on the dev split.")
@@ -546,7 +553,7 @@ def _check_names(cfg: PromptcycleConfig, file: str) -> None:
         opt = pipe.optimization
         # The default list is the built-in strategies (tests pin it); the registry is imported only for
         # names a user wrote, because importing it pulls in the diagnosis module and pandas.
-        if opt.strategies != OptimizationConfig.model_fields["strategies"].default_factory():
+        if opt.strategies != "auto" and opt.strategies != OptimizationConfig.model_fields["strategies"].default_factory():
             from promptcycle.optimize.strategies import strategies  # the registry, with the built-in strategies
 
             for i, name in enumerate(opt.strategies):

@@ -34,7 +34,8 @@ from scipy.stats import beta as beta_dist
 
 __all__ = ["FAILURE_KINDS", "PRIOR_SD", "NOISE_SD", "LearningContext", "StrategyOutcome", "StrategyPosterior",
            "failure_kind", "context_of", "outcomes_from_rows", "posteriors", "posterior_for", "allocate",
-           "select_candidates", "learning_table"]
+           "select_candidates", "learning_table", "AUTO", "resolve_strategies", "choose_auto",
+           "optimization_outcomes"]
 
 FAILURE_KINDS = ("missed_fields", "wrong_values", "format", "latency", "none")
 PRIOR_SD = 5.0  # points: how large strategy effects are a priori
@@ -261,3 +262,50 @@ def select_candidates(candidates: Sequence[Any], context: LearningContext, outco
 def learning_table(outcomes: Sequence[StrategyOutcome], *, memory: int = 100) -> list[dict[str, Any]]:
     """The rows `promptcycle learning` and the artifact show: one per strategy x context."""
     return [p.row() for p in posteriors(outcomes, memory=memory)]
+
+
+# -- what the optimization flow calls -------------------------------------------------------------
+
+AUTO = "auto"
+
+
+def resolve_strategies(configured: Sequence[str] | str, registered: Sequence[str]) -> tuple[list[str], bool]:
+    """The strategies an optimization runs and whether `auto` allocation applies: `auto` runs every
+    registered strategy; a list runs those names."""
+    if configured == AUTO or list(configured) == [AUTO]:
+        return list(registered), True
+    return list(dict.fromkeys(configured)), False
+
+
+def choose_auto(kept: Sequence[Any], diagnosis: Any, outcome_rows: Iterable[Mapping[str, Any]], *, pipeline: str,
+                budget: int, exploration: float, memory: int, seed: int) -> tuple[list[Any], list[Any]]:
+    """Of the valid candidates (`.strategy`, `.scope`), the ones `auto` screens: per scope, `budget` slots
+    allocated by the posteriors in that scope's context; returns (chosen, passed over)."""
+    outcomes = outcomes_from_rows(outcome_rows)
+    chosen: list[Any] = []
+    for scope in dict.fromkeys(c.scope for c in kept):
+        group = [c for c in kept if c.scope == scope]
+        context = context_of(diagnosis, pipeline, scope)
+        chosen += select_candidates(group, context, outcomes, budget=budget, exploration=exploration,
+                                    memory=memory, seed=seed)
+    ids = {id(c) for c in chosen}
+    return chosen, [c for c in kept if id(c) not in ids]
+
+
+def optimization_outcomes(run_id: str, pipeline: str, rows: Sequence[Any], diagnosis: Any, *,
+                          min_effect_points: float, spend_of: Any, simulated: bool) -> list[dict[str, Any]]:
+    """The `strategy_outcomes` rows of one finished optimization: one per screened candidate (rows with
+    a dev delta), its test effect when it was confirmed, and what its arms paid (`spend_of(hash, scope)`
+    -> {"calls", "cost_usd"})."""
+    out = []
+    for r in rows:
+        if r.dev_delta is None or not r.hash:
+            continue
+        spent = spend_of(r.hash, r.scope)
+        outcome = StrategyOutcome(
+            run_id=run_id, candidate=r.hash, strategy=r.strategy, context=context_of(diagnosis, pipeline, r.scope),
+            dev_effect=float(r.dev_delta), test_effect=None if r.effect is None else 100.0 * float(r.effect),
+            min_effect=min_effect_points, calls=int(spent.get("calls", 0)), cost_usd=float(spent.get("cost_usd", 0.0)),
+            simulated=simulated)
+        out.append(outcome.to_row())
+    return out
