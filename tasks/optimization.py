@@ -673,6 +673,11 @@ def label_candidate(plan: OptimizationPlan, confirmation: Confirmation, estimate
             min_effect_points=100 * opt.min_effect, simulated=plan.simulated,
             spend_of=lambda h, scope: store.spend([evaluation_run_id(plan.run_id, kind, h, scope)
                                                    for kind in (SCREEN, CONFIRM)])))
+        memory = opt.learning_memory
+        create_markdown_artifact(key=artifact_key("strategy-learning", plan.pipeline), markdown=learning.learning_markdown(
+            learning.learning_table(learning.outcomes_from_rows(store.strategy_outcomes(plan.pipeline)), memory=memory),
+            memory=memory, simulated=plan.simulated), description=f"What optimizations of {plan.pipeline} learned "
+                                 "about each strategy, per context")
     # A run the cap stopped stays resumable: the same command with a higher cap continues it.
     store.finish_run(plan.run_id, "failed" if outcome == "budget_exhausted" else "completed",
                      json.loads(summary.model_dump_json()))

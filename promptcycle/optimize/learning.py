@@ -35,7 +35,7 @@ from scipy.stats import beta as beta_dist
 __all__ = ["FAILURE_KINDS", "PRIOR_SD", "NOISE_SD", "LearningContext", "StrategyOutcome", "StrategyPosterior",
            "failure_kind", "context_of", "outcomes_from_rows", "posteriors", "posterior_for", "allocate",
            "select_candidates", "learning_table", "AUTO", "resolve_strategies", "choose_auto",
-           "optimization_outcomes"]
+           "optimization_outcomes", "learning_markdown"]
 
 FAILURE_KINDS = ("missed_fields", "wrong_values", "format", "latency", "none")
 PRIOR_SD = 5.0  # points: how large strategy effects are a priori
@@ -309,3 +309,19 @@ def optimization_outcomes(run_id: str, pipeline: str, rows: Sequence[Any], diagn
             simulated=simulated)
         out.append(outcome.to_row())
     return out
+
+
+def learning_markdown(rows: list[dict], *, memory: int, simulated: bool) -> str:
+    """The learning table as Markdown (the Prefect artifact and the CLI print the same table)."""
+    head = (f"# Strategy learning (last {memory} optimizations)" + (" — simulated" if simulated else "") + "\n\n")
+    if not rows:
+        return head + "No optimization has recorded strategy outcomes yet.\n"
+    lines = ["| strategy | pipeline | scope | spectrum | failure | n | wins | P(success) [90%] | effect (pts) | "
+             "calls/cand. |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["p_success_90"]
+        lines.append(f"| {r['strategy']} | {r['pipeline']} | {r['scope'] or 'all models'} | {r['spectrum'] or '—'} | "
+                     f"{r['failure_kind'] or '—'} | {r['n']} | {r['successes']} | {r['p_success']:.2f} "
+                     f"[{lo:.2f}, {hi:.2f}] | {r['effect_points']:+.2f} ± {r['effect_sd']:.2f} | "
+                     f"{r['calls_per_candidate'] if r['calls_per_candidate'] is not None else '—'} |")
+    return head + "\n".join(lines) + "\n"
