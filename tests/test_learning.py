@@ -65,13 +65,19 @@ def test_contexts_are_kept_apart_and_memory_forgets_old_cycles():
     assert posteriors(outs, memory=1)[0].context == OTHER
 
 
-def test_posterior_for_falls_back_to_broader_contexts_when_a_context_is_new():
-    outs = [outcome(f"r{i}", "checklist", 3.0, LearningContext("other-pipe", "", "credit_analysis",
-                                                                   "missed_fields")) for i in range(4)]
-    p = posterior_for("checklist", CTX, outs)
-    assert (p.n, p.context.failure_kind, p.context.pipeline) == (4, "missed_fields", "")
-    assert posterior_for("checklist", OTHER, outs[:2]).n == 0  # too few anywhere: the prior
-    assert posterior_for("never-tried", CTX, outs).success_mean == 0.5
+def test_posterior_for_pools_similar_contexts_with_smaller_weights_and_starts_from_the_diagnosis():
+    elsewhere = LearningContext("other-pipe", "", "credit_analysis", "missed_fields")
+    outs = [outcome(f"r{i}", "grounding", 3.0, elsewhere) for i in range(4)]  # same spectrum and failure: 0.5 each
+    p = posterior_for("grounding", CTX, outs)
+    assert (p.n, p.successes) == (2.0, 2.0)
+    p = posterior_for("grounding", CTX, outs + [outcome("r9", "grounding", -2.0)])  # here: counts fully
+    assert (p.n, p.successes) == (3.0, 2.0)
+    p = posterior_for("grounding", OTHER, outs)  # another spectrum and failure kind: 0.1 each
+    assert p.n == pytest.approx(0.4)
+    # the diagnosis' pointer: missed fields -> checklist starts with one pseudo-success
+    hinted, plain = posterior_for("checklist", CTX, []), posterior_for("few_shot", CTX, [])
+    assert (hinted.n, hinted.successes, plain.n) == (1.0, 1.0, 0.0)
+    assert hinted.success_mean > plain.success_mean == 0.5
 
 
 def test_thompson_gives_the_budget_to_what_works_and_the_floor_keeps_exploring():
@@ -83,9 +89,10 @@ def test_thompson_gives_the_budget_to_what_works_and_the_floor_keeps_exploring()
     floor = Counter(allocate(names, CTX, outs, budget=4000, exploration=0.3, rng=random.Random(2)))
     # with probability 0.3 a slot is uniform over the 2 strategies: about 15% go to the poor one
     assert 0.12 <= floor["step_structure"] / 4000 <= 0.18
-    # without evidence, Thompson spreads the budget about evenly
-    fresh = Counter(allocate(names, CTX, [], budget=2000, exploration=0.0, rng=random.Random(3)))
-    assert 0.45 <= fresh["checklist"] / 2000 <= 0.55
+    # without evidence (and no diagnosis hint for either), Thompson spreads the budget about evenly
+    fresh = Counter(allocate(["few_shot", "step_structure"], CTX, [], budget=2000, exploration=0.0,
+                             rng=random.Random(3)))
+    assert 0.45 <= fresh["few_shot"] / 2000 <= 0.55
     assert allocate(names, CTX, outs, budget=5, rng=random.Random(4), capacity={"checklist": 2,
                                                                                    "step_structure": 1}).__len__() == 3
     with pytest.raises(ValueError):

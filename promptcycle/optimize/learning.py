@@ -11,9 +11,10 @@ on dev and on test (points over the current prompt) and what it cost. From the o
   observed effect (test, else dev) a draw with sd NOISE_SD, so the posterior mean is
   sum(effects) / (n + NOISE_SD² / PRIOR_SD²) and its sd NOISE_SD / sqrt(n + NOISE_SD² / PRIOR_SD²).
 
-`allocate` spends a candidate budget by Thompson sampling over the success posteriors, each slot given to
-the strategy whose sampled success rate is highest — except with probability `exploration` (the floor)
-it goes to a strategy drawn uniformly, so no strategy is starved.
+`allocate` spends a candidate budget by Thompson sampling, each slot given to the strategy whose draw of
+(success rate x effect) from its posteriors is highest — except with probability `exploration` (the floor)
+it goes to a strategy drawn uniformly, so no strategy is starved. Deciding in a context pools evidence
+from similar contexts with smaller weights (`posterior_for`).
 
     outcomes = store.strategy_outcomes(pipeline)                      # stored rows, newest last
     table = posteriors(outcomes, memory=100)                          # list[StrategyPosterior]
@@ -34,7 +35,8 @@ from scipy.stats import beta as beta_dist
 
 __all__ = ["FAILURE_KINDS", "PRIOR_SD", "NOISE_SD", "LearningContext", "StrategyOutcome", "StrategyPosterior",
            "failure_kind", "context_of", "outcomes_from_rows", "posteriors", "posterior_for", "allocate",
-           "select_candidates", "learning_table", "AUTO", "resolve_strategies", "choose_auto",
+           "select_candidates", "POOLING", "DIAGNOSIS_HINTS", "HINT_EFFECT", "learning_table", "AUTO",
+           "resolve_strategies", "choose_auto",
            "optimization_outcomes", "learning_markdown"]
 
 FAILURE_KINDS = ("missed_fields", "wrong_values", "format", "latency", "none")
@@ -126,15 +128,23 @@ def context_of(diagnosis: Any, pipeline: str, scope: str | None) -> LearningCont
 
 @dataclass
 class StrategyPosterior:
-    """What the accumulator believes about one strategy in one context."""
+    """What the accumulator believes about one strategy in one context (counts may be weighted, see
+    `posterior_for`)."""
 
     strategy: str
     context: LearningContext
-    n: int = 0
-    successes: int = 0
-    effects: list[float] = field(default_factory=list, repr=False)
+    n: float = 0.0
+    successes: float = 0.0
+    effect_sum: float = 0.0
     calls: int = 0
     cost_usd: float = 0.0
+
+    def add(self, o: StrategyOutcome, weight: float = 1.0) -> None:
+        self.n += weight
+        self.successes += weight * bool(o.success)
+        self.effect_sum += weight * float(o.effect)
+        self.calls += o.calls
+        self.cost_usd += o.cost_usd
 
     @property
     def alpha(self) -> float:
@@ -154,23 +164,26 @@ class StrategyPosterior:
 
     @property
     def effect_mean(self) -> float:
-        return sum(self.effects) / (len(self.effects) + (NOISE_SD / PRIOR_SD) ** 2)
+        return self.effect_sum / (self.n + (NOISE_SD / PRIOR_SD) ** 2)
 
     @property
     def effect_sd(self) -> float:
-        return NOISE_SD / math.sqrt(len(self.effects) + (NOISE_SD / PRIOR_SD) ** 2)
+        return NOISE_SD / math.sqrt(self.n + (NOISE_SD / PRIOR_SD) ** 2)
 
-    def sample_success(self, rng: random.Random) -> float:
-        return rng.betavariate(self.alpha, self.beta)
+    def sample_value(self, rng: random.Random) -> float:
+        """One Thompson draw of what a candidate of this strategy is worth: a success probability from
+        the Beta posterior times an effect from the Normal posterior (points)."""
+        return rng.betavariate(self.alpha, self.beta) * rng.gauss(self.effect_mean, self.effect_sd)
 
     def row(self) -> dict[str, Any]:
         lo, hi = self.success_interval()
         c = self.context
+        n = round(self.n)
         return {"strategy": self.strategy, "pipeline": c.pipeline, "scope": c.scope, "spectrum": c.spectrum,
-                "failure_kind": c.failure_kind, "n": self.n, "successes": self.successes,
+                "failure_kind": c.failure_kind, "n": n, "successes": round(self.successes),
                 "p_success": round(self.success_mean, 3), "p_success_90": [round(lo, 3), round(hi, 3)],
                 "effect_points": round(self.effect_mean, 2), "effect_sd": round(self.effect_sd, 2),
-                "calls": self.calls, "calls_per_candidate": round(self.calls / self.n, 1) if self.n else None}
+                "calls": self.calls, "calls_per_candidate": round(self.calls / n, 1) if n else None}
 
 
 def _in_memory(outcomes: Sequence[StrategyOutcome], memory: int) -> list[StrategyOutcome]:
@@ -190,42 +203,48 @@ def posteriors(outcomes: Sequence[StrategyOutcome], *, memory: int = 100,
             continue
         ctx = LearningContext(**{k: getattr(o.context, k) if k in by else "" for k in
                                  ("pipeline", "scope", "spectrum", "failure_kind")})
-        p = table.setdefault((o.strategy, ctx.key()), StrategyPosterior(o.strategy, ctx))
-        p.n += 1
-        p.successes += bool(o.success)
-        p.effects.append(float(o.effect))
-        p.calls += o.calls
-        p.cost_usd += o.cost_usd
+        table.setdefault((o.strategy, ctx.key()), StrategyPosterior(o.strategy, ctx)).add(o)
     return sorted(table.values(), key=lambda p: (p.context.key(), -p.success_mean, p.strategy))
 
 
+POOLING = ((("pipeline", "scope", "spectrum", "failure_kind"), 1.0), (("spectrum", "failure_kind"), 0.5),
+           (("failure_kind",), 0.25), ((), 0.1))
+
+
+# What the diagnosis points at, before any evidence: the levers the optimizer protocol applies for each
+# failure kind (docs/optimization.md). Such a strategy starts with one pseudo-success of HINT_EFFECT points.
+DIAGNOSIS_HINTS: dict[str, tuple[str, ...]] = {
+    "missed_fields": ("checklist",), "wrong_values": ("grounding",), "format": ("format_spec", "few_shot"),
+    "latency": ("shorten",)}
+HINT_EFFECT = 3.0
+
+
 def posterior_for(strategy: str, context: LearningContext, outcomes: Sequence[StrategyOutcome], *,
-                  memory: int = 100, min_n: int = 3) -> StrategyPosterior:
-    """The posterior used to decide in `context`: the most specific pooling level (full context, then
-    failure kind and spectrum, then failure kind, then the strategy anywhere) with at least `min_n`
-    outcomes; the prior Beta(1, 1) when none has."""
-    recent = [o for o in _in_memory(outcomes, memory) if o.strategy == strategy and o.success is not None]
-    levels = (("pipeline", "scope", "spectrum", "failure_kind"), ("spectrum", "failure_kind"), ("failure_kind",), ())
-    for by in levels:
-        want = {k: getattr(context, k) for k in by}
-        match = [o for o in recent if all(getattr(o.context, k) == v for k, v in want.items())]
-        if len(match) >= min_n:
-            p = StrategyPosterior(strategy, LearningContext(**want))
-            for o in match:
-                p.n += 1
-                p.successes += bool(o.success)
-                p.effects.append(float(o.effect))
-                p.calls += o.calls
-                p.cost_usd += o.cost_usd
-            return p
-    return StrategyPosterior(strategy, context)
+                  memory: int = 100) -> StrategyPosterior:
+    """The posterior used to decide in `context`, partially pooled: an outcome in exactly this context
+    counts fully, one with the same spectrum and failure kind (another pipeline or model) counts 0.5, the
+    same failure kind 0.25, any other 0.1 (`POOLING`). A new context thus starts from what worked for
+    the same kind of failure, and its own evidence soon dominates. A strategy the context's failure kind
+    points at (`DIAGNOSIS_HINTS`) starts with one pseudo-success of HINT_EFFECT points."""
+    p = StrategyPosterior(strategy, context)
+    if strategy in DIAGNOSIS_HINTS.get(context.failure_kind, ()):
+        p.n, p.successes, p.effect_sum = 1.0, 1.0, HINT_EFFECT
+    for o in _in_memory(outcomes, memory):
+        if o.strategy != strategy or o.success is None:
+            continue
+        for fields, weight in POOLING:
+            if all(getattr(o.context, k) == getattr(context, k) for k in fields):
+                p.add(o, weight)
+                break
+    return p
 
 
 def allocate(strategies: Sequence[str], context: LearningContext, outcomes: Sequence[StrategyOutcome], *,
              budget: int, exploration: float = 0.1, memory: int = 100, rng: random.Random,
              capacity: Mapping[str, int] | None = None) -> list[str]:
-    """`budget` candidate slots, in order, each a strategy name: Thompson sampling over the success
-    posteriors, except that with probability `exploration` a slot goes to a strategy drawn uniformly.
+    """`budget` candidate slots, in order, each a strategy name: Thompson sampling over the posteriors
+    (each slot to the strategy with the highest `sample_value`), except that with probability
+    `exploration` a slot goes to a strategy drawn uniformly (the floor).
     `capacity` (strategy -> how many candidates it can offer) caps each strategy's slots."""
     if not 0 <= exploration <= 1:
         raise ValueError("exploration must be in [0, 1]")
@@ -239,7 +258,7 @@ def allocate(strategies: Sequence[str], context: LearningContext, outcomes: Sequ
         if rng.random() < exploration:
             pick = rng.choice(open_)
         else:
-            pick = max(open_, key=lambda s: (post[s].sample_success(rng), s))
+            pick = max(open_, key=lambda s: (post[s].sample_value(rng), s))
         slots.append(pick)
         left[pick] -= 1
     return slots
