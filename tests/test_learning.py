@@ -73,7 +73,7 @@ def test_posterior_for_pools_similar_contexts_with_smaller_weights_and_starts_fr
     p = posterior_for("grounding", CTX, outs + [outcome("r9", "grounding", -2.0)])  # here: counts fully
     assert (p.n, p.successes) == (3.0, 2.0)
     p = posterior_for("grounding", OTHER, outs)  # another spectrum and failure kind: 0.1 each
-    assert p.n == pytest.approx(0.4)
+    assert p.n == pytest.approx(1.0 + 0.4)  # + the hint: wrong values point at grounding
     # the diagnosis' pointer: missed fields -> checklist starts with one pseudo-success
     hinted, plain = posterior_for("checklist", CTX, []), posterior_for("few_shot", CTX, [])
     assert (hinted.n, hinted.successes, plain.n) == (1.0, 1.0, 0.0)
