@@ -212,15 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Strategy learning over {args.cycles} simulated optimization cycles x {args.reps} repetitions "
           "(simulated world; domain-level cycles, the product's accumulator and allocation)\n")
     print("True effect of each strategy per context (points over the current prompt; simulator, temperature 0.7):")
-    print(f"  {'context':<62}{'failure':<15}" + "".join(f"{s[:11]:>12}" for s in STRATEGIES))
+    print(f"  {'context':<72}{'failure':<15}" + "".join(f"{s[:11]:>12}" for s in STRATEGIES))
     for label, ctx, eff in zip(world.labels, world.contexts, world.effects):
-        print(f"  {label:<62}{ctx.failure_kind:<15}" + "".join(f"{eff[s]:12.1f}" for s in STRATEGIES))
+        print(f"  {label:<72}{ctx.failure_kind:<15}" + "".join(f"{eff[s]:12.1f}" for s in STRATEGIES))
     print()
-    print(f"  {'policy':<40}{'improvement/cycle':>20}{'calls/cycle':>14}{'calls per point':>20}")
+    print(f"  {'policy':<60}{'improvement/cycle':>20}{'calls/cycle':>14}{'calls per point':>20}")
     for name, row in ((f"even (1 per strategy, {len(STRATEGIES)} slots)", even),
                       (f"best fixed mix in hindsight ({best_mix})", best),
                       (f"auto ({AUTO_SLOTS} slots, Thompson, floor {EXPLORATION})", auto)):
-        print(f"  {name:<40}{row['improvement_per_cycle']:>12.2f} ± {row['improvement_se']:.2f}"
+        print(f"  {name:<60}{row['improvement_per_cycle']:>12.2f} ± {row['improvement_se']:.2f}"
               f"{row['calls_per_cycle']:>14.0f}{row['calls_per_point']:>13.1f} ± {row['calls_per_point_se']:.1f}")
     print(f"\n  (± is the Monte Carlo standard error over {args.reps} repetitions)")
     share = auto["improvement_per_cycle"] / best["improvement_per_cycle"]
