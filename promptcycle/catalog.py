@@ -148,7 +148,7 @@ def check_names(cfg: PromptcycleConfig, file: str) -> None:
         opt = pipe.optimization
         # The default list is the built-in strategies (tests pin it); the registry is imported only for
         # names a user wrote, because importing it pulls in the diagnosis module and pandas.
-        if opt.strategies != OptimizationConfig.model_fields["strategies"].default_factory():
+        if opt.strategies != "auto" and opt.strategies != OptimizationConfig.model_fields["strategies"].default_factory():
             strategies = strategy_registry()
             for i, name in enumerate(opt.strategies):
                 if name not in strategies:

@@ -5,4 +5,5 @@ Each module here defines `add_commands(subparsers, common)`: it adds its sub-par
 `(args) -> int` (exit status). Import Prefect and flows inside those functions, not at module top.
 """
 
-PHASE_MODULES = ("promptcycle_cli.commands.optimize", "promptcycle_cli.commands.deploy", "promptcycle_cli.commands.alerts")
+PHASE_MODULES = ("promptcycle_cli.commands.optimize", "promptcycle_cli.commands.deploy", "promptcycle_cli.commands.alerts",
+                 "promptcycle_cli.commands.learning")

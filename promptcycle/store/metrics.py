@@ -15,6 +15,7 @@ row by row.
 from __future__ import annotations
 
 from promptcycle.store.alerts import AlertsTables
+from promptcycle.store.learning import LearningTables
 from promptcycle.store.deployments import DeploymentsTables
 from promptcycle.store.production import ProductionTables
 from promptcycle.store.prompts import PromptsTables
@@ -23,7 +24,7 @@ from promptcycle.store.runs import RunsTables
 __all__ = ["MetricsStore"]
 
 
-class MetricsStore(RunsTables, PromptsTables, DeploymentsTables, ProductionTables, AlertsTables):
+class MetricsStore(RunsTables, PromptsTables, DeploymentsTables, ProductionTables, AlertsTables, LearningTables):
     """The DuckDB metrics store at `path`: runs, the paid-call ledger, results, prompt versions and
     their labels, decisions with their evidence, diagnoses, data-quality results and dataset splits.
 

@@ -379,7 +379,33 @@ _V6 = Migration(6, "alerts, alert events and their deliveries", (
     """,
 ))
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+
+_V7 = Migration(7, "strategy outcomes of optimization candidates", (
+    """
+    CREATE TABLE strategy_outcomes (
+        run_id       VARCHAR NOT NULL,
+        candidate    VARCHAR NOT NULL,
+        scope        VARCHAR NOT NULL,
+        pipeline     VARCHAR NOT NULL,
+        strategy     VARCHAR NOT NULL,
+        spectrum     VARCHAR NOT NULL,
+        failure_kind VARCHAR NOT NULL,
+        dev_effect   DOUBLE,
+        test_effect  DOUBLE,
+        min_effect   DOUBLE NOT NULL,
+        success      BOOLEAN,
+        calls        BIGINT NOT NULL,
+        cost_usd     DOUBLE NOT NULL,
+        simulated    BOOLEAN NOT NULL,
+        recorded_at  TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, candidate, scope)
+    )
+    """,
+    "CREATE INDEX strategy_outcomes_pipeline ON strategy_outcomes (pipeline, recorded_at)",
+))
+
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _BOOKKEEPING = """
