@@ -96,6 +96,7 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> PromptcycleConfig:
     """Read and validate pipelines.yaml, names included; raise ConfigError on any problem."""
     cfg = parse_config(path)
     check_names(cfg, str(Path(path)))
+    check_simulation(cfg, str(Path(path)))
     _check_alerts(cfg, str(Path(path)))
     return cfg
 
@@ -269,3 +270,22 @@ def _check_alerts(cfg: PromptcycleConfig, file: str) -> None:
                 raise ConfigError(f"{detail}{shown}", file=file,
                                   path=f"{path}.options" + (f".{sub}" if sub != "(top level)" else ""),
                                   found=found, expected=detail) from None
+
+
+def check_simulation(cfg: PromptcycleConfig, file: str) -> None:
+    """Every simulated drift names a simulated model and spectrum, and its size is in range for its kind."""
+    from promptcycle.sim.drift import drift_from
+    from promptcycle.sim.world import SIM_MODELS, SPECTRUMS
+
+    for i, drift in enumerate(cfg.simulation.drifts):
+        path = f"simulation.drifts.{i}"
+        if drift.model is not None and drift.model not in SIM_MODELS:
+            raise ConfigError(f"unknown simulated model {drift.model!r}; known: {', '.join(SIM_MODELS)}", file=file,
+                              path=f"{path}.model", found=drift.model, expected="a simulated model name")
+        if drift.spectrum is not None and drift.spectrum not in SPECTRUMS:
+            raise ConfigError(f"unknown spectrum {drift.spectrum!r}; known: {', '.join(SPECTRUMS)}", file=file,
+                              path=f"{path}.spectrum", found=drift.spectrum, expected="a spectrum name")
+        try:
+            drift_from(drift)  # the drift's own checks (size ranges, a spectrum where the kind needs one)
+        except ValueError as exc:
+            raise ConfigError(str(exc), file=file, path=path, found=drift.size, expected="a valid drift") from None

@@ -492,7 +492,8 @@ def effective_alerts(config: "PromptcycleConfig", pipeline: str) -> AlertsConfig
 
 
 class DriftConfig(_Strict):
-    """One simulated drift of the built-in simulator (promptcycle.sim.drift; docs/simulator.md)."""
+    """One simulated drift of the built-in simulator (promptcycle.sim.drift; docs/simulator.md). The model
+    and spectrum names and the size's range are checked with the other names (promptcycle.catalog)."""
 
     kind: Literal["skill_loss", "field_omission", "question_mix", "latency", "error_rate"] = Field(
         description="skill_loss / field_omission: quality on model x spectrum drops by about `size` points "
@@ -507,34 +508,11 @@ class DriftConfig(_Strict):
                                           "served by the simulated world.")
     start_at: datetime | None = Field(default=None, description="Active from this time (UTC if no zone).")
 
-    @model_validator(mode="after")
-    def _valid(self) -> "DriftConfig":
-        from promptcycle.sim.world import SIM_MODELS, SPECTRUMS
-
-        if self.model is not None and self.model not in SIM_MODELS:
-            raise ValueError(f"unknown simulated model {self.model!r}; known: {', '.join(SIM_MODELS)}")
-        if self.spectrum is not None and self.spectrum not in SPECTRUMS:
-            raise ValueError(f"unknown spectrum {self.spectrum!r}; known: {', '.join(SPECTRUMS)}")
-        self.to_drift()  # the drift's own checks (size ranges, required spectrum)
-        return self
-
-    def to_drift(self):
-        from promptcycle.sim.drift import Drift
-
-        return Drift(kind=self.kind, size=self.size, model=self.model, spectrum=self.spectrum,
-                     start_after_calls=self.start_after_calls, start_at=self.start_at)
-
-
 class SimulationConfig(_Strict):
     """The built-in simulator's scenario: everything here is simulated."""
 
     drifts: list[DriftConfig] = Field(default_factory=list, description="Simulated drifts, each from its start.")
 
-    def schedule(self, clock=None):
-        """A fresh `DriftSchedule` of these drifts (its own call counter)."""
-        from promptcycle.sim.drift import DriftSchedule
-
-        return DriftSchedule([d.to_drift() for d in self.drifts], clock=clock)
 
 
 class PipelineConfig(_Strict):
@@ -616,147 +594,6 @@ def _from_validation_error(exc: ValidationError, file: str) -> ConfigError:
     message = lines[0] if len(lines) == 1 else f"{len(lines)} problems:\n  " + "\n  ".join(lines)
     return ConfigError(f"invalid configuration: {message}", file=file, path=None, found=None,
                        expected=None)
-
-
-def _check_names(cfg: PromptcycleConfig, file: str) -> None:
-    """Cross-references: model -> provider, pipeline -> models, scorer names and options."""
-    from promptcycle.scoring import scorers  # the registry, with the built-in scorers registered
-
-    for name, model in cfg.models.items():
-        if model.provider not in cfg.providers:
-            raise ConfigError(f"unknown provider {model.provider!r}; known: {', '.join(sorted(cfg.providers))}",
-                              file=file, path=f"models.{name}.provider", found=model.provider,
-                              expected="a name from `providers`")
-        if cfg.providers[model.provider].kind == "simulator":
-            from promptcycle.sim.world import SIM_MODELS
-
-            if model.model not in SIM_MODELS:
-                raise ConfigError(f"unknown simulated model {model.model!r}; known: {', '.join(sorted(SIM_MODELS))}",
-                                  file=file, path=f"models.{name}.model", found=model.model,
-                                  expected="a simulated model name")
-    for pname, pipe in cfg.pipelines.items():
-        for i, m in enumerate(pipe.models):
-            if m not in cfg.models:
-                raise ConfigError(f"unknown model {m!r}; known: {', '.join(sorted(cfg.models))}",
-                                  file=file, path=f"pipelines.{pname}.models.{i}", found=m,
-                                  expected="a name from `models`")
-        for sname, options in pipe.scorers.items():
-            path = f"pipelines.{pname}.scorers.{sname}"
-            if sname not in scorers:
-                raise ConfigError(f"unknown scorer {sname!r}; known: {', '.join(scorers.names())}",
-                                  file=file, path=path, found=sname, expected="a registered scorer")
-            try:
-                scorers.get(sname).Options.model_validate(options or {})
-            except ValidationError as exc:
-                err = exc.errors(include_url=False)[0]
-                sub = _dotted(err["loc"])
-                if err["type"] == "extra_forbidden":
-                    detail, found = "unknown key", ""
-                else:
-                    detail, found = err["msg"].removeprefix("Value error, "), f" (found {_describe(err['input'])})"
-                raise ConfigError(f"{detail}{found}", file=file,
-                                  path=f"{path}.{sub}" if sub != "(top level)" else path,
-                                  found=err["input"], expected=detail) from None
-            judge_model = (options or {}).get("model")
-            if judge_model is not None and judge_model not in cfg.models:
-                raise ConfigError(f"unknown model {judge_model!r}; known: {', '.join(sorted(cfg.models))}",
-                                  file=file, path=f"{path}.model", found=judge_model,
-                                  expected="a name from `models`")
-        _check_deployment(pname, pipe, file)
-        _check_results_expectations(pname, pipe, file)
-        opt = pipe.optimization
-        # The default list is the built-in strategies (tests pin it); the registry is imported only for
-        # names a user wrote, because importing it pulls in the diagnosis module and pandas.
-        if opt.strategies != "auto" and opt.strategies != OptimizationConfig.model_fields["strategies"].default_factory():
-            from promptcycle.optimize.strategies import strategies  # the registry, with the built-in strategies
-
-            for i, name in enumerate(opt.strategies):
-                if name not in strategies:
-                    raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(strategies.names())}",
-                                      file=file, path=f"pipelines.{pname}.optimization.strategies.{i}", found=name,
-                                      expected="a registered strategy")
-        if opt.optimizer_model is not None and opt.optimizer_model not in cfg.models:
-            raise ConfigError(f"unknown model {opt.optimizer_model!r}; known: {', '.join(sorted(cfg.models))}",
-                              file=file, path=f"pipelines.{pname}.optimization.optimizer_model",
-                              found=opt.optimizer_model, expected="a name from `models`")
-        _check_prompt_syntax(pname, pipe, file)
-        _check_weights(pname, pipe, file)
-        variables = pipe.prompt.to_template().variables
-        if not variables:
-            raise ConfigError("the prompt uses no {{variables}}, so every case would get the same prompt",
-                              file=file, path=f"pipelines.{pname}.prompt.template",
-                              expected="at least one {{variable}}")
-
-
-def _check_results_expectations(pname: str, pipe: PipelineConfig, file: str) -> None:
-    """Each results expectation names a column the results suite has: a scorer of the pipeline, or one of
-    RESULT_EXPECTATION_COLUMNS."""
-    known = [*pipe.scorers, *RESULT_EXPECTATION_COLUMNS]
-    for i, expectation in enumerate(pipe.quality.results_expectations):
-        if expectation.column not in known:
-            raise ConfigError(f"unknown column {expectation.column!r} for a results expectation; known: "
-                              f"{', '.join(known)}", file=file,
-                              path=f"pipelines.{pname}.quality.results_expectations.{i}.column",
-                              found=expectation.column, expected="a scorer of the pipeline, overall or latency_ms")
-
-
-def _check_prompt_syntax(pname: str, pipe: PipelineConfig, file: str) -> None:
-    """Every `{{` opens a well-formed `{{name}}`, and no `{name}}` lacks a brace."""
-    from promptcycle.prompts import line_of, malformed_placeholders
-
-    for part in ("system", "template"):
-        text = getattr(pipe.prompt, part)
-        for offset, snippet in malformed_placeholders(text):
-            raise ConfigError(f"malformed placeholder {snippet!r} at line {line_of(text, offset)} of the {part} "
-                              "(expected {{name}}: two braces each side, a letter or _ first, then letters, "
-                              "digits or _)", file=file, path=f"pipelines.{pname}.prompt.{part}", found=snippet,
-                              expected="{{name}}")
-
-
-def _check_weights(pname: str, pipe: PipelineConfig, file: str) -> None:
-    """At least one scorer weighs something, or no answer could get an overall score."""
-    weights = {name: float((options or {}).get("weight", 1.0)) for name, options in pipe.scorers.items()}
-    if not any(w > 0 for w in weights.values()):
-        raise ConfigError(f"every scorer has weight 0 ({', '.join(weights)}), so no answer could get an overall "
-                          "score", file=file, path=f"pipelines.{pname}.scorers", found=weights,
-                          expected="at least one scorer with a weight above 0")
-
-
-def _check_deployment(pname: str, pipe: PipelineConfig, file: str) -> None:
-    """Deployment targets name a registered kind with valid options; serving models are the pipeline's."""
-    from promptcycle.deploy.targets import target_kinds  # the registry, with the built-in targets
-
-    base = f"pipelines.{pname}.deployment"
-    for i, model in enumerate(pipe.deployment.serving_models or []):
-        if model not in pipe.models:
-            raise ConfigError(f"serving model {model!r} is not one of the pipeline's models "
-                              f"({', '.join(pipe.models)})", file=file, path=f"{base}.serving_models.{i}",
-                              found=model, expected="a name from the pipeline's `models`")
-    seen: set[str] = set()
-    for i, target in enumerate(pipe.deployment.targets):
-        path = f"{base}.targets.{i}"
-        if target.kind not in target_kinds:
-            raise ConfigError(f"unknown target kind {target.kind!r}; known: {', '.join(target_kinds.names())}",
-                              file=file, path=f"{path}.kind", found=target.kind, expected="a target kind")
-        if target.label in seen:
-            raise ConfigError(f"two targets are named {target.label!r}; give each a distinct `name`",
-                              file=file, path=f"{path}.name", found=target.label, expected="a unique name")
-        seen.add(target.label)
-        try:
-            target_kinds.get(target.kind).Options.model_validate(target.options)
-        except ValidationError as exc:
-            err = exc.errors(include_url=False)[0]
-            sub = _dotted(err["loc"])
-            if err["type"] == "extra_forbidden":
-                detail, found = "unknown key", None
-            elif err["type"] == "missing":
-                detail, found = "missing required key", None
-            else:
-                detail, found = err["msg"].removeprefix("Value error, "), err["input"]
-            shown = f" (found {_describe(found)})" if found is not None else ""
-            raise ConfigError(f"{detail}{shown}", file=file,
-                              path=f"{path}.options" + (f".{sub}" if sub != "(top level)" else ""),
-                              found=found, expected=detail) from None
 
 
 def _check_duplicate_keys(node: yaml.Node | None, file: str, path: str = "") -> None:

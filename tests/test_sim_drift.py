@@ -117,7 +117,9 @@ def test_simulation_section_in_pipelines_yaml(tmp_path):
     data["simulation"] = {"drifts": [{"kind": "field_omission", "model": "sim-large", "spectrum": "credit_analysis",
                                       "size": 6, "start_after_calls": 50}]}
     cfg = load_config(write(tmp_path, data))
-    schedule = cfg.simulation.schedule()
+    from promptcycle.sim.drift import schedule_from
+
+    schedule = schedule_from(cfg.simulation)
     assert schedule.drifts == (Drift("field_omission", 6, "sim-large", "credit_analysis", start_after_calls=50),)
     data["simulation"]["drifts"][0]["kind"] = "meltdown"
     with pytest.raises(ConfigError) as exc:

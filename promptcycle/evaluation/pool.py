@@ -18,6 +18,7 @@ from promptcycle.config import PromptcycleConfig
 from promptcycle.errors import ProviderCheckError
 from promptcycle.providers import build_provider
 from promptcycle.providers.base import ChatProvider
+from promptcycle.sim.drift import schedule_from
 
 __all__ = ["get_provider", "close_providers", "check_models"]
 
@@ -38,8 +39,8 @@ def get_provider(config: PromptcycleConfig, name: str, api_key: SecretStr | None
     provider = per_loop.get((name, identity))
     if provider is None:
         # the built-in simulator carries the configured simulated drifts (`simulation:` in pipelines.yaml)
-        options = ({"drift": config.simulation.schedule()} if pconf.kind == "simulator" and config.simulation.drifts
-                   else {})
+        simulated_drift = pconf.kind == "simulator" and config.simulation.drifts
+        options = {"drift": schedule_from(config.simulation)} if simulated_drift else {}
         provider = per_loop[(name, identity)] = build_provider(name, pconf, models, api_key=api_key, **options)
     return provider
 

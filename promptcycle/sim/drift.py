@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import re
 import threading
+from typing import Any
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 __all__ = ["DRIFT_KINDS", "QUALITY_KINDS", "SKILL_POINTS", "OMISSION_POINTS", "Drift", "DriftSchedule",
-           "parse_drift", "skill_after", "omission_by_spectrum", "latency_factor", "error_rate"]
+           "parse_drift", "drift_from", "schedule_from", "skill_after", "omission_by_spectrum", "latency_factor", "error_rate"]
 
 DRIFT_KINDS = ("skill_loss", "field_omission", "question_mix", "latency", "error_rate")
 QUALITY_KINDS = ("skill_loss", "field_omission")  # kinds whose size is in quality points on model x spectrum
@@ -193,3 +194,14 @@ def error_rate(drifts: Sequence[Drift]) -> float:
         if d.kind == "error_rate":
             ok *= 1.0 - d.size
     return 1.0 - ok
+
+
+def drift_from(config: Any) -> Drift:
+    """The Drift a `simulation.drifts` entry of pipelines.yaml (promptcycle.config.DriftConfig) describes."""
+    return Drift(kind=config.kind, size=config.size, model=config.model, spectrum=config.spectrum,
+                 start_after_calls=config.start_after_calls, start_at=config.start_at)
+
+
+def schedule_from(simulation: Any, clock: Any = None) -> "DriftSchedule":
+    """A fresh DriftSchedule (its own call counter) of the `simulation:` section's drifts."""
+    return DriftSchedule([drift_from(d) for d in simulation.drifts], clock=clock)
