@@ -34,6 +34,7 @@ __all__ = [
     "DeploymentConfig",
     "ResultsExpectation",
     "ResultsQualityConfig",
+    "MonitorConfig",
     "PipelineConfig",
     "PromptcycleConfig",
     "load_config",
@@ -373,6 +374,36 @@ class ResultsQualityConfig(_Strict):
         "`{column: format, min: 0.95, mostly: 0.95}`; one on `format` replaces the built-in format expectation.")
 
 
+class MonitorConfig(_Strict):
+    """How the monitor watches a pipeline's quality and which evidence pages (see docs/monitoring.md).
+
+    The defaults are calibrated together in bench/monitor_error_rates.py; change the detector settings only with
+    that bench rerun (`--cases` for another probe size)."""
+
+    interval_minutes: float = Field(default=30, gt=0, description="Minutes between monitor runs.")
+    probe_cases: int = Field(default=150, ge=10, le=10000, description="Cases per probe run for each serving "
+                             "model x spectrum: sets the run-to-run noise, hence how fast a drop is seen.")
+    in_control_runs: int = Field(default=20, ge=5, le=1000, description="Runs after a reset (deployment) from "
+                                 "which the baseline mean and noise are estimated; CUSUM and EWMA wait for them.")
+    stale_after_minutes: float | None = Field(default=None, gt=0, description="No observation for this long is "
+                                              "a stale-data finding; default 3 x interval_minutes.")
+    cusum_k: float = Field(default=1.6, gt=0, description="CUSUM slack, in standard errors of a run.")
+    cusum_h: float = Field(default=3.5, gt=0, description="CUSUM decision boundary, in standard errors.")
+    ewma_lambda: float = Field(default=0.15, gt=0, le=1, description="EWMA weight of the newest run.")
+    ewma_l: float = Field(default=3.9, gt=0, description="EWMA limit width, in the EWMA's standard deviations.")
+    level_window: int = Field(default=3, ge=2, le=100, description="Runs whose mean is tested against the "
+                              "thresholds (at least 2: one run never pages).")
+    level_z: float = Field(default=4.0, gt=0, description="Standard errors below a threshold the window mean "
+                           "must be for a sustained level breach.")
+    trend_window: int = Field(default=20, ge=4, le=1000, description="Runs for the trend and variance findings "
+                              "(dashboard only, never paging).")
+
+    @property
+    def stale_after(self) -> float:
+        """Minutes without an observation before the data are stale."""
+        return self.stale_after_minutes if self.stale_after_minutes is not None else 3 * self.interval_minutes
+
+
 class PipelineConfig(_Strict):
     description: str = ""
     prompt: PromptConfig
@@ -386,6 +417,7 @@ class PipelineConfig(_Strict):
     quality: ResultsQualityConfig = Field(default_factory=ResultsQualityConfig)
     optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
     deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     @field_validator("models")
     @classmethod
