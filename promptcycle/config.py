@@ -35,6 +35,11 @@ __all__ = [
     "ResultsExpectation",
     "ResultsQualityConfig",
     "MonitorConfig",
+    "AlertChannelConfig",
+    "AlertEscalationConfig",
+    "AlertDeliveryConfig",
+    "AlertsConfig",
+    "effective_alerts",
     "PipelineConfig",
     "PromptcycleConfig",
     "load_config",
@@ -404,6 +409,109 @@ class MonitorConfig(_Strict):
         return self.stale_after_minutes if self.stale_after_minutes is not None else 3 * self.interval_minutes
 
 
+# -- alerts (top level and pipelines.<name>.alerts) --------------------------------------------------------------
+
+AlertSeverity = Literal[  # ordered as in promptcycle/alerts/policy.py
+    "info", "low", "medium", "high", "critical"]
+
+
+class AlertChannelConfig(_Strict):
+    """One channel pages go to: an entry of `alerts.channels`."""
+
+    kind: str = Field(description="'console', 'file', 'webhook', 'email', 'prefect_notification' or "
+                      "'prefect_event' (see docs/monitoring.md, Alerts).")
+    name: str | None = Field(default=None, description="A name for the delivery history (default: the kind); "
+                             "unique within the list.")
+    min_severity: AlertSeverity = Field(default="info", description="Pages below this severity skip the channel.")
+    escalation_only: bool = Field(default=False, description="Receive only escalations (and the recovery of an "
+                                  "escalated alert): the extra channel an unattended alert reaches.")
+    options: dict[str, Any] = Field(default_factory=dict, description="The kind's options (e.g. `url` for "
+                                    "'webhook', `path` for 'file', `block` for 'prefect_notification').")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+class AlertEscalationConfig(_Strict):
+    """When an open alert nobody acknowledged goes up a severity and reaches the escalation channels."""
+
+    after_minutes: float | None = Field(default=None, gt=0, description="Escalate an unacknowledged alert this "
+                                        "long after its first page, and again after as long each time; "
+                                        "none: only explicit escalation (e.g. healing found no fix).")
+    steps: int = Field(default=1, ge=1, le=4, description="Severities an escalation adds (capped at critical).")
+
+
+class AlertDeliveryConfig(_Strict):
+    """How one delivery pass retries a channel that is down (later passes retry again)."""
+
+    attempts_per_pass: int = Field(default=3, ge=1, le=20, description="Attempts per delivery in one pass.")
+    backoff_seconds: float = Field(default=1.0, ge=0, description="Base of the exponential back-off between them.")
+    max_backoff_seconds: float = Field(default=30.0, ge=0, description="Cap on one back-off wait.")
+    lease_seconds: float = Field(default=300.0, gt=0, description="How long a pass holds the deliveries it "
+                                 "claimed before another pass may take them over (a crashed pass).")
+
+
+class AlertsConfig(_Strict):
+    """Alerting: channels, the cooldown, re-notification and escalation (top level; a pipeline's own
+    `alerts:` overrides the keys it sets)."""
+
+    channels: list[AlertChannelConfig] = Field(
+        default_factory=lambda: [AlertChannelConfig(kind="console")],
+        description="Where pages go; default one console channel (stderr).")
+    cooldown_minutes: float = Field(default=15.0, ge=0, description="Least time between two pages of one key "
+                                    "(pipeline, model, spectrum, detector); a rise in severity pages at once.")
+    renotify_minutes: float | None = Field(default=None, gt=0, description="Page again while an unacknowledged "
+                                           "alert stays out of control this long after its last page; none: "
+                                           "an alert pages once (plus rises, escalations and its recovery).")
+    escalation: AlertEscalationConfig = Field(default_factory=AlertEscalationConfig)
+    delivery: AlertDeliveryConfig = Field(default_factory=AlertDeliveryConfig)
+
+
+def effective_alerts(config: "PromptcycleConfig", pipeline: str) -> AlertsConfig:
+    """The top-level `alerts:` with the keys the pipeline's own `alerts:` sets laid over it."""
+    top = config.alerts
+    own = config.pipeline(pipeline).alerts
+    if own is None:
+        return top
+    return top.model_copy(update={name: getattr(own, name) for name in own.model_fields_set})
+
+
+def _check_alerts(cfg: "PromptcycleConfig", file: str) -> None:
+    """Channel kinds are registered, their options valid, their names unique."""
+    from promptcycle.alerts.channels import channel_kinds  # the registry, with the built-in channels
+
+    places = [("alerts", cfg.alerts)] + [(f"pipelines.{p}.alerts", pipe.alerts) for p, pipe in cfg.pipelines.items()
+                                         if pipe.alerts is not None]
+    for base, alerts in places:
+        seen: set[str] = set()
+        for i, channel in enumerate(alerts.channels):
+            path = f"{base}.channels.{i}"
+            if channel.kind not in channel_kinds:
+                raise ConfigError(f"unknown alert channel kind {channel.kind!r}; known: "
+                                  f"{', '.join(channel_kinds.names())}", file=file, path=f"{path}.kind",
+                                  found=channel.kind, expected="an alert channel kind")
+            if channel.label in seen:
+                raise ConfigError(f"two channels are named {channel.label!r}; give each a distinct `name`",
+                                  file=file, path=f"{path}.name", found=channel.label, expected="a unique name")
+            seen.add(channel.label)
+            try:
+                channel_kinds.get(channel.kind).Options.model_validate(channel.options)
+            except ValidationError as exc:
+                err = exc.errors(include_url=False)[0]
+                sub = _dotted(err["loc"])
+                if err["type"] == "extra_forbidden":
+                    detail, found = "unknown key", None
+                elif err["type"] == "missing":
+                    detail, found = "missing required key", None
+                else:
+                    detail, found = err["msg"].removeprefix("Value error, "), err["input"]
+                shown = f" (found {_describe(found)})" if found is not None else ""
+                raise ConfigError(f"{detail}{shown}", file=file,
+                                  path=f"{path}.options" + (f".{sub}" if sub != "(top level)" else ""),
+                                  found=found, expected=detail) from None
+
+
 class PipelineConfig(_Strict):
     description: str = ""
     prompt: PromptConfig
@@ -419,6 +527,10 @@ class PipelineConfig(_Strict):
     deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
+
+    alerts: AlertsConfig | None = Field(default=None, description="This pipeline's alerting; keys set here "
+                                        "override the top-level `alerts:`.")
+
     @field_validator("models")
     @classmethod
     def _distinct(cls, v: list[str]) -> list[str]:
@@ -432,6 +544,7 @@ class PromptcycleConfig(_Strict):
     models: dict[str, ModelConfig] = Field(min_length=1)
     pipelines: dict[str, PipelineConfig] = Field(min_length=1)
     store: str = Field(default="promptcycle.duckdb", description="Default DuckDB file (relative to pipelines.yaml).")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alerting of every pipeline.")
 
     # Where the config was read from; relative paths in it resolve against this directory.
     source_path: Path | None = Field(default=None, exclude=True)
@@ -674,5 +787,6 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> PromptcycleConfig:
         raise _from_validation_error(exc, file) from None
     cfg.source_path = path.resolve()
     _check_names(cfg, file)
+    _check_alerts(cfg, file)
     return cfg
 

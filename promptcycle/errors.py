@@ -24,7 +24,8 @@
     ├── DeploymentError             a deployment cannot go ahead as asked
     ├── DeploymentConflictError     another deployment of the pipeline is under way
     ├── TargetError                 a deployment target could not be written or restored
-    └── ServingError                no prompt can be served, or an outcome cannot be recorded
+    ├── ServingError                no prompt can be served, or an outcome cannot be recorded
+    └── AlertDeliveryError          an alert channel could not deliver a page (retryable, retry_after)
 
 `is_retryable(exc)` is the single predicate that the client's retry loop and Prefect's
 `retry_condition_fn` both use.
@@ -58,6 +59,7 @@ __all__ = [
     "DeploymentConflictError",
     "TargetError",
     "ServingError",
+    "AlertDeliveryError",
     "is_retryable",
 ]
 
@@ -206,6 +208,15 @@ class TargetError(PromptcycleError):
 
 class ServingError(PromptcycleError):
     """No prompt can be served (nothing deployed, no store), or an outcome cannot be recorded."""
+
+
+class AlertDeliveryError(PromptcycleError):
+    """An alert channel could not deliver a page; `retryable` says whether another attempt may succeed."""
+
+    def __init__(self, message: str, *, retryable: bool = True, retry_after: float | None = None):
+        self.retryable = retryable
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 def is_retryable(exc: BaseException) -> bool:

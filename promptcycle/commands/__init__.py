@@ -5,4 +5,4 @@ Each module here defines `add_commands(subparsers, common)`: it adds its sub-par
 `(args) -> int` (exit status). Import Prefect and flows inside those functions, not at module top.
 """
 
-PHASE_MODULES = ("promptcycle.commands.optimize", "promptcycle.commands.deploy")
+PHASE_MODULES = ("promptcycle.commands.optimize", "promptcycle.commands.deploy", "promptcycle.commands.alerts")

@@ -314,7 +314,76 @@ _V5 = Migration(5, "what the provider said: reported model, finish reason, token
     "ALTER TABLE results ADD COLUMN tokens_source VARCHAR",
 ))
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5)
+# Placeholders while branches are merged: numbers 6-7 belong to other changes landing with this one
+# (the lead renumbers; a placeholder creates nothing).
+_V6 = Migration(6, "reserved", ())
+_V7 = Migration(7, "reserved", ())
+
+# Alerts (promptcycle/store/alerts.py): one open alert per key (pipeline, model, spectrum, detector) at
+# a time, every event of its history, and one delivery per paging event x channel. A delivery id is
+# "<event_id>.<channel>", the idempotency key receivers dedup on.
+_V8 = Migration(8, "alerts, alert events and their deliveries", (
+    """
+    CREATE TABLE alerts (
+        alert_id            BIGINT PRIMARY KEY,
+        pipeline            VARCHAR NOT NULL,
+        model               VARCHAR NOT NULL,
+        spectrum            VARCHAR NOT NULL,
+        detector            VARCHAR NOT NULL,
+        severity            VARCHAR NOT NULL CHECK (severity IN ('info', 'low', 'medium', 'high', 'critical')),
+        status              VARCHAR NOT NULL CHECK (status IN ('open', 'acknowledged', 'snoozed', 'resolved')),
+        first_seen          TIMESTAMP NOT NULL,
+        last_seen           TIMESTAMP NOT NULL,
+        occurrences         INTEGER NOT NULL,
+        pages               INTEGER NOT NULL,
+        escalations         INTEGER NOT NULL,
+        message             VARCHAR NOT NULL,
+        evidence_json       VARCHAR,
+        first_paged_at      TIMESTAMP,
+        last_paged_at       TIMESTAMP,
+        last_paged_severity VARCHAR,
+        acknowledged_at     TIMESTAMP,
+        acknowledged_by     VARCHAR,
+        snoozed_until       TIMESTAMP,
+        escalated_at        TIMESTAMP,
+        resolved_at         TIMESTAMP
+    )
+    """,
+    """
+    CREATE TABLE alert_events (
+        event_id      VARCHAR PRIMARY KEY,
+        seq           BIGINT NOT NULL,
+        alert_id      BIGINT NOT NULL,
+        kind          VARCHAR NOT NULL CHECK (kind IN ('raised', 'repeated', 'suppressed', 'escalated',
+                                                       'acknowledged', 'snoozed', 'recovered')),
+        severity      VARCHAR NOT NULL CHECK (severity IN ('info', 'low', 'medium', 'high', 'critical')),
+        notify        BOOLEAN NOT NULL,
+        reason        VARCHAR NOT NULL,
+        actor         VARCHAR,
+        message       VARCHAR NOT NULL,
+        evidence_json VARCHAR,
+        created_at    TIMESTAMP NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE alert_deliveries (
+        delivery_id     VARCHAR PRIMARY KEY,
+        event_id        VARCHAR NOT NULL,
+        channel         VARCHAR NOT NULL,
+        state           VARCHAR NOT NULL CHECK (state IN ('pending', 'sending', 'sent', 'failed')),
+        attempts        INTEGER NOT NULL,
+        last_error      VARCHAR,
+        next_attempt_at TIMESTAMP,
+        claimed_until   TIMESTAMP,
+        detail          VARCHAR,
+        created_at      TIMESTAMP NOT NULL,
+        sent_at         TIMESTAMP,
+        UNIQUE (event_id, channel)
+    )
+    """,
+))
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _BOOKKEEPING = """
