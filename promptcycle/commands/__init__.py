@@ -5,4 +5,5 @@ Each module here defines `add_commands(subparsers, common)`: it adds its sub-par
 `(args) -> int` (exit status). Import Prefect and flows inside those functions, not at module top.
 """
 
-PHASE_MODULES = ("promptcycle.commands.optimize", "promptcycle.commands.deploy", "promptcycle.commands.alerts")
+PHASE_MODULES = ("promptcycle.commands.optimize", "promptcycle.commands.deploy", "promptcycle.commands.alerts",
+                 "promptcycle.commands.monitor")
