@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from promptcycle.monitor.healing import HealingRequest, healing_settings
+from promptcycle.monitor.watch import QUALITY_KEY
 
 __all__ = ["HealingStart", "respond", "record_optimization", "record_deployment", "record_canary", "close_incident"]
 
@@ -59,7 +60,8 @@ def respond(store, pipeline: str, healing, series: list, now: datetime) -> list[
                                          f"{s.model} × {s.spectrum} back in control without healing "
                                          f"({s.value:.1f} points)", status="resolved")
             continue
-        alert = open_alerts.get((s.model, s.spectrum, worst["detector"]))
+        alert = (open_alerts.get((s.model, s.spectrum, QUALITY_KEY))
+                 or open_alerts.get((s.model, s.spectrum, worst["detector"])))
         alert_id = alert.alert_id if alert is not None else None
         incident, _ = store.open_incident(
             pipeline, s.model, s.spectrum, worst["detector"], worst["severity"],

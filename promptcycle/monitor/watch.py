@@ -34,7 +34,9 @@ from promptcycle.prompts import PromptTemplate
 from promptcycle.store.monitoring import ObservationRecord
 from promptcycle.store.records import RunRecord
 
-__all__ = ["MonitorPlan", "SeriesAssessment", "plan_monitor", "production_prompt", "probe_cell_spec",
+QUALITY_KEY = "quality"  # the alert key's detector for the paging detectors together (see alert_findings)
+
+__all__ = ["QUALITY_KEY", "MonitorPlan", "SeriesAssessment", "plan_monitor", "production_prompt", "probe_cell_spec",
            "collect_observations", "assess_series", "alert_findings"]
 
 
@@ -198,15 +200,35 @@ def assess_series(ctx, store, plan: MonitorPlan, *, history_runs: int | None = N
 
 
 def alert_findings(pipeline: str, series: list[SeriesAssessment]) -> list:
-    """The assessment's findings as the alert policy takes them (one per series x detector)."""
+    """The assessment's findings as the alert policy takes them.
+
+    The paging detectors (cusum, ewma, level) speak for one thing — the series' quality fell — so they go to the
+    policy as ONE finding per series under the detector name `quality`: the worst of them, with each detector's
+    verdict in the evidence. A drop that trips all three then pages once, and recovers once. The dashboard
+    detectors (trend, variance, stale) keep their own keys."""
     from promptcycle.alerts import Finding
 
+    rank = {"info": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
+    paging = paging_detectors()
     out = []
     for s in series:
+        quality = [f for f in s.findings if f["detector"] in paging]
+        if quality:
+            out_of_control = [f for f in quality if not f["in_control"]]
+            worst = max(out_of_control or quality, key=lambda f: rank[f["severity"]])
+            out.append(Finding(detector=QUALITY_KEY, pipeline=pipeline, model=s.model, spectrum=s.spectrum,
+                               severity=worst["severity"], in_control=not out_of_control,
+                               statistic=worst["statistic"], message=f"{worst['detector']}: {worst['message']}",
+                               evidence={"value": s.value, "n": s.n, "source": s.source,
+                                         "baseline_mean": s.baseline_mean,
+                                         "detectors": {f["detector"]: {k: f[k] for k in ("severity", "in_control",
+                                                                                          "statistic", "message")}
+                                                       for f in quality}}))
         for f in s.findings:
-            out.append(Finding(detector=f["detector"], pipeline=pipeline, model=s.model, spectrum=s.spectrum,
-                               severity=f["severity"], in_control=f["in_control"], statistic=f["statistic"],
-                               message=f["message"], evidence=f.get("evidence") or {}))
+            if f["detector"] not in paging:
+                out.append(Finding(detector=f["detector"], pipeline=pipeline, model=s.model, spectrum=s.spectrum,
+                                   severity=f["severity"], in_control=f["in_control"], statistic=f["statistic"],
+                                   message=f["message"], evidence=f.get("evidence") or {}))
     return out
 
 
