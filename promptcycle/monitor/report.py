@@ -51,8 +51,9 @@ class MonitorSummary(BaseModel):
 
     @property
     def pages(self) -> int:
-        return sum(1 for e in self.alert_events if e.get("notify") and e.get("kind") in ("raised", "repeated",
-                                                                                         "escalated"))
+        """Pages at a paging severity (high, critical): raised, repeated on a rise, or escalated."""
+        return sum(1 for e in self.alert_events if e.get("notify") and e.get("severity") in ("high", "critical")
+                   and e.get("kind") in ("raised", "repeated", "escalated"))
 
 
 def _band(value: float | None, thresholds) -> str:
