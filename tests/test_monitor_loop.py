@@ -299,7 +299,7 @@ def test_an_incident_whose_optimization_finds_nothing_ends_escalated(tmp_path):
 @pytest.mark.parametrize("section, value, path, expected", [
     ("healing", {"max_concurrent": 0}, "pipelines.customer-insights.healing.max_concurrent", "greater than or equal"),
     ("healing", {"min_severity": "urgent"}, "pipelines.customer-insights.healing.min_severity", "'critical'"),
-    ("healing", {"cooldown": 5}, "pipelines.customer-insights.healing.cooldown", "Extra inputs"),
+    ("healing", {"cooldown": 5}, "pipelines.customer-insights.healing.cooldown", "unknown key"),
     ("healing", {"strategies": ["no-such"]}, "pipelines.customer-insights.healing.strategies.0", "registered"),
     ("observe", {"min_production_outcomes": 0}, "pipelines.customer-insights.observe.min_production_outcomes",
      "greater than or equal"),
