@@ -300,7 +300,7 @@ def test_an_incident_whose_optimization_finds_nothing_ends_escalated(tmp_path):
     ("healing", {"max_concurrent": 0}, "pipelines.customer-insights.healing.max_concurrent", "greater than or equal"),
     ("healing", {"min_severity": "urgent"}, "pipelines.customer-insights.healing.min_severity", "'critical'"),
     ("healing", {"cooldown": 5}, "pipelines.customer-insights.healing.cooldown", "unknown key"),
-    ("healing", {"strategies": ["no-such"]}, "pipelines.customer-insights.healing.strategies.0", "registered"),
+    ("healing", {"strategies": ["no-such"]}, "pipelines.customer-insights.healing.strategies.0", "known: checklist"),
     ("observe", {"min_production_outcomes": 0}, "pipelines.customer-insights.observe.min_production_outcomes",
      "greater than or equal"),
     ("monitor", {"probe_cases": 3}, "pipelines.customer-insights.monitor.probe_cases", "greater than or equal"),
