@@ -287,6 +287,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def cmd_sim_server(args: argparse.Namespace) -> int:
     """Serve the simulated models over the OpenAI protocol on loopback."""
+    from promptcycle.sim.drift import DriftSchedule, parse_drift
     from promptcycle.sim.server import FaultConfig, LatencyOverride, run_server
 
     faults = FaultConfig(server_error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate,
@@ -296,6 +297,13 @@ def cmd_sim_server(args: argparse.Namespace) -> int:
     if args.latency_ms is not None:
         latency = (LatencyOverride(fixed_ms=args.latency_ms) if args.latency_dist == "fixed"
                    else LatencyOverride(mean_ms=args.latency_ms))
+    drifts = []
+    for text in args.drift or []:
+        try:
+            drifts.append(parse_drift(text))
+        except ValueError as exc:
+            raise ConfigError(str(exc), path="--drift", found=text,
+                              expected="kind:model:spectrum:size[@calls|@ISO-time]") from None
     api_key = None
     if args.api_key_env:  # read from the environment, never from argv (which `ps` shows)
         api_key = os.environ.get(args.api_key_env)
@@ -305,7 +313,10 @@ def cmd_sim_server(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"promptcycle simulator (simulated models, not real ones) on http://{args.host}:{args.port}/v1"
               + (" (requires an API key)" if api_key else ""), file=sys.stderr)
-    run_server(host=args.host, port=args.port, faults=faults, latency=latency, require_api_key=api_key)
+        for d in drifts:
+            print(f"  simulated drift: {d.label()}", file=sys.stderr)
+    run_server(host=args.host, port=args.port, faults=faults, latency=latency, require_api_key=api_key,
+               drift=DriftSchedule(drifts))
     return 0
 
 
@@ -342,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
     p.add_argument("--api-key-env", default=None, metavar="VAR",
                    help="answer 401 unless requests carry the key held in this environment variable")
+    p.add_argument("--drift", action="append", metavar="KIND:MODEL:SPECTRUM:SIZE[@CALLS|@TIME]",
+                   help="a simulated drift, e.g. skill_loss:sim-small:credit_analysis:5@1000 (repeatable; "
+                        "kinds: skill_loss, field_omission, question_mix, latency, error_rate)")
     p.set_defaults(func=cmd_sim_server)
 
     import importlib

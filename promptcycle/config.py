@@ -8,6 +8,7 @@ model is called.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -162,10 +163,17 @@ class Thresholds(_Strict):
 class OptimizationConfig(_Strict):
     """How the optimization phase searches for a better prompt and when it calls a win."""
 
-    strategies: list[str] = Field(
+    strategies: list[str] | Literal["auto"] = Field(
         default_factory=lambda: ["checklist", "format_spec", "few_shot", "grounding", "step_structure", "shorten",
                                  "combined", "meta"],
-        description="Strategy names (see `promptcycle optimize --help`); each proposes candidate prompts.")
+        description="Strategy names (see `promptcycle optimize --help`); each proposes candidate prompts. "
+        "'auto': every registered strategy proposes, and the `max_candidates` budget is spent by what past "
+        "optimizations learned (Thompson sampling on the strategies' success posteriors in this context, "
+        "with the `exploration` floor) instead of in proposal order.")
+    learning_memory: int = Field(default=100, ge=1, le=100_000, description="How many recent optimizations "
+                                 "(cycles) the strategy posteriors remember.")
+    exploration: float = Field(default=0.1, ge=0, le=1, description="With `strategies: auto`, the share of "
+                               "candidate slots given to a strategy drawn uniformly (the exploration floor).")
     optimizer_model: str | None = Field(default=None, description="Model (from `models`) the `meta` strategy asks "
                                         "for rewrites; default: the pipeline's last model.")
     max_candidates: int = Field(default=12, ge=1, le=100, description="Cap on candidates screened on the dev split.")
@@ -549,6 +557,52 @@ def _check_alerts(cfg: "PromptcycleConfig", file: str) -> None:
                                   found=found, expected=detail) from None
 
 
+class DriftConfig(_Strict):
+    """One simulated drift of the built-in simulator (promptcycle.sim.drift; docs/simulator.md)."""
+
+    kind: Literal["skill_loss", "field_omission", "question_mix", "latency", "error_rate"] = Field(
+        description="skill_loss / field_omission: quality on model x spectrum drops by about `size` points "
+        "(field_omission is repaired by a prompt naming the fields); question_mix: the spectrum's share of "
+        "traffic is multiplied by `size`; latency: latency x (1 + size); error_rate: a share `size` of "
+        "requests gets a simulated 5xx.")
+    model: str | None = Field(default=None, description="Simulated model name (e.g. sim-small); default: all.")
+    spectrum: str | None = Field(default=None, description="Spectrum it affects (required for skill_loss, "
+                                 "field_omission, question_mix); default: all.")
+    size: float = Field(description="How much (see `kind`).")
+    start_after_calls: int | None = Field(default=None, ge=0, description="Active once this many calls were "
+                                          "served by the simulated world.")
+    start_at: datetime | None = Field(default=None, description="Active from this time (UTC if no zone).")
+
+    @model_validator(mode="after")
+    def _valid(self) -> "DriftConfig":
+        from promptcycle.sim.world import SIM_MODELS, SPECTRUMS
+
+        if self.model is not None and self.model not in SIM_MODELS:
+            raise ValueError(f"unknown simulated model {self.model!r}; known: {', '.join(SIM_MODELS)}")
+        if self.spectrum is not None and self.spectrum not in SPECTRUMS:
+            raise ValueError(f"unknown spectrum {self.spectrum!r}; known: {', '.join(SPECTRUMS)}")
+        self.to_drift()  # the drift's own checks (size ranges, required spectrum)
+        return self
+
+    def to_drift(self):
+        from promptcycle.sim.drift import Drift
+
+        return Drift(kind=self.kind, size=self.size, model=self.model, spectrum=self.spectrum,
+                     start_after_calls=self.start_after_calls, start_at=self.start_at)
+
+
+class SimulationConfig(_Strict):
+    """The built-in simulator's scenario: everything here is simulated."""
+
+    drifts: list[DriftConfig] = Field(default_factory=list, description="Simulated drifts, each from its start.")
+
+    def schedule(self, clock=None):
+        """A fresh `DriftSchedule` of these drifts (its own call counter)."""
+        from promptcycle.sim.drift import DriftSchedule
+
+        return DriftSchedule([d.to_drift() for d in self.drifts], clock=clock)
+
+
 class PipelineConfig(_Strict):
     description: str = ""
     prompt: PromptConfig
@@ -582,6 +636,8 @@ class PromptcycleConfig(_Strict):
     pipelines: dict[str, PipelineConfig] = Field(min_length=1)
     store: str = Field(default="promptcycle.duckdb", description="Default DuckDB file (relative to pipelines.yaml).")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alerting of every pipeline.")
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig,
+                                         description="Simulated drifts of the built-in simulator.")
 
     # Where the config was read from; relative paths in it resolve against this directory.
     source_path: Path | None = Field(default=None, exclude=True)
@@ -679,7 +735,7 @@ def _check_names(cfg: PromptcycleConfig, file: str) -> None:
         opt = pipe.optimization
         # The default list is the built-in strategies (tests pin it); the registry is imported only for
         # names a user wrote, because importing it pulls in the diagnosis module and pandas.
-        if opt.strategies != OptimizationConfig.model_fields["strategies"].default_factory():
+        if opt.strategies != "auto" and opt.strategies != OptimizationConfig.model_fields["strategies"].default_factory():
             from promptcycle.optimize.strategies import strategies  # the registry, with the built-in strategies
 
             for i, name in enumerate(opt.strategies):

@@ -28,7 +28,7 @@ from promptcycle.evaluation.cells import CellSpec, call_key, call_keys
 from promptcycle.evaluation.context import PipelineContext, fingerprint, load_pipeline
 from promptcycle.evaluation.lease import hold_pipeline, release_pipeline
 from promptcycle.evaluation.pool import get_provider
-from promptcycle.optimize import CandidatePrompt, Diagnosis, StrategyContext, create_strategy, strategies
+from promptcycle.optimize import CandidatePrompt, Diagnosis, StrategyContext, create_strategy, learning, strategies
 from promptcycle.optimize.budget import (
     BudgetEstimate,
     PlannedEvaluation,
@@ -98,6 +98,7 @@ class OptimizationPlan(BaseModel):
     max_cost_usd: float | None
     simulated: bool
     started_at: datetime | None = None
+    auto_strategies: bool = False  # `strategies: auto`: the candidate budget is spent by the learned posteriors
 
 
 class Screening(BaseModel):
@@ -194,7 +195,7 @@ def prepare_optimization(config_path: str, pipeline: str, store_path: str | None
     warm_up()
     ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
     opt = ctx.pipeline.optimization
-    names = list(dict.fromkeys(strategy_names or opt.strategies))
+    names, auto = learning.resolve_strategies(strategy_names or opt.strategies, strategies.names())
     _check_strategies(names)
     for provider in ctx.providers_used():
         resolve_api_key(ctx.config, provider)
@@ -202,8 +203,9 @@ def prepare_optimization(config_path: str, pipeline: str, store_path: str | None
     store = open_store(ctx.store_path)
     hold_pipeline(store, pipeline, "optimization")  # released by the flow when it ends
     try:
-        return _prepare_optimization(ctx, store, pipeline, config_path, store_path, baseline_run_id, names,
+        plan = _prepare_optimization(ctx, store, pipeline, config_path, store_path, baseline_run_id, names,
                                      max_calls, max_cost_usd, limit, flow_run_id)
+        return plan.model_copy(update={"auto_strategies": auto})
     except BaseException:
         release_pipeline(pipeline)
         raise
@@ -333,9 +335,18 @@ async def generate_candidates(plan: OptimizationPlan) -> list[CandidateRow]:
     for candidate, problems in screening.rejected:
         rows.append(CandidateRow(hash=candidate.hash, strategy=candidate.strategy, scope=candidate.scope,
                                  rationale=candidate.rationale, status="rejected", reasons=problems))
+    kept = screening.kept
+    if plan.auto_strategies:
+        kept, passed_over = learning.choose_auto(
+            kept, diagnosis, store.strategy_outcomes(plan.pipeline), pipeline=plan.pipeline,
+            budget=opt.max_candidates, exploration=opt.exploration, memory=opt.learning_memory,
+            seed=ctx.pipeline.dataset.splits.seed)
+        rows += [CandidateRow(hash=c.hash, strategy=c.strategy, scope=c.scope, rationale=c.rationale, status="over_cap",
+                              reasons=["not chosen by `strategies: auto` (learned strategy posteriors)"])
+                 for c in passed_over]
     kept_per_scope: dict[str | None, int] = {}
     now = datetime.now(timezone.utc)
-    for candidate in screening.kept:
+    for candidate in kept:
         n = kept_per_scope[candidate.scope] = kept_per_scope.get(candidate.scope, 0) + 1
         if n > opt.max_candidates:
             rows.append(CandidateRow(hash=candidate.hash, strategy=candidate.strategy, scope=candidate.scope,
@@ -655,6 +666,18 @@ def label_candidate(plan: OptimizationPlan, confirmation: Confirmation, estimate
     summary.baseline_flow_run_id = baseline.flow_run_id if baseline else None
     summary.spend = store.spend(plan.run_id)
     summary.finished_at = datetime.now(timezone.utc)
+    diagnosis = store.get_diagnosis(plan.run_id, plan.baseline_run_id)
+    if outcome != "budget_exhausted" and diagnosis:  # what each strategy did, for `auto` and `promptcycle learning`
+        store.record_strategy_outcomes(learning.optimization_outcomes(
+            plan.run_id, plan.pipeline, rows, Diagnosis.from_dict(diagnosis),
+            min_effect_points=100 * opt.min_effect, simulated=plan.simulated,
+            spend_of=lambda h, scope: store.spend([evaluation_run_id(plan.run_id, kind, h, scope)
+                                                   for kind in (SCREEN, CONFIRM)])))
+        memory = opt.learning_memory
+        create_markdown_artifact(key=artifact_key("strategy-learning", plan.pipeline), markdown=learning.learning_markdown(
+            learning.learning_table(learning.outcomes_from_rows(store.strategy_outcomes(plan.pipeline)), memory=memory),
+            memory=memory, simulated=plan.simulated), description=f"What optimizations of {plan.pipeline} learned "
+                                 "about each strategy, per context")
     # A run the cap stopped stays resumable: the same command with a higher cap continues it.
     store.finish_run(plan.run_id, "failed" if outcome == "budget_exhausted" else "completed",
                      json.loads(summary.model_dump_json()))

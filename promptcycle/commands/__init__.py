@@ -6,4 +6,4 @@ Each module here defines `add_commands(subparsers, common)`: it adds its sub-par
 """
 
 PHASE_MODULES = ("promptcycle.commands.optimize", "promptcycle.commands.deploy", "promptcycle.commands.alerts",
-                 "promptcycle.commands.monitor")
+                 "promptcycle.commands.learning", "promptcycle.commands.monitor")

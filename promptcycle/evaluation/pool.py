@@ -31,11 +31,16 @@ def get_provider(config: PromptcycleConfig, name: str, api_key: SecretStr | None
     loop = asyncio.get_running_loop()
     pconf = config.providers[name]
     models = {m: c for m, c in config.models.items() if c.provider == name}
-    identity = json.dumps([pconf.model_dump(), {m: c.model_dump() for m, c in models.items()}], sort_keys=True)
+    identity = json.dumps([pconf.model_dump(), {m: c.model_dump() for m, c in models.items()},
+                           config.simulation.model_dump(mode="json") if pconf.kind == "simulator" else None],
+                          sort_keys=True)
     per_loop = _providers.setdefault(loop, {})
     provider = per_loop.get((name, identity))
     if provider is None:
-        provider = per_loop[(name, identity)] = build_provider(name, pconf, models, api_key=api_key)
+        # the built-in simulator carries the configured simulated drifts (`simulation:` in pipelines.yaml)
+        options = ({"drift": config.simulation.schedule()} if pconf.kind == "simulator" and config.simulation.drifts
+                   else {})
+        provider = per_loop[(name, identity)] = build_provider(name, pconf, models, api_key=api_key, **options)
     return provider
 
 

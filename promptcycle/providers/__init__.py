@@ -49,12 +49,12 @@ def _build_openai(name: str, config: ProviderConfig, models: dict[str, ModelConf
 @provider_kinds.register("simulator")
 def _build_simulator(name: str, config: ProviderConfig, models: dict[str, ModelConfig],
                      api_key: SecretStr | None = None, *, faults: object = None,
-                     latency: object = None) -> ChatProvider:
+                     latency: object = None, drift: object = None) -> ChatProvider:
     import httpx2
 
     from promptcycle.sim.server import create_app
 
-    transport = httpx2.ASGITransport(app=create_app(faults, latency))
+    transport = httpx2.ASGITransport(app=create_app(faults, latency, drift=drift))
     # The host is never resolved: the ASGI transport hands requests straight to the app. Client
     # timeouts do not apply in-process either, so a simulated hang lasts its full `hang_seconds`.
     config = config.model_copy(update={"base_url": SIMULATOR_BASE_URL})
@@ -65,7 +65,8 @@ def build_provider(name: str, config: ProviderConfig, models: dict[str, ModelCon
                    api_key: SecretStr | None = None, **options: object) -> ChatProvider:
     """The provider for `providers.<name>` of pipelines.yaml, serving the `models` whose provider is `name`.
 
-    Options for kind "simulator": `faults=FaultConfig(...)` and `latency=LatencyOverride(...)`.
+    Options for kind "simulator": `faults=FaultConfig(...)`, `latency=LatencyOverride(...)` and
+    `drift=DriftSchedule(...)` (simulated drifts; promptcycle.sim.drift).
     Create it inside the event loop that uses it, and `await provider.aclose()` when done.
     """
     return provider_kinds.get(config.kind)(name, config, models, api_key=api_key, **options)

@@ -227,7 +227,8 @@ def _wobble(u: float, rng: random.Random) -> float:
 
 
 def compose_answer(reading: PromptReading, skills: dict[str, float], capacity: float, rng: random.Random,
-                   temperature: float, latent: Sequence[float] | None = None) -> Answer:
+                   temperature: float, latent: Sequence[float] | None = None,
+                   omission: dict[str, float] | None = None) -> Answer:
     """The answer a model with these per-spectrum skills gives to what it read.
 
     `rng` is seeded from the whole request. `latent` holds 2 x len(fields) + 2 uniforms tied to the
@@ -235,6 +236,8 @@ def compose_answer(reading: PromptReading, skills: dict[str, float], capacity: f
     persist when only the instructions change, as with real models, so a lever moves the outcome
     through its probabilities and paired comparisons of prompts get realistic power. A WOBBLE share
     of them is re-drawn per request. Without `latent`, every draw comes from `rng`.
+    `omission` (spectrum -> probability, a simulated field_omission drift, see drift.py) leaves out a
+    field of that spectrum the instructions do not name.
     """
     if not reading.fields:
         return Answer(NO_RECORD_TEXT, 0, ())
@@ -274,6 +277,10 @@ def compose_answer(reading: PromptReading, skills: dict[str, float], capacity: f
             p = max(p, P_OFF_TOPIC)
         if p <= 0.0:
             continue
+        if omission and named not in ("on", "listed"):
+            q = omission.get(DOMAIN_SPECTRUMS.get(f.domain or "", ""), 0.0)
+            if q > 0.0 and rng.random() < q:
+                continue
         if best is None or p > best[0]:
             best = (p, f)
         if _wobble(draws[2 * i], rng) < p:

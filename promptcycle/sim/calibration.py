@@ -113,8 +113,9 @@ def _record_keys(record: Any, into: set[str]) -> set[str]:
 
 
 def measure(model: str, prompt: PromptTemplate, cases: list[dict[str, Any]], *, temperature: float = 0.0,
-            repeats: int = 1) -> Rates:
-    """Average rates of one model under one prompt over `cases` (x `repeats` seeds)."""
+            repeats: int = 1, drifts: tuple = ()) -> Rates:
+    """Average rates of one model under one prompt over `cases` (x `repeats` seeds), with the
+    simulated `drifts` (promptcycle.sim.drift) active on every call."""
     target = SIM_MODELS[model].latency_target_ms
     sums: dict[str, float] = defaultdict(float)
     n = 0
@@ -122,7 +123,7 @@ def measure(model: str, prompt: PromptTemplate, cases: list[dict[str, Any]], *, 
         messages = prompt.render(case["inputs"])
         known = _record_keys(case["inputs"].get("customer", {}), set())
         for r in range(repeats):
-            reply = respond(model, messages, temperature=temperature, seed=r)
+            reply = respond(model, messages, temperature=temperature, seed=r, drifts=drifts)
             stated = read_statements(reply.text)
             facts = case["facts"]
             found = [k for k in facts if normalize_key(k) in stated]

@@ -29,6 +29,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from promptcycle.sim.drift import DriftSchedule
+from promptcycle.sim.drift import error_rate as drift_error_rate
 from promptcycle.sim.world import SIM_MODELS, UnknownSimModelError, respond
 
 __all__ = [
@@ -199,13 +201,15 @@ class SimServerApp:
     """The ASGI app. `state` holds its counters; `faults` and `latency` are fixed at creation."""
 
     def __init__(self, faults: FaultConfig | None = None, latency: LatencyOverride | None = None, *,
-                 require_api_key: str | None = None):
+                 require_api_key: str | None = None, drift: DriftSchedule | None = None):
         if not isinstance(faults, (FaultConfig, type(None))) or not isinstance(latency, (LatencyOverride, type(None))):
             raise TypeError(f"expected FaultConfig and LatencyOverride, found {type(faults).__name__} and "
                             f"{type(latency).__name__}")
         self.faults = faults or FaultConfig()
         self.latency = latency
         self.state = ServerState()
+        self.drift = drift or DriftSchedule()  # simulated drifts; their call counter counts chat requests
+        self._drift_rng = random.Random(self.faults.seed + 1)
         self._fault_rng = random.Random(self.faults.seed)
         self._latency_rng = random.Random(latency.seed if latency else 0)
         self._ids = itertools.count(1)
@@ -318,6 +322,13 @@ class SimServerApp:
             await self._send(send, status, _error_body("The simulated server had an error (injected fault).",
                                                        "server_error"))
             return status
+        active = self.drift.on_call(_peek_model(body)) if self.drift else ()
+        if fault == _NO_FAULT and active:
+            if self._drift_rng.random() < drift_error_rate(active):
+                self.state.faults["drift_error"] += 1
+                await self._send(send, 503, _error_body("The simulated model is failing (simulated error_rate "
+                                                        "drift).", "server_error"))
+                return 503
         if fault == "rate_limit":
             retry_after = f"{self.faults.retry_after_seconds:g}".encode()
             await self._send(send, 429, _error_body("Rate limit reached (injected fault).", "rate_limit_error",
@@ -334,7 +345,8 @@ class SimServerApp:
                                                     param="model", code="model_not_found"))
             return 404
         try:
-            reply = respond(model, messages, temperature=temperature, seed=seed, max_tokens=max_tokens)
+            reply = respond(model, messages, temperature=temperature, seed=seed, max_tokens=max_tokens,
+                            drifts=active)
         except UnknownSimModelError as exc:
             await self._send(send, 404, _error_body(str(exc), "invalid_request_error", param="model",
                                                     code="model_not_found"))
@@ -377,17 +389,27 @@ class SimServerApp:
 
 
 def create_app(faults: FaultConfig | None = None, latency: LatencyOverride | None = None, *,
-               require_api_key: str | None = None) -> SimServerApp:
-    """The simulator as an ASGI app. With `require_api_key`, requests without that bearer key get 401."""
-    return SimServerApp(faults, latency, require_api_key=require_api_key)
+               require_api_key: str | None = None, drift: DriftSchedule | None = None) -> SimServerApp:
+    """The simulator as an ASGI app. With `require_api_key`, requests without that bearer key get 401;
+    with `drift`, its simulated drifts apply from their start (promptcycle.sim.drift)."""
+    return SimServerApp(faults, latency, require_api_key=require_api_key, drift=drift)
+
+
+def _peek_model(body: bytes) -> str:
+    # the model of a request, for the drift schedule, before the full parse (which reports bad bodies)
+    try:
+        model = json.loads(body).get("model")
+    except (ValueError, AttributeError):
+        return ""
+    return model if isinstance(model, str) else ""
 
 
 def run_server(host: str = "127.0.0.1", port: int = 8787, faults: FaultConfig | None = None,
                latency: LatencyOverride | None = None, *, require_api_key: str | None = None,
-               log_level: str = "warning") -> None:
+               log_level: str = "warning", drift: DriftSchedule | None = None) -> None:
     """Serve the simulator over HTTP until interrupted (blocking). Base URL: http://HOST:PORT/v1."""
     import uvicorn
 
-    uvicorn.run(create_app(faults, latency, require_api_key=require_api_key), host=host, port=port,
+    uvicorn.run(create_app(faults, latency, require_api_key=require_api_key, drift=drift), host=host, port=port,
                 log_level=log_level, access_log=False, lifespan="on", timeout_keep_alive=75,
                 server_header=False)

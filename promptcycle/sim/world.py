@@ -16,9 +16,11 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import lru_cache
 
 from promptcycle.sim.answer import compose_answer
+from promptcycle.sim.drift import Drift, latency_factor, omission_by_spectrum, skill_after
 from promptcycle.sim.judge import judge_answer
 from promptcycle.sim.optimizer import is_optimizer_request, rewrite_prompt
 from promptcycle.sim.reading import read_messages
@@ -156,9 +158,13 @@ def _case_draws(case_key: bytes, temperature: float, seed: int | None, n: int) -
 
 
 def respond(model: str, messages: list[dict[str, str]], *, temperature: float = 0.0,
-            seed: int | None = None, max_tokens: int | None = None) -> SimReply:
-    """Reply to chat `messages` as the simulated `model` (deterministic; see the module docstring)."""
+            seed: int | None = None, max_tokens: int | None = None, drifts: Sequence[Drift] = ()) -> SimReply:
+    """Reply to chat `messages` as the simulated `model` (deterministic; see the module docstring).
+
+    `drifts` are the simulated drifts active for this call (`DriftSchedule.on_call`); the reply is a
+    pure function of the arguments, drifts included."""
     spec = get_model(model)
+    drifts = tuple(d for d in drifts if d.applies_to(model))
     reading = read_messages(messages)
     rng = _rng(model, messages, temperature, seed)
     if reading.judge:
@@ -168,7 +174,9 @@ def respond(model: str, messages: list[dict[str, str]], *, temperature: float = 
         text, stated, hidden = rewrite_prompt(reading.user_text), 0, 0
     else:
         latent = _case_draws(reading.case_key, temperature, seed, 2 * len(reading.fields) + 2)
-        answer = compose_answer(reading, spec.skills, spec.capacity, rng, temperature, latent)
+        skills = dict(skill_after(spec.skills, drifts)) if drifts else spec.skills
+        answer = compose_answer(reading, skills, spec.capacity, rng, temperature, latent,
+                                omission_by_spectrum(drifts) if drifts else None)
         text, stated, hidden = answer.text, len(answer.stated), answer.reasoning_tokens
     if spec.reasoning_tokens != (0, 0):
         hidden += spec.reasoning_tokens[0] + spec.reasoning_tokens[1] * stated
@@ -186,4 +194,6 @@ def respond(model: str, messages: list[dict[str, str]], *, temperature: float = 
     jitter = math.exp(rng.gauss(-sigma * sigma / 2, sigma))  # lognormal with mean 1
     latency_ms = (spec.base_latency_ms + spec.ms_per_output_token * output_tokens
                   + spec.ms_per_input_token * input_tokens) * jitter
+    if drifts:
+        latency_ms *= latency_factor(drifts)
     return SimReply(text, input_tokens, output_tokens, latency_ms / 1000.0, finish)

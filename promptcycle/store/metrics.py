@@ -66,6 +66,7 @@ from promptcycle.store.arrow import (
 from promptcycle.store.alerts import AlertsTables
 from promptcycle.store.incidents import IncidentsTables
 from promptcycle.store.monitoring import MonitoringTables
+from promptcycle.store.learning import LearningTables
 from promptcycle.store.schema import MIGRATIONS, apply_migrations
 
 if TYPE_CHECKING:
@@ -221,7 +222,7 @@ def _results_frame(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]
         f"WHERE {where} ORDER BY r.run_id, r.model, r.case_id, r.repeat", params).df()
 
 
-class MetricsStore(AlertsTables, MonitoringTables, IncidentsTables):
+class MetricsStore(AlertsTables, LearningTables, MonitoringTables, IncidentsTables):
     """The DuckDB metrics store at `path`: runs, the paid-call ledger, results, prompt versions and
     their labels, decisions with their evidence, diagnoses, data-quality results and dataset splits.
 

@@ -383,8 +383,29 @@ _V8 = Migration(8, "alerts, alert events and their deliveries", (
     """,
 ))
 
-# Placeholder while branches are merged: number 9 belongs to another change landing with this one.
-_V9 = Migration(9, "reserved", ())
+_V9 = Migration(9, "strategy outcomes of optimization candidates", (
+    """
+    CREATE TABLE strategy_outcomes (
+        run_id       VARCHAR NOT NULL,
+        candidate    VARCHAR NOT NULL,
+        scope        VARCHAR NOT NULL,
+        pipeline     VARCHAR NOT NULL,
+        strategy     VARCHAR NOT NULL,
+        spectrum     VARCHAR NOT NULL,
+        failure_kind VARCHAR NOT NULL,
+        dev_effect   DOUBLE,
+        test_effect  DOUBLE,
+        min_effect   DOUBLE NOT NULL,
+        success      BOOLEAN,
+        calls        BIGINT NOT NULL,
+        cost_usd     DOUBLE NOT NULL,
+        simulated    BOOLEAN NOT NULL,
+        recorded_at  TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, candidate, scope)
+    )
+    """,
+    "CREATE INDEX strategy_outcomes_pipeline ON strategy_outcomes (pipeline, recorded_at)",
+))
 
 # Monitoring and incidents (promptcycle/store/monitoring.py, promptcycle/store/incidents.py): one observation per
 # series (pipeline x model x spectrum), source and monitor period; the detectors' state per series, so a detector
