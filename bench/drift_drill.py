@@ -78,6 +78,23 @@ def write_config(root: Path, args, drift_start: datetime) -> Path:
     return path
 
 
+def deploy_configured_prompt(config_path: Path) -> None:
+    """The drill starts from a deployed pipeline: the configured prompt holds the `production` label (as after a
+    first, direct `promptcycle deploy`; the label is set on the store here, without the deployment stages)."""
+    from promptcycle.evaluation.context import load_pipeline
+    from promptcycle.store import MetricsStore
+    from promptcycle.store.records import PromptVersionRecord
+
+    ctx = load_pipeline(config_path, PIPE)
+    store = MetricsStore(ctx.store_path)
+    prompt = ctx.prompt
+    store.write_prompt_version(PromptVersionRecord(
+        prompt_hash=prompt.hash, pipeline=PIPE, system=prompt.system, template=prompt.template,
+        variables=prompt.variables, parent_hash=None, strategy="baseline", rationale="The configured prompt.",
+        scope=None, created_at=datetime.now(timezone.utc)))
+    store.move_label(PIPE, "production", prompt.hash, actor="drift drill", reason="the drill's starting point")
+
+
 async def probe(ctx, store, plan, schedule) -> int:
     """The period's probe cells through the cell evaluation, with a simulator whose drifts follow the drill's clock."""
     from promptcycle.evaluation.cells import evaluate_cell
@@ -133,6 +150,7 @@ def run(args) -> dict:
     drift_start = period_time(args.stable + 1) - timedelta(seconds=1)
     config_path = write_config(root, args, drift_start)
     config = load_config(config_path)
+    deploy_configured_prompt(config_path)
     schedule = DriftSchedule([d.to_drift() for d in config.simulation.drifts], clock=lambda: clock["now"])
     values: list[tuple[int, float]] = []
     pages: list[tuple[int, str, str]] = []
@@ -148,7 +166,8 @@ def run(args) -> dict:
         s = next(x for x in series if x.spectrum == args.spectrum)
         values.append((i, s.value))
         for e in events:
-            if e.detector == "quality" and e.spectrum == args.spectrum and e.notify:
+            alert = MetricsStore(root / "metrics.duckdb").get_alert(e.alert_id)
+            if alert.detector == "quality" and alert.spectrum == args.spectrum and e.notify:
                 if e.severity in ("high", "critical") and e.kind in ("raised", "repeated", "escalated"):
                     pages.append((i, e.kind, e.severity))
                 if e.kind == "recovered":
@@ -206,14 +225,14 @@ def run(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scenario", choices=["repairable", "unrepairable"], default="repairable")
-    p.add_argument("--model", default="small", help="serving model (a name from `models`)")
+    p.add_argument("--model", default="xl", help="serving model (a name from `models`)")
     p.add_argument("--spectrum", default="credit_analysis")
     p.add_argument("--size", type=float, default=8.0, help="drift size in points (latency: ×(1 + size/10))")
     p.add_argument("--stable", type=int, default=50)
     p.add_argument("--after", type=int, default=10)
     p.add_argument("--max-drift-periods", type=int, default=15)
     p.add_argument("--cases", type=int, default=60, help="monitor.probe_cases (calls per series per period)")
-    p.add_argument("--spectrums", type=int, default=2)
+    p.add_argument("--spectrums", type=int, default=1)
     p.add_argument("--canary-requests", type=int, default=2000)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()

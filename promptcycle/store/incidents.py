@@ -108,11 +108,14 @@ class IncidentsTables:
     def open_incident(self, pipeline: str, model: str, spectrum: str, detector: str, severity: str, summary: str,
                       now: datetime, *, alert_id: int | None = None,
                       evidence: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
-        """The series' open incident, or a new one opened by this alert; (incident, created)."""
+        """The series' open incident (or the one this alert opened), else a new one; (incident, created)."""
         with self._transaction(f"open an incident of {pipeline}") as con:
+            # The series' open incident; or, while the alert that opened one is still open, that incident
+            # (an escalated incident waits for a person, it is not reopened by the same alert).
             row = con.execute("SELECT incident_id FROM incidents WHERE pipeline = ? AND model = ? AND spectrum = ? "
-                              "AND status IN ('open', 'healing') ORDER BY opened_at DESC LIMIT 1",
-                              [pipeline, model, spectrum]).fetchone()
+                              "AND (status IN ('open', 'healing') OR (alert_id IS NOT NULL AND alert_id = ?)) "
+                              "ORDER BY opened_at DESC LIMIT 1",
+                              [pipeline, model, spectrum, alert_id]).fetchone()
             if row is not None:
                 incident_id, created = row[0], False
             else:
