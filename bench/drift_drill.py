@@ -232,7 +232,7 @@ def main() -> None:
     p.add_argument("--after", type=int, default=10)
     p.add_argument("--max-drift-periods", type=int, default=15)
     p.add_argument("--cases", type=int, default=60, help="monitor.probe_cases (calls per series per period)")
-    p.add_argument("--spectrums", type=int, default=1)
+    p.add_argument("--spectrums", type=int, default=3)
     p.add_argument("--canary-requests", type=int, default=2000)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
