@@ -173,7 +173,7 @@ def run(args) -> dict:
                     pages.append((i, e.kind, e.severity))
                 if e.kind == "recovered":
                     recovered = True
-        if detected_at is None and i > args.stable and any(k == "raised" for j, k, _ in pages if j > args.stable):
+        if detected_at is None and i > args.stable and any(j > args.stable for j, _, _ in pages):
             detected_at = i
         if starts and healing_result is None:
             from flows.healing import healing
