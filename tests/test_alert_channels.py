@@ -274,3 +274,57 @@ def test_prefect_channels_without_the_bridge_stay_pending_with_a_clear_error(rep
     assert "goes through Prefect" in report.failed[0]["error"] and report.failed[0]["attempts"] == 1
     [delivery] = store.alert_deliveries()
     assert delivery.state == "failed"
+
+
+def test_email_over_starttls_logs_in_with_the_password_from_the_environment(repo_config, tmp_path, monkeypatch):
+    import ssl
+
+    import trustme
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Message
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+    from simserver import unused_port
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    logins, received = [], []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (b"bot", b"s3cret-pw")
+        logins.append((session.ssl is not None, ok))
+        return AuthResult(success=ok, handled=False)  # handled=False: the server answers 535 itself
+
+    class Keep(Message):
+        def handle_message(self, message):
+            received.append(message)
+
+    controller = Controller(Keep(), hostname="127.0.0.1", port=unused_port(), tls_context=server_context,
+                            require_starttls=True, authenticator=authenticator, auth_required=True)
+    controller.start()
+    try:
+        store = MetricsStore(tmp_path / "metrics.duckdb")
+        options = {"host": "127.0.0.1", "port": controller.port, "starttls": True, "ca_file": str(tmp_path / "ca.pem"),
+                   "from_addr": "promptcycle@example.com", "to": ["oncall@example.com"], "username": "bot",
+                   "password_env": "SMTP_PASSWORD"}
+        config = with_channels(repo_config, [{"kind": "email", "options": options}])
+        process_findings(store, config, PIPE, [finding("critical")], T0)
+
+        monkeypatch.setenv("SMTP_PASSWORD", "wrong-pw")
+        refused = deliver_alerts(store, config, PIPE, T0, sleep=no_sleep)
+        assert refused.failed[0]["attempts"] == 1 and "refused the login" in refused.failed[0]["error"], refused
+        assert "wrong-pw" not in refused.failed[0]["error"]
+
+        monkeypatch.setenv("SMTP_PASSWORD", "s3cret-pw")
+        sent = deliver_alerts(store, config, PIPE, T0 + timedelta(minutes=1), sleep=no_sleep)
+        assert len(sent.sent) == 1
+    finally:
+        controller.stop()
+    # smtplib tries each mechanism the server offers (PLAIN, LOGIN) before giving up; all over TLS.
+    assert all(tls for tls, _ in logins) and [ok for _, ok in logins] == [False] * (len(logins) - 1) + [True]
+    [mail] = received
+    assert mail["Subject"].startswith("[CRITICAL]")
+    [delivery] = store.alert_deliveries()
+    assert (delivery.state, delivery.attempts) == ("sent", 2)
+    assert "s3cret-pw" not in (delivery.detail or "") + (delivery.last_error or "")

@@ -203,3 +203,31 @@ def test_channels_below_their_minimum_severity_get_no_delivery(store, config):
     assert {low.severity: low.deliveries, high.severity: high.deliveries} == {
         "low": ("console",), "high": ("console", "pager")}
     assert len(store.alert_deliveries(state="pending")) == 3
+
+
+def test_the_data_worker_serves_the_alert_store_by_method_name(repo_config, tmp_path, monkeypatch):
+    from promptcycle import dataworker
+    from promptcycle.alerts import deliver_alerts
+    from promptcycle.store.remote import RemoteStore, open_store
+
+    monkeypatch.delenv("PROMPTCYCLE_DATA_IN_PROCESS", raising=False)
+    config = load_config(repo_config)
+    store = open_store(tmp_path / "metrics.duckdb")
+    assert isinstance(store, RemoteStore)
+    try:
+        [raised] = process_findings(store, config, PIPE, [finding("high")], T0)
+        report = deliver_alerts(store, config, PIPE, T0)
+        store.acknowledge_alert(raised.alert_id, "ops", T0 + timedelta(minutes=1))
+        assert (len(report.sent), store.get_alert(raised.alert_id).status) == (1, "acknowledged")
+    finally:
+        dataworker.shutdown()
+
+
+def test_the_alerts_domain_does_not_import_prefect():
+    import subprocess
+    import sys
+
+    code = ("import sys, promptcycle.alerts, promptcycle.alerts.channels, promptcycle.store.alerts, "
+            "promptcycle.commands.alerts; print([m for m in sys.modules if m.split('.')[0] == 'prefect'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -280,6 +280,8 @@ class EmailOptions(_Options):
     password_env: str | None = Field(default=None, description="Environment variable holding the SMTP password.")
     credentials_block: str | None = Field(default=None, description="Name of an 'SMTP Credentials' Prefect block "
                                           "holding the username and password (wins over username/password_env).")
+    ca_file: str | None = Field(default=None, description="PEM file of the CA that signed the server's "
+                                "certificate, for a private CA (relative to pipelines.yaml); default: the system's.")
     timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of the SMTP conversation.")
 
 
@@ -317,7 +319,15 @@ class EmailChannel(Channel):
         mail["Message-ID"] = f"<{message.delivery_id}@promptcycle>"
         mail["X-Promptcycle-Alert"] = str(message.alert_id)
         mail.set_content(message.body())
-        context = ssl.create_default_context()
+        ca_file = None
+        if o.ca_file:
+            ca_file = Path(o.ca_file).expanduser()
+            ca_file = ca_file if ca_file.is_absolute() else self.base_dir / ca_file
+        try:
+            context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise AlertDeliveryError(f"email channel {self.name!r}: cannot read ca_file {ca_file}: {exc}",
+                                     retryable=False) from None
         secret = password.get_secret_value() if password is not None else ""
         try:
             if o.ssl:
