@@ -314,7 +314,7 @@ def cmd_sim_server(args: argparse.Namespace) -> int:
         print(f"promptcycle simulator (simulated models, not real ones) on http://{args.host}:{args.port}/v1"
               + (" (requires an API key)" if api_key else ""), file=sys.stderr)
         for d in drifts:
-            print(f"  simulated drift: {d.label()}", file=sys.stderr)
+            print(f"  drift: {d.label()}", file=sys.stderr)
     run_server(host=args.host, port=args.port, faults=faults, latency=latency, require_api_key=api_key,
                drift=DriftSchedule(drifts))
     return 0

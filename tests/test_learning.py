@@ -160,3 +160,30 @@ def test_learning_command_prints_the_table_and_json(tmp_path, capsys):
     assert "grounding" not in text  # r0 is older than the last optimization
     assert main(["learning", "--config", str(config), "--store", str(tmp_path / "missing.duckdb")]) == 2
     assert not (tmp_path / "missing.duckdb").exists()
+
+
+def test_the_learning_bench_learns_the_context_best_strategy(capsys):
+    """A reduced bench/learning_strategies.py: the world's best strategy differs by context, and `auto`, after
+    some cycles, spends its slots on each context's best strategy far more often than at random."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import learning_strategies as bench
+
+    world = bench.measure_world()
+    best = [max(e, key=e.get) for e in world.effects]
+    assert len(set(best)) >= 3  # which lever helps depends on model x spectrum
+    history, rng, hits, slots = [], random.Random(0), 0, 0
+    for cycle in range(40):
+        k = cycle % len(world.contexts)
+        picks = bench.auto_policy(history, world.contexts[k], rng)
+        if cycle >= 24:
+            hits += best[k] in picks
+            slots += 1
+        for s in picks:
+            effect = world.effects[k][s] + rng.gauss(0, 2)
+            history.append(StrategyOutcome(run_id=f"c{cycle}", candidate=s, strategy=s, context=world.contexts[k],
+                                           dev_effect=effect, min_effect=1.0))
+    # at random, 3 of 5 strategies include the best 60% of the time: >= 15 of 16 has probability 0.3%
+    assert hits / slots >= 0.9

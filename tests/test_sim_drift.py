@@ -130,3 +130,26 @@ def test_simulation_section_in_pipelines_yaml(tmp_path):
     data["simulation"]["drifts"][0]["model"] = "gpt-9"
     with pytest.raises(ConfigError, match="unknown simulated model 'gpt-9'"):
         load_config(write(tmp_path, data))
+
+
+def test_the_in_process_simulator_provider_applies_the_configured_drifts(tmp_path):
+    from promptcycle.evaluation.pool import close_providers, get_provider
+
+    data = repo_yaml()
+    small = next(name for name, m in data["models"].items() if m["model"] == "sim-small")
+    data["simulation"] = {"drifts": [{"kind": "skill_loss", "model": "sim-small", "spectrum": "credit_analysis",
+                                      "size": 30, "start_after_calls": 2}]}
+    drifted = load_config(write(tmp_path, data))
+    plain = load_config(REPO / "pipelines.yaml")
+    prompts = [LEVER_PROMPTS["default"].render(c["inputs"]) for c in CREDIT[:12]]
+
+    async def answers(config):
+        provider = get_provider(config, config.models[small].provider)
+        try:
+            return [(await provider.complete(small, m, seed=0, temperature=0)).text for m in prompts]
+        finally:
+            await close_providers()
+
+    before, after = asyncio.run(answers(plain)), asyncio.run(answers(drifted))
+    assert after[:2] == before[:2]  # the first two calls come before the drift's start
+    assert sum(a != b for a, b in zip(after[2:], before[2:])) >= 3  # then the model answers worse
