@@ -42,7 +42,7 @@ __all__ = ["FLOW_COMMANDS", "serving", "ready", "state_path", "DEFAULT_IDLE_SECO
 
 # Commands that run a Prefect flow. Each calls `ready()` just before its flow, as late as it can: bad input
 # fails first, without waiting for the server. (A flow run without `ready()` gets Prefect's own temporary server.)
-FLOW_COMMANDS = frozenset({"baseline", "optimize", "deploy", "canary"})
+FLOW_COMMANDS = frozenset({"baseline", "optimize", "deploy", "canary", "monitor", "cycle"})
 DEFAULT_IDLE_SECONDS = 300.0
 STATE_FILE = "promptcycle-server.json"
 LOCK_FILE = "promptcycle-server.lock"

@@ -149,12 +149,20 @@ def check_names(cfg: PromptcycleConfig, file: str) -> None:
         opt = pipe.optimization
         # The default list is the built-in strategies (tests pin it); the registry is imported only for
         # names a user wrote, because importing it pulls in the diagnosis module and pandas.
-        if opt.strategies != "auto" and opt.strategies != OptimizationConfig.model_fields["strategies"].default_factory():
+        default = OptimizationConfig.model_fields["strategies"].default_factory()
+        if opt.strategies != "auto" and opt.strategies != default:
             strategies = strategy_registry()
             for i, name in enumerate(opt.strategies):
                 if name not in strategies:
                     raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(strategies.names())}",
                                       file=file, path=f"pipelines.{pname}.optimization.strategies.{i}", found=name,
+                                      expected="a registered strategy")
+        if pipe.healing.strategies:
+            strategies = strategy_registry()
+            for i, name in enumerate(pipe.healing.strategies):
+                if name not in strategies:
+                    raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(strategies.names())}",
+                                      file=file, path=f"pipelines.{pname}.healing.strategies.{i}", found=name,
                                       expected="a registered strategy")
         if opt.optimizer_model is not None and opt.optimizer_model not in cfg.models:
             raise ConfigError(f"unknown model {opt.optimizer_model!r}; known: {', '.join(sorted(cfg.models))}",

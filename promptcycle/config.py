@@ -36,6 +36,8 @@ __all__ = [
     "ResultsExpectation",
     "ResultsQualityConfig",
     "MonitorConfig",
+    "ObservationConfig",
+    "HealingConfig",
     "AlertChannelConfig",
     "AlertEscalationConfig",
     "AlertDeliveryConfig",
@@ -423,6 +425,41 @@ class MonitorConfig(_Strict):
         return self.stale_after_minutes if self.stale_after_minutes is not None else 3 * self.interval_minutes
 
 
+class ObservationConfig(_Strict):
+    """Where the monitor's observations come from (pipelines.<name>.observe; see docs/monitoring.md, Observations)."""
+
+    min_production_outcomes: int = Field(default=30, ge=1, description="Production outcomes of one serving model "
+                                         "x spectrum in a monitor period needed to observe it from production; "
+                                         "with fewer, the period's probe observes it.")
+    probe: bool = Field(default=True, description="Run the probe (the production prompt on the monitoring sample) "
+                        "for series whose production feedback is thin. Off: those series get no observation and "
+                        "the stale detector reports the gap.")
+    probe_seed: int = Field(default=0, ge=0, description="Seed of the fixed monitoring sample's selection.")
+
+
+class HealingConfig(_Strict):
+    """When a paging finding may start a healing (pipelines.<name>.healing; see docs/monitoring.md, Healing)."""
+
+    enabled: bool = Field(default=True, description="Let the monitor start healings for this pipeline.")
+    min_severity: Literal["info", "low", "medium", "high", "critical"] = Field(
+        default="high", description="Findings at or above this severity ask for a healing.")
+    cooldown_minutes: float = Field(default=120, ge=0, description="Least time between two healings of the "
+                                    "pipeline.")
+    max_concurrent: int = Field(default=3, ge=1, le=100, description="Healings running at once across all "
+                                "pipelines (also the Prefect global concurrency limit `promptcycle-healing`).")
+    daily_max_calls: int | None = Field(default=None, ge=1, description="Paid calls the pipeline's healings may "
+                                        "spend in 24 hours; none: no cap.")
+    daily_max_cost_usd: float | None = Field(default=None, gt=0, description="USD the pipeline's healings may "
+                                             "spend in 24 hours; none: no cap.")
+    max_calls: int | None = Field(default=None, ge=1, description="Cap on one healing's optimization calls "
+                                  "(default: optimization.max_calls).")
+    strategies: list[str] | None = Field(default=None, description="Strategies a healing's optimization runs "
+                                         "(default: optimization.strategies).")
+    canary_requests: int = Field(default=2000, ge=0, description="Simulated production requests the healing's "
+                                 "canary looks at when the serving models are simulated (0: wait for real traffic "
+                                 "and leave the canary to `promptcycle canary`).")
+
+
 # -- alerts (top level and pipelines.<name>.alerts) --------------------------------------------------------------
 
 AlertSeverity = Literal[  # ordered as in promptcycle/alerts/policy.py
@@ -529,6 +566,8 @@ class PipelineConfig(_Strict):
     optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
     deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    observe: ObservationConfig = Field(default_factory=ObservationConfig)
+    healing: HealingConfig = Field(default_factory=HealingConfig)
     alerts: AlertsConfig | None = Field(default=None, description="This pipeline's alerting; keys set here "
                                         "override the top-level `alerts:`.")
 

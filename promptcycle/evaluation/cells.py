@@ -79,6 +79,9 @@ class CellSpec:
     # The messages of a case (default: `prompt.render(case.inputs)`); PipelineContext.messages
     # shares one rendering between the cells of every model.
     render_case: Callable[[Case], list[dict[str, str]]] | None = None
+    # Repeats run first_repeat … first_repeat + repeats - 1: a monitor probe numbers its repeats by its
+    # period, so each period makes new calls (promptcycle/monitor/observations.py).
+    first_repeat: int = 0
 
 
 @dataclass
@@ -127,7 +130,7 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
     newly_skipped = 0
     todo: list[tuple[Case, int, list[dict[str, str]], str]] = []
     for case in spec.cases:
-        repeats = [r for r in range(spec.repeats) if (case.id, r) not in done]
+        repeats = [r for r in range(spec.first_repeat, spec.first_repeat + spec.repeats) if (case.id, r) not in done]
         outcome.skipped += spec.repeats - len(repeats)
         newly_skipped += sum(1 for r in range(spec.repeats) if (case.id, r) in done and (case.id, r) not in here)
         if not repeats:

@@ -15,7 +15,9 @@ row by row.
 from __future__ import annotations
 
 from promptcycle.store.alerts import AlertsTables
+from promptcycle.store.incidents import IncidentsTables
 from promptcycle.store.learning import LearningTables
+from promptcycle.store.monitoring import MonitoringTables
 from promptcycle.store.deployments import DeploymentsTables
 from promptcycle.store.production import ProductionTables
 from promptcycle.store.prompts import PromptsTables
@@ -24,7 +26,8 @@ from promptcycle.store.runs import RunsTables
 __all__ = ["MetricsStore"]
 
 
-class MetricsStore(RunsTables, PromptsTables, DeploymentsTables, ProductionTables, AlertsTables, LearningTables):
+class MetricsStore(RunsTables, PromptsTables, DeploymentsTables, ProductionTables, AlertsTables, LearningTables,
+                   MonitoringTables, IncidentsTables):
     """The DuckDB metrics store at `path`: runs, the paid-call ledger, results, prompt versions and
     their labels, decisions with their evidence, diagnoses, data-quality results and dataset splits.
 

@@ -404,8 +404,104 @@ _V7 = Migration(7, "strategy outcomes of optimization candidates", (
     "CREATE INDEX strategy_outcomes_pipeline ON strategy_outcomes (pipeline, recorded_at)",
 ))
 
+# Monitoring and incidents (promptcycle/store/monitoring.py, promptcycle/store/incidents.py): one observation per
+# series (pipeline x model x spectrum), source and monitor period; the detectors' state per series, so a detector
+# continues across runs and processes; every monitor run; every healing decision; incidents and their timeline.
+_V8 = Migration(8, "monitor runs, observations, detector states, healing decisions, incidents", (
+    """
+    CREATE TABLE monitor_runs (
+        monitor_run_id VARCHAR PRIMARY KEY,
+        pipeline       VARCHAR NOT NULL,
+        period         BIGINT NOT NULL,
+        production_hash VARCHAR,
+        status         VARCHAR NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+        started_at     TIMESTAMP NOT NULL,
+        finished_at    TIMESTAMP,
+        flow_run_id    VARCHAR,
+        summary_json   VARCHAR
+    )
+    """,
+    """
+    CREATE TABLE monitor_observations (
+        pipeline       VARCHAR NOT NULL,
+        model          VARCHAR NOT NULL,
+        spectrum       VARCHAR NOT NULL,
+        source         VARCHAR NOT NULL CHECK (source IN ('production', 'probe')),
+        period         BIGINT NOT NULL,
+        observed_at    TIMESTAMP NOT NULL,
+        value          DOUBLE NOT NULL,
+        n              INTEGER NOT NULL,
+        case_var       DOUBLE,
+        errors         INTEGER NOT NULL,
+        prompt_hash    VARCHAR,
+        run_id         VARCHAR,
+        monitor_run_id VARCHAR NOT NULL,
+        PRIMARY KEY (pipeline, model, spectrum, source, period)
+    )
+    """,
+    """
+    CREATE TABLE detector_states (
+        pipeline       VARCHAR NOT NULL,
+        model          VARCHAR NOT NULL,
+        spectrum       VARCHAR NOT NULL,
+        state_json     VARCHAR NOT NULL,
+        findings_json  VARCHAR,
+        monitor_run_id VARCHAR NOT NULL,
+        updated_at     TIMESTAMP NOT NULL,
+        PRIMARY KEY (pipeline, model, spectrum)
+    )
+    """,
+    """
+    CREATE TABLE healing_decisions (
+        decision_id   VARCHAR PRIMARY KEY,
+        pipeline      VARCHAR NOT NULL,
+        incident_id   VARCHAR,
+        alert_id      BIGINT,
+        model         VARCHAR NOT NULL,
+        spectrum      VARCHAR NOT NULL,
+        severity      VARCHAR NOT NULL,
+        eligible      BOOLEAN NOT NULL,
+        reason        VARCHAR NOT NULL,
+        status        VARCHAR NOT NULL CHECK (status IN ('refused', 'running', 'finished')),
+        outcome       VARCHAR,
+        calls         BIGINT,
+        cost_usd      DOUBLE,
+        evidence_json VARCHAR,
+        created_at    TIMESTAMP NOT NULL,
+        finished_at   TIMESTAMP
+    )
+    """,
+    """
+    CREATE TABLE incidents (
+        incident_id   VARCHAR PRIMARY KEY,
+        pipeline      VARCHAR NOT NULL,
+        alert_id      BIGINT,
+        model         VARCHAR NOT NULL,
+        spectrum      VARCHAR NOT NULL,
+        detector      VARCHAR NOT NULL,
+        severity      VARCHAR NOT NULL,
+        status        VARCHAR NOT NULL CHECK (status IN ('open', 'healing', 'resolved', 'escalated')),
+        summary       VARCHAR NOT NULL,
+        opened_at     TIMESTAMP NOT NULL,
+        closed_at     TIMESTAMP
+    )
+    """,
+    """
+    CREATE TABLE incident_events (
+        incident_id   VARCHAR NOT NULL,
+        seq           INTEGER NOT NULL,
+        kind          VARCHAR NOT NULL CHECK (kind IN ('alert', 'healing_decision', 'optimization', 'deployment',
+                                                       'canary', 'resolved', 'escalated', 'note')),
+        occurred_at   TIMESTAMP NOT NULL,
+        summary       VARCHAR NOT NULL,
+        ref           VARCHAR,
+        evidence_json VARCHAR,
+        PRIMARY KEY (incident_id, seq)
+    )
+    """,
+))
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _BOOKKEEPING = """

@@ -1,0 +1,92 @@
+"""The monitor phase: watch a deployed pipeline's quality, page once when it really degrades, maybe heal.
+
+    observe (production outcomes; the probe where feedback is thin) → assess (detectors continue from their stored
+    state) → record → alert (policy, then delivery) → incidents and healing decisions → eligible healings run
+
+One run per `monitor.interval_minutes` (default 30; `promptcycle cycle` is what a schedule runs). A run killed and
+re-run in the same period resumes: its probe calls are in the ledger and its assessment sees nothing new twice.
+A healing started here runs as a subflow in this process (the embedded default); with `promptcycle serve` it goes
+through `run_deployment("healing/…")` so it runs on a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from promptcycle.evaluation.lease import release_pipeline
+from promptcycle.evaluation.pool import close_providers
+from promptcycle.monitor.report import MonitorSummary
+from promptcycle_tasks.alerts import deliver_alerts, record_alerts
+from promptcycle_tasks.monitor import (
+    assess_monitor,
+    finish_monitor,
+    prepare_monitor,
+    probe_cell,
+    publish_monitor_report,
+    record_observations,
+    respond_to_findings,
+)
+from promptcycle_tasks.runs import run_name, tag_flow_run
+
+__all__ = ["monitor"]
+
+
+@flow(name="monitor", flow_run_name=run_name("monitor"))
+async def monitor(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
+                  store_path: str | None = None, now: datetime | None = None, heal: bool = True) -> MonitorSummary:
+    """One monitor pass over the pipeline's serving models × spectrums.
+
+    Args:
+        pipeline: the pipeline's name in pipelines.yaml.
+        config_path: path to pipelines.yaml.
+        store_path: the DuckDB file (default: the config's `store`).
+        now: the monitor's clock (default: now). Passing it runs hours of scheduled operation in seconds.
+        heal: run eligible healings (off: decisions are still made and recorded, nothing runs).
+    """
+    logger = get_run_logger()
+    now = now or datetime.now(timezone.utc)
+    plan = prepare_monitor(config_path, pipeline, store_path, now, flow_run.get_id())
+    await tag_flow_run(pipeline, "monitor", plan.simulated)
+    logger.info("monitor period %s of %s: %d series from production, %d probed%s", plan.period, pipeline,
+                len(plan.production_points), len(plan.probe_cells), " (resumed)" if plan.resumed else "")
+    probe_calls = 0
+    if plan.probe_cells:
+        try:
+            outcomes = await asyncio.gather(*(probe_cell(config_path, pipeline, store_path, plan, m, s)
+                                              for m, s in plan.probe_cells))
+            probe_calls = sum(o["called"] for o in outcomes)
+        finally:
+            await close_providers()
+            release_pipeline(pipeline)
+    observations = record_observations(config_path, pipeline, store_path, plan)
+    series = assess_monitor(config_path, pipeline, store_path, plan)
+    events = record_alerts(config_path, pipeline, store_path, _findings(pipeline, series), now)
+    deliveries = deliver_alerts(config_path, pipeline, store_path, now)
+    starts = respond_to_findings(config_path, pipeline, store_path, series, now)
+    summary = MonitorSummary(pipeline=pipeline, monitor_run_id=plan.monitor_run_id, period=plan.period, now=now,
+                             resumed=plan.resumed, simulated=plan.simulated, observations=observations, series=series,
+                             alert_events=[e.to_dict() for e in events], deliveries=deliveries,
+                             probe_run_id=plan.probe_run_id, probe_calls=probe_calls)
+    if heal:
+        from promptcycle_flows.healing import healing
+
+        for start in starts:
+            summary.healings.append(await healing(
+                pipeline=pipeline, decision_id=start.decision_id, incident_id=start.incident_id, model=start.model,
+                spectrum=start.spectrum, config_path=config_path, store_path=store_path, alert_id=start.alert_id,
+                now=now))
+    else:
+        summary.refused_healings = [s.model_dump() | {"note": "decided, not run (heal=False)"} for s in starts]
+    finish_monitor(config_path, pipeline, store_path, summary)
+    publish_monitor_report(config_path, pipeline, store_path, summary)
+    return summary
+
+
+def _findings(pipeline: str, series) -> list:
+    from promptcycle.monitor.watch import alert_findings
+
+    return alert_findings(pipeline, series)
