@@ -231,18 +231,22 @@ def _check_deployment(pname: str, pipe: PipelineConfig, file: str) -> None:
         try:
             target_kinds.get(target.kind).Options.model_validate(target.options)
         except ValidationError as exc:
-            err = exc.errors(include_url=False)[0]
-            sub = _dotted(err["loc"])
-            if err["type"] == "extra_forbidden":
-                detail, found = "unknown key", None
-            elif err["type"] == "missing":
-                detail, found = "missing required key", None
-            else:
-                detail, found = err["msg"].removeprefix("Value error, "), err["input"]
-            shown = f" (found {_describe(found)})" if found is not None else ""
-            raise ConfigError(f"{detail}{shown}", file=file,
-                              path=f"{path}.options" + (f".{sub}" if sub != "(top level)" else ""),
-                              found=found, expected=detail) from None
+            raise _options_error(exc, file, f"{path}.options") from None
+
+
+def _options_error(exc: ValidationError, file: str, path: str) -> ConfigError:
+    """The first problem of a plug-in's `options` (a target's, an alert channel's), named by its dotted path."""
+    err = exc.errors(include_url=False)[0]
+    sub = _dotted(err["loc"])
+    if err["type"] == "extra_forbidden":
+        detail, found = "unknown key", None
+    elif err["type"] == "missing":
+        detail, found = "missing required key", None
+    else:
+        detail, found = err["msg"].removeprefix("Value error, "), err["input"]
+    shown = f" (found {_describe(found)})" if found is not None else ""
+    return ConfigError(f"{detail}{shown}", file=file, path=path + (f".{sub}" if sub != "(top level)" else ""),
+                       found=found, expected=detail)
 
 
 def _check_alerts(cfg: PromptcycleConfig, file: str) -> None:
@@ -266,18 +270,7 @@ def _check_alerts(cfg: PromptcycleConfig, file: str) -> None:
             try:
                 channel_kinds.get(channel.kind).Options.model_validate(channel.options)
             except ValidationError as exc:
-                err = exc.errors(include_url=False)[0]
-                sub = _dotted(err["loc"])
-                if err["type"] == "extra_forbidden":
-                    detail, found = "unknown key", None
-                elif err["type"] == "missing":
-                    detail, found = "missing required key", None
-                else:
-                    detail, found = err["msg"].removeprefix("Value error, "), err["input"]
-                shown = f" (found {_describe(found)})" if found is not None else ""
-                raise ConfigError(f"{detail}{shown}", file=file,
-                                  path=f"{path}.options" + (f".{sub}" if sub != "(top level)" else ""),
-                                  found=found, expected=detail) from None
+                raise _options_error(exc, file, f"{path}.options") from None
 
 
 def check_simulation(cfg: PromptcycleConfig, file: str) -> None:
