@@ -88,7 +88,11 @@ def test_a_run_that_ended_in_errors_is_retried_by_the_same_command(prefect_harne
             with pytest.raises(PromptcycleError):  # every row ended in an error
                 run_baseline(config, store, limit=5)
             figures = store_figures(store)
-            assert figures["errors"] == total and figures["attempts"] == server.state.requests
+            assert figures["errors"] == total
+            # Every error row counts its requests; a probe the circuit breaker lets through while half-open can
+            # land after its cell gave up, so the store may count one fewer than the server saw (the exact count
+            # is asserted without a breaker in test_every_request_the_provider_received_is_an_attempt_in_the_store).
+            assert total <= figures["attempts"] <= server.state.requests
 
             server.app.faults = FaultConfig()  # the outage is over: the same command again
             server.state.reset()
