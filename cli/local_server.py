@@ -42,7 +42,7 @@ __all__ = ["FLOW_COMMANDS", "serving", "ready", "state_path", "DEFAULT_IDLE_SECO
 
 # Commands that run a Prefect flow. Each calls `ready()` just before its flow, as late as it can: bad input
 # fails first, without waiting for the server. (A flow run without `ready()` gets Prefect's own temporary server.)
-FLOW_COMMANDS = frozenset({"baseline", "optimize", "deploy", "canary", "monitor", "cycle"})
+FLOW_COMMANDS = frozenset({"baseline", "optimize", "deploy", "canary", "monitor", "cycle", "report"})
 DEFAULT_IDLE_SECONDS = 300.0
 STATE_FILE = "promptcycle-server.json"
 LOCK_FILE = "promptcycle-server.lock"
@@ -89,10 +89,11 @@ def enabled() -> bool:
 
 
 @contextlib.contextmanager
-def serving(command: str) -> Iterator[None]:
-    """Around one CLI command: start (or find) the local server in the background if the command runs flows."""
+def serving(command: str, runs_flow: bool = True) -> Iterator[None]:
+    """Around one CLI command: start (or find) the local server in the background if the command runs flows
+    (`runs_flow=False`: this invocation of it does not, e.g. `report --no-artifacts`)."""
     global _current
-    if command in FLOW_COMMANDS and enabled():
+    if command in FLOW_COMMANDS and runs_flow and enabled():
         _current = _Start()
     try:
         yield

@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     note = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     progress.add_note_listener(note)
     try:
-        with _prefect_server(args.command):
+        with _prefect_server(args.command, runs_flow=not getattr(args, "no_artifacts", False)):
             return args.func(args)
     except (Exception, KeyboardInterrupt) as exc:  # every failure becomes one clear message and an exit status
         return _present_error(args, exc)
@@ -460,11 +460,11 @@ def main(argv: list[str] | None = None) -> int:
         _end_session()
 
 
-def _prefect_server(command: str):
+def _prefect_server(command: str, runs_flow: bool = True):
     """Prefect's local server for commands that run flows, started in the background (cli/local_server.py)."""
     from promptcycle_cli import local_server
 
-    return local_server.serving(command)
+    return local_server.serving(command, runs_flow)
 
 
 # -- running a flow, and what a user sees when something fails -------------------------------------------------

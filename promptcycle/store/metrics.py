@@ -19,6 +19,7 @@ from promptcycle.store.incidents import IncidentsTables
 from promptcycle.store.learning import LearningTables
 from promptcycle.store.monitoring import MonitoringTables
 from promptcycle.store.deployments import DeploymentsTables
+from promptcycle.store.history import HistoryTables
 from promptcycle.store.production import ProductionTables
 from promptcycle.store.prompts import PromptsTables
 from promptcycle.store.runs import RunsTables
@@ -27,7 +28,7 @@ __all__ = ["MetricsStore"]
 
 
 class MetricsStore(RunsTables, PromptsTables, DeploymentsTables, ProductionTables, AlertsTables, LearningTables,
-                   MonitoringTables, IncidentsTables):
+                   MonitoringTables, IncidentsTables, HistoryTables):
     """The DuckDB metrics store at `path`: runs, the paid-call ledger, results, prompt versions and
     their labels, decisions with their evidence, diagnoses, data-quality results and dataset splits.
 
