@@ -28,7 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["find_chromium", "screenshot", "rendered_dom", "figures_in_dom", "check_report", "BrowserError"]
+__all__ = ["find_chromium", "screenshot", "rendered_dom", "figures_in_dom", "check_report", "png_colours",
+           "BrowserError"]
 
 REPO = Path(__file__).resolve().parent.parent
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -115,6 +116,27 @@ def figures_in_dom(dom: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def png_colours(path: str | Path, limit: int = 4096) -> int:
+    """How many distinct byte values the PNG's pixel data holds (capped by `limit` bytes sampled per row band):
+    a blank page decodes to two or three (white, and the row filter bytes), a drawn one to hundreds. Pure Python."""
+    import struct
+    import zlib
+
+    data = Path(path).read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise BrowserError(f"{path} is not a PNG")
+    pos, idat = 8, b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind = data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            idat += data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    step = max(1, len(raw) // (64 * limit))
+    return len(set(raw[::step]))
+
+
 def check_report(html_path: str | Path, png_path: str | Path | None = None, *, width: int = 1400,
                  height: int = 4600) -> dict:
     """Load a written report in headless Chromium: every figure container must hold a drawn SVG chart, and the page
@@ -130,8 +152,10 @@ def check_report(html_path: str | Path, png_path: str | Path | None = None, *, w
               "blank": [k for k, v in figures.items() if v["svg"] == 0 or v["marks"] < 5]}
     if png_path is not None:
         result["screenshot"] = str(screenshot(html_path, png_path, width=width, height=height))
+        result["screenshot_colours"] = png_colours(png_path)
     result["ok"] = (result["expected"] == len(figures) and not result["blank"]
-                    and result["rendered"] == f"{len(figures)}/{len(figures)}")
+                    and result["rendered"] == f"{len(figures)}/{len(figures)}"
+                    and result.get("screenshot_colours", 100) > 20)
     return result
 
 

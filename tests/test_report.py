@@ -182,3 +182,28 @@ def test_the_default_path_is_beside_the_store(loop_store, capsys, monkeypatch):
     payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert payload["path"] == str(store_path.parent / "reports" / f"{PIPE}.html")
     assert payload["simulated"] and all(f["shown"] for f in payload["figures"])
+
+
+@pytest.mark.engine
+def test_the_report_flow_writes_the_file_and_publishes_the_figures_as_artifacts(prefect_harness, loop_store,
+                                                                                tmp_path):
+    import asyncio
+
+    from prefect.artifacts import Artifact
+
+    from promptcycle_flows.report import report
+
+    config_path, store_path, _ = loop_store
+    out = tmp_path / "flow.html"
+    summary = asyncio.run(report(pipeline=PIPE, config_path=str(config_path), store_path=str(store_path),
+                                 out=str(out)))
+    assert summary.path == str(out.resolve()) and out.stat().st_size == summary.bytes
+    assert all(f.shown for f in summary.figures) and summary.simulated
+    assert f"report-heatmap-{PIPE}" in summary.artifacts and f"report-spend-table-{PIPE}" in summary.artifacts
+    heatmap = Artifact.get(f"report-heatmap-{PIPE}")
+    assert heatmap.type == "markdown" and "data:image/png;base64," in heatmap.data and "SIMULATED" in heatmap.data
+    assert str(out.resolve()) in heatmap.data  # where the interactive version is
+    table = Artifact.get(f"report-candidates-table-{PIPE}")
+    rows = json.loads(table.data)
+    assert table.type == "table" and {r["candidate"].split()[0] for r in rows} == {"combined", "format_spec",
+                                                                                    "examples", "shorten"}
