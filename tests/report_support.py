@@ -103,7 +103,8 @@ def populate(store_path: Path, config_path: Path, *, simulated: bool = True) -> 
                                              created_at=deploy_at))
     canary, _ = store.start_canary(CanaryRecord(canary_id="can-1", pipeline=PIPE, control_hash="p" * 16,
                                                 treatment_hash="a" * 16, actor="test", deployment_id="dep-1",
-                                                split_pct=10.0, settings={"min_effect": 0.01, "plan": {"mode": "split"}},
+                                                split_pct=10.0,
+                                                settings={"min_effect": 0.01, "plan": {"mode": "split"}},
                                                 started_at=deploy_at))
     looks = [(10.0, 180, 20, "continue", 0.05, -0.20, 0.30), (10.0, 360, 40, "continue", 0.045, -0.08, 0.17),
              (50.0, 560, 240, "promote", 0.048, 0.012, 0.084)]

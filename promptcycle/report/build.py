@@ -76,7 +76,8 @@ def write_report(report: Report, out: str | Path) -> Report:
     """Write the report's HTML to `out` atomically (a reader never sees half a file); returns the report."""
     path = Path(out).expanduser()
     if path.is_dir():
-        raise ConfigError(f"the report path {path} is a directory; give an HTML file name such as {path / 'report.html'}", path="--out", found=str(path),
+        raise ConfigError(f"the report path {path} is a directory; give an HTML file name such as "
+                          f"{path / 'report.html'}", path="--out", found=str(path),
                           expected=f"an HTML file name such as {path / 'report.html'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ LEVEL_COLOURS = {"critical": "#d62728", "warning": "#ff7f0e", "ok": "#e8c31a", "
                  "excellent": "#9c3fb5"}
 SEVERITY_COLOURS = {"info": "#7f7f7f", "low": "#bcbd22", "medium": "#ff7f0e", "high": "#d62728", "critical": "#8b0000"}
 DECISION_COLOURS = {"promote": "#2ca02c", "continue": "#1f77b4", "rollback": "#d62728"}
+MODEL_COLOURS = ["#1b3a6b", "#00897b", "#6d4c41", "#5e35b1", "#ad1457", "#212121", "#0277bd", "#827717",
+                 "#546e7a", "#4e342e"]  # dark, so that a line reads over the pale threshold bands
 PHASE_COLOURS = {"baseline": "#1f77b4", "optimization": "#9467bd", "deployment": "#8c564b", "monitor": "#17becf"}
 
 
@@ -147,20 +149,29 @@ def quality_figure(data: ReportData) -> Figure:
     edges = [low, t.critical, t.warning, t.target, t.excellent, 100.0]
     bands = [{"level": level, "lo": max(lo, low), "hi": hi}
              for level, lo, hi in zip(LEVELS, edges[:-1], edges[1:]) if hi > low]
-    deploys = [{**d, "at": _iso(d["at"]), "when": _when(d["at"]), "to": str(d["to_hash"])[:8]} for d in data.deployments]
+    deploys = [{**d, "at": _iso(d["at"]), "when": _when(d["at"]), "to": str(d["to_hash"])[:8]}
+               for d in data.deployments]
+    # One shape scale for the measurements (by source) and the alert events (by kind): a layer shares it.
+    shapes = {"baseline": "circle", "probe": "square", "production": "diamond", "raised": "triangle-down",
+              "repeated": "triangle-down", "escalated": "triangle-down", "recovered": "triangle-up"}
+    shape_scale = alt.Scale(domain=list(shapes), range=list(shapes.values()))
+    shape_legend = alt.Legend(title="point / alert event")
+    shape = alt.Shape("source:N", scale=shape_scale, legend=shape_legend)
     panels = []
     for spectrum in spectrums:
         y_scale = alt.Scale(domain=[low, 100.0], clamp=True, zero=False)
         layers = [alt.Chart(alt.Data(values=[b])).mark_rect(opacity=0.13, color=LEVEL_COLOURS[b["level"]]).encode(
             y=alt.Y("lo:Q", scale=y_scale), y2="hi:Q") for b in bands]
         series = [r for r in rows if r["spectrum"] == spectrum]
-        layers.append(alt.Chart(alt.Data(values=series)).mark_line(point=alt.OverlayMarkDef(size=28),
-                                                                   strokeWidth=1.6).encode(
-            x=alt.X("at:T", scale=x_scale, title=None, axis=alt.Axis(format="%m-%d %H:%M", labelAngle=0)),
-            y=alt.Y("quality:Q", scale=y_scale, title="points"),
-            color=alt.Color("model:N", scale=alt.Scale(domain=models), legend=alt.Legend(title="model")),
-            tooltip=["when:N",
-                     "model:N", "source:N", alt.Tooltip("quality:Q", format=".1f"), "n:Q"]))
+        x = alt.X("at:T", scale=x_scale, title=None, axis=alt.Axis(format="%m-%d %H:%M", labelAngle=0))
+        y = alt.Y("quality:Q", scale=y_scale, title="points")
+        colour = alt.Color("model:N", scale=alt.Scale(domain=models, range=MODEL_COLOURS[:len(models)]),
+                           legend=alt.Legend(title="model"))
+        layers.append(alt.Chart(alt.Data(values=series)).mark_line(strokeWidth=1.6, opacity=0.85).encode(
+            x=x, y=y, color=colour, detail="model:N"))
+        layers.append(alt.Chart(alt.Data(values=series)).mark_point(filled=True, size=30).encode(
+            x=x, y=y, color=colour, shape=shape,
+            tooltip=["when:N", "model:N", "source:N", alt.Tooltip("quality:Q", format=".1f"), "n:Q"]))
         if deploys:
             layers.append(alt.Chart(alt.Data(values=deploys)).mark_rule(strokeDash=[5, 3], color="#333",
                                                                         strokeWidth=1.4).encode(
@@ -176,19 +187,19 @@ def quality_figure(data: ReportData) -> Figure:
                 fill=alt.Fill("severity:N", scale=alt.Scale(domain=list(SEVERITY_COLOURS),
                                                             range=list(SEVERITY_COLOURS.values())),
                               legend=alt.Legend(title="alert severity")),
-                shape=alt.Shape("kind:N", scale=alt.Scale(domain=list(("raised", "repeated", "escalated", "recovered")),
-                                                          range=["triangle-down", "triangle-down", "diamond",
-                                                                 "circle"]), legend=alt.Legend(title="alert event")),
+                shape=alt.Shape("kind:N", scale=shape_scale, legend=shape_legend),
                 tooltip=["when:N", "kind:N", "severity:N", "model:N",
                          "detector:N", "message:N"]))
-        panels.append(alt.layer(*layers).properties(width=470, height=170, title=alt.TitleParams(spectrum, fontSize=12)))
+        panels.append(alt.layer(*layers).properties(width=470, height=170,
+                                                    title=alt.TitleParams(spectrum, fontSize=12)))
     fig.chart = alt.concat(*panels, columns=2).resolve_scale(color="shared", fill="shared", shape="shared")
     sources = sorted({r["source"] for r in data.quality})
     fig.caption = (f"Each line is one model on one spectrum, in points: completed baselines (at the time they "
                    f"finished) and monitor observations per period ({', '.join(sources)}). Shaded bands are the "
                    f"threshold levels ({_levels_legend(t)}); dashed vertical lines are deployments "
-                   f"({len(data.deployments)}); triangles at the top are alert events ({len(data.alerts)}: raised, "
-                   "repeated, escalated; circles: recovered). Times in UTC.")
+                   f"({len(data.deployments)}); triangles along the top are alert events ({len(data.alerts)}; "
+                   "pointing down: raised, repeated or escalated, coloured by severity; up: recovered). Points: circle "
+                   "a baseline, square the monitor's probe, diamond production outcomes. Times in UTC.")
     return fig
 
 
@@ -227,13 +238,10 @@ def candidates_figure(data: ReportData) -> Figure:
         level = f"{100 * o['ci_level']:.0f}% " if o.get("ci_level") else ""
         order = [c["candidate"] for c in sorted(confirmed, key=lambda c: -c["effect"])]
         y = alt.Y("candidate:N", sort=order, title=None)
-        refs = [{"x": 0.0, "what": "no effect"}]
-        if o.get("min_effect") is not None:
-            refs.append({"x": o["min_effect"], "what": f"minimum effect ({o['min_effect']:g} points)"})
+        refs = _references(o.get("min_effect"), "x")
         layers = [
-            alt.Chart(alt.Data(values=refs)).mark_rule(strokeDash=[4, 3]).encode(
-                x="x:Q", color=alt.Color("what:N", scale=alt.Scale(range=["#555", "#2ca02c"]),
-                                         legend=alt.Legend(title="reference")), tooltip=["what:N", "x:Q"]),
+            alt.Chart(alt.Data(values=refs)).mark_rule(strokeDash=[4, 3], strokeWidth=1.5).encode(
+                x="x:Q", color=_reference_colour(alt, refs), tooltip=["what:N", "x:Q"]),
             alt.Chart(alt.Data(values=confirmed)).mark_rule(strokeWidth=3).encode(
                 x=alt.X("ci_low:Q", title=f"effect on test with its {level}CI (points)"), x2="ci_high:Q", y=y,
                 tooltip=["candidate:N", alt.Tooltip("effect:Q", format="+.2f"), alt.Tooltip("ci_low:Q", format="+.2f"),
@@ -255,10 +263,25 @@ def candidates_figure(data: ReportData) -> Figure:
     fig.caption = (f"Optimization {o['run_id']} ({o['status']}, {when}): outcome {o['outcome']} — {o['reason']} "
                    f"Left: each screened candidate's dev quality minus the current prompt's. Right: each candidate "
                    f"confirmed on test, its paired effect over the current prompt with its confidence interval "
-                   f"({o.get('test') or 'paired test'}); promotion needs the interval above the minimum effect. "
+                   f"({o.get('test') or 'paired test'}); promotion needs a significant effect (Holm-adjusted p at most "
+                   f"the level) of at least the minimum effect, and no spectrum shown worse. "
                    f"{len(cands)} candidates, {len(screened)} screened, {len(confirmed)} confirmed; "
                    f"{spend.get('calls', 0):,} calls, ${spend.get('cost_usd', 0.0):.4f}.")
     return fig
+
+
+def _references(min_effect: float | None, axis: str) -> list[dict[str, Any]]:
+    """The rules an effect is read against: no effect, and the minimum effect a promotion needs."""
+    refs = [{axis: 0.0, "what": "no effect"}]
+    if min_effect is not None:
+        unit = "point" if min_effect == 1 else "points"
+        refs.append({axis: min_effect, "what": f"minimum effect ({min_effect:g} {unit})"})
+    return refs
+
+
+def _reference_colour(alt, refs: list[dict[str, Any]]):
+    scale = alt.Scale(domain=[r["what"] for r in refs], range=["#555", "#2ca02c"][:len(refs)])
+    return alt.Color("what:N", scale=scale, legend=alt.Legend(title="reference"))
 
 
 # -- the canary's progress -------------------------------------------------------------------------------------
@@ -274,14 +297,11 @@ def canary_figure(data: ReportData) -> Figure:
     looks = [{**x, "at": _iso(x["at"])} for x in c["looks"]]
     fig.rows = [{k: x[k] for k in ("look", "at", "split_pct", "n_control", "n_treatment", "action", "effect", "ci_low",
                                    "ci_high")} for x in looks]
-    x = alt.X("look:O", title="look")
+    x = alt.X("look:O", title="look", axis=alt.Axis(labelAngle=0))
     with_effect = [r for r in looks if r["effect"] is not None]
-    refs = [{"y": 0.0, "what": "no effect"}]
-    if c.get("min_effect") is not None:
-        refs.append({"y": c["min_effect"], "what": f"minimum effect ({c['min_effect']:g} points)"})
-    effect_layers = [alt.Chart(alt.Data(values=refs)).mark_rule(strokeDash=[4, 3]).encode(
-        y="y:Q", color=alt.Color("what:N", scale=alt.Scale(range=["#555", "#2ca02c"]),
-                                 legend=alt.Legend(title="reference")))]
+    refs = _references(c.get("min_effect"), "y")
+    effect_layers = [alt.Chart(alt.Data(values=refs)).mark_rule(strokeDash=[4, 3], strokeWidth=1.5).encode(
+        y="y:Q", color=_reference_colour(alt, refs))]
     if with_effect:
         effect_layers += [
             alt.Chart(alt.Data(values=with_effect)).mark_area(opacity=0.25, color="#1f77b4").encode(
@@ -309,7 +329,8 @@ def canary_figure(data: ReportData) -> Figure:
     last = c["looks"][-1]
     mode = "shadow (paired)" if c.get("mode") == "shadow" else "traffic split"
     fig.caption = (f"Canary {c['canary_id']} ({mode}) of version {str(c['treatment_hash'])[:8]} against "
-                   f"{str(c['control_hash'])[:8]}: {c['status']} after {len(c['looks'])} look(s) — {c['reason'] or last['reason']} "
+                   f"{str(c['control_hash'])[:8]}: {c['status']} after {len(c['looks'])} look(s) — "
+                   f"{c['reason'] or last['reason']} "
                    "Left: the treatment's effect over control at each look with its always-valid confidence "
                    "sequence; middle: the share of requests sent to the new version; right: scored requests per arm.")
     return fig
@@ -328,7 +349,8 @@ def spend_figure(data: ReportData) -> Figure:
     for r in data.spend:
         total += r["cost_usd"]
         calls += r["calls"]
-        rows.append({"at": _iso(r["paid_at"]), "when": _when(r["paid_at"]), "run_id": r["run_id"], "kind": r["kind"], "phase": r["phase"],
+        rows.append({"at": _iso(r["paid_at"]), "when": _when(r["paid_at"]), "run_id": r["run_id"], "kind": r["kind"],
+                     "phase": r["phase"],
                      "calls": r["calls"], "cost_usd": round(r["cost_usd"], 6), "cumulative_usd": round(total, 6),
                      "cumulative_calls": calls})
     fig.rows = rows

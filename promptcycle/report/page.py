@@ -108,6 +108,7 @@ def render_html(data: ReportData, figures: list[Figure], *, bundle: str | None =
                    f"{html.escape(data.pipeline)}</code>.</p>")
     nav = "".join(f'<a href="#{f.key}">{html.escape(f.title.split(" — ", 1)[-1])}</a>' for f in figures)
     t = data.thresholds
+    badge = ' <span class="badge">SIMULATED</span>' if data.any_simulated else ""
     script = ""
     if specs:
         script = (f"<script>{(bundle if bundle is not None else javascript_bundle())}</script>\n<script>\n"
@@ -129,7 +130,7 @@ def render_html(data: ReportData, figures: list[Figure], *, bundle: str | None =
 <style>{_STYLE}</style>
 </head>
 <body data-figures="{len(specs)}">
-<h1>promptcycle — {html.escape(data.pipeline)}{' <span class="badge">SIMULATED</span>' if data.any_simulated else ''}</h1>
+<h1>promptcycle — {html.escape(data.pipeline)}{badge}</h1>
 <p class="meta">Generated {data.generated_at:%Y-%m-%d %H:%M:%S} UTC from the metrics store. Quality levels:
 critical &lt; {t.critical:g} ≤ warning &lt; {t.warning:g} ≤ ok &lt; {t.target:g} ≤ target &lt; {t.excellent:g} ≤
 excellent (points). This file needs no network: its charts' code is inside it.</p>
