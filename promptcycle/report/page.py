@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import html
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 from promptcycle.report.data import ReportData
@@ -39,12 +41,38 @@ nav a { margin-right: 14px; font-size: 14px; }
 """
 
 
+def _cache_dir() -> Path:
+    root = os.environ.get("PROMPTCYCLE_CACHE_DIR") or \
+        str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "promptcycle")
+    return Path(root) / "report"
+
+
 def javascript_bundle() -> str:
-    """vega-embed with Vega and Vega-Lite, as one script (from vl-convert, offline)."""
-    import vl_convert as vlc
+    """vega-embed with Vega and Vega-Lite, as one script (from vl-convert, offline).
+
+    vl-convert bundles it on the fly (seconds of CPU), so it is kept in `PROMPTCYCLE_CACHE_DIR/report/` under the
+    vl-convert and Vega-Lite versions; a cache that cannot be read or written only costs the bundling again."""
+    from importlib.metadata import version
+
     from altair.utils._importers import vl_version_for_vl_convert
 
-    return vlc.javascript_bundle(vl_version=vl_version_for_vl_convert())
+    vl_version = vl_version_for_vl_convert()
+    path = _cache_dir() / f"vega-embed-{version('vl-convert-python')}-{vl_version}.js"
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    import vl_convert as vlc  # only when bundling: importing it costs a second or two
+
+    bundle = vlc.javascript_bundle(vl_version=vl_version)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        partial.write_text(bundle, encoding="utf-8")
+        os.replace(partial, path)
+    except OSError:
+        pass
+    return bundle
 
 
 def _cell(value: Any) -> str:
