@@ -20,21 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import orjson
-from fastapi import Depends, FastAPI, Path as PathParam, Query, Request
+from fastapi import FastAPI, Path as PathParam, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from promptcycle.api.auth import BearerToken
+from promptcycle.api.core import ApiCore, ApiProblem, dumps
 from promptcycle.api.docs import render_docs
-from promptcycle.api.outcomes import OutcomeBatch, OutcomesRecorded, OutcomeWriter, WriterBusy
+from promptcycle.api.fastpath import FastPath
+from promptcycle.api.outcomes import OutcomeBatch, OutcomesRecorded, OutcomeWriter
 from promptcycle.api.prompts import PromptCache
 from promptcycle.api.status import api_status
-from promptcycle.errors import ServingError, StoreError, TriggerError
+from promptcycle.errors import StoreError, TriggerError
 from promptcycle.phases import PHASES, deployment_name
 
 __all__ = ["ApiSettings", "Trigger", "create_app"]
@@ -60,12 +60,6 @@ class ApiSettings:
     max_pending: int = 200_000  # outcomes waiting for a write before requests get 503
     lock_timeout_s: float = 15.0  # how long a write waits for the file before answering 503
     prefect_api_url: str | None = field(default=None)  # shown in /v1/status
-
-
-class ApiProblem(Exception):
-    def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.error, self.message, self.headers = status, error, message, headers
 
 
 # -- schemas ------------------------------------------------------------------------------------------------------
@@ -118,12 +112,7 @@ class TriggeredRun(BaseModel):
 # -- helpers ------------------------------------------------------------------------------------------------------
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(payload, default=str, option=orjson.OPT_NON_STR_KEYS), status_code=status,
-                    media_type="application/json", headers=headers)
-
-
-def _field(loc: tuple[Any, ...] | list[Any]) -> str:
-    return ".".join(str(part) for part in loc)
+    return Response(dumps(payload), status_code=status, media_type="application/json", headers=headers)
 
 
 def _found(value: Any) -> str:
@@ -134,7 +123,7 @@ def _found(value: Any) -> str:
 def _validation_problem(exc: RequestValidationError) -> Response:
     fields = []
     for err in exc.errors():
-        name = _field(err.get("loc", ()))
+        name = ".".join(str(part) for part in err.get("loc", ()))
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if err.get("type") not in ("missing", "json_invalid", "model_attributes_type") and "input" in err:
             message += f" (found {_found(err['input'])})"
@@ -151,6 +140,28 @@ _ERRORS = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 422
 _RESPONSES: dict[int | str, dict[str, Any]] = {401: {"model": Problem, "description": "No token, or a wrong one."},
                                                404: {"model": Problem, "description": "Unknown pipeline."},
                                                422: {"model": Problem, "description": "A field is invalid."}}
+_SECURED = {"security": [{"bearer": []}]}
+
+
+def _with_security(app: FastAPI, secured: bool) -> None:
+    """Declare the bearer scheme in the OpenAPI document (the FastPath middleware enforces it)."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = plain()
+            if secured:
+                schema.setdefault("components", {})["securitySchemes"] = {"bearer": {
+                    "type": "http", "scheme": "bearer", "description": "The API token (PROMPTCYCLE_API_TOKEN, or "
+                    "the Secret block named by `api.token_block` in pipelines.yaml)."}}
+            else:
+                for methods in schema.get("paths", {}).values():
+                    for op in methods.values():
+                        op.pop("security", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # -- the application ----------------------------------------------------------------------------------------------
@@ -164,8 +175,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     scopes = [(name, scope) for name, models in settings.pipelines.items() for scope in ("", *models)]
     prompts = PromptCache(store.path, scopes, refresh_s=settings.refresh_s)
     writer = OutcomeWriter(store, gap_s=settings.write_gap_s, max_pending=settings.max_pending)
+    core = ApiCore(settings.pipelines, prompts, writer)
     token = BearerToken(settings.token) if settings.token is not None else None
-    known = ", ".join(sorted(settings.pipelines))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -177,18 +188,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
             prompts.close()
             await run_in_threadpool(writer.close)
 
-    bearer = HTTPBearer(auto_error=False, description="The API token (PROMPTCYCLE_API_TOKEN or the Secret block "
-                        "named by `api.token_block` in pipelines.yaml).")
-
-    async def authorize(request: Request,
-                        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        if not token.accepts(request.headers.get("authorization")):
-            why = "missing" if request.headers.get("authorization") is None else "wrong"
-            raise ApiProblem(401, "unauthorized", f"{why} bearer token: send 'Authorization: Bearer <token>'",
-                             {"WWW-Authenticate": "Bearer"})
-
-    guarded = [Depends(authorize)] if token is not None else []
-
     app = FastAPI(
         title="promptcycle API",
         version="1",
@@ -198,6 +197,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
                     "started with a token. Errors are JSON: {\"error\": code, \"message\": text}.",
         docs_url=None, redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan)
     app.state.settings, app.state.writer, app.state.prompts, app.state.store = settings, writer, prompts, store
+    app.add_middleware(FastPath, core=core, token=token)
+    _with_security(app, token is not None)
 
     @app.exception_handler(ApiProblem)
     async def _problem(request: Request, exc: ApiProblem) -> Response:
@@ -212,12 +213,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
         return _json({"error": _ERRORS.get(exc.status_code, "error"), "message": str(exc.detail)}, exc.status_code,
                      getattr(exc, "headers", None))
 
-    def pipeline_models(name: str) -> list[str]:
-        try:
-            return settings.pipelines[name]
-        except KeyError:
-            raise ApiProblem(404, "unknown_pipeline", f"unknown pipeline {name!r}; known: {known}") from None
-
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return HTMLResponse(render_docs(app.openapi()))
@@ -226,7 +221,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/pipelines/{name}/prompt", response_model=ServedPrompt, dependencies=guarded, tags=["serving"],
+    @app.get("/v1/pipelines/{name}/prompt", response_model=ServedPrompt, tags=["serving"], openapi_extra=_SECURED,
              summary="The prompt version that answers a request",
              description="Sticky per key: the key's bucket (sha256 mod 10,000) picks the canary arm while a canary "
                          "runs, exactly as promptcycle.deploy.serving.resolve_prompt. Labels and splits moved by "
@@ -239,40 +234,19 @@ def create_app(settings: ApiSettings) -> FastAPI:
                      model: Annotated[str | None, Query(min_length=1, max_length=256, description="The model "
                                                         "that will answer: its own label wins when it has one.")]
                      = None) -> Response:
-        models = pipeline_models(name)
-        if model is not None and model not in models:
-            raise ApiProblem(422, "invalid_request", f"query.model: {model!r} is not a model of pipeline {name!r} "
-                             f"(expected one of {', '.join(models)})")
-        try:
-            served = prompts.resolve(name, key, model)
-        except ServingError as exc:
-            raise ApiProblem(404, "no_production_prompt", str(exc)) from None
-        shadow = served.shadow
-        return _json({"pipeline": served.pipeline, "version": served.version, "system": served.system,
-                      "template": served.template, "arm": served.arm, "bucket": served.bucket,
-                      "scope": served.scope, "canary_id": served.canary_id, "split_pct": served.split_pct,
-                      "shadow": None if shadow is None else {"version": shadow.version, "system": shadow.system,
-                                                             "template": shadow.template}})
+        return _json(core.prompt(name, key, model))
 
-    @app.post("/v1/pipelines/{name}/outcomes", response_model=OutcomesRecorded, dependencies=guarded,
-              tags=["serving"], summary="Record outcomes of production requests",
+    @app.post("/v1/pipelines/{name}/outcomes", response_model=OutcomesRecorded, tags=["serving"],
+              openapi_extra=_SECURED, summary="Record outcomes of production requests",
               description="One transaction per batch (and often several batches per transaction). Answered once "
                           "the outcomes are in the store. Idempotent by request_id: resending a batch (a retry) "
                           "records nothing twice and answers with its outcomes counted as duplicates. 503 means "
                           "nothing of this request was recorded: retry it.",
               responses={**_RESPONSES, 503: {"model": Problem, "description": "The store stayed busy: retry."}})
     async def outcomes(name: Name, batch: OutcomeBatch) -> Response:
-        pipeline_models(name)
-        try:
-            recorded = await writer.record(batch.records(name))
-        except WriterBusy as exc:
-            raise ApiProblem(503, "busy", f"{exc}; retry in a second", {"Retry-After": "1"}) from None
-        except StoreError as exc:
-            raise ApiProblem(503, "store_unavailable", f"the outcomes were not recorded ({exc}); retry: outcomes "
-                             "are idempotent by request_id", {"Retry-After": "1"}) from None
-        return _json(recorded.model_dump())
+        return _json(await core.outcomes(name, batch))
 
-    @app.get("/v1/status", dependencies=guarded, tags=["state"], summary="Where every pipeline stands",
+    @app.get("/v1/status", tags=["state"], openapi_extra=_SECURED, summary="Where every pipeline stands",
              description="Per pipeline: labels per scope, the running canary, last decisions and deployments, open "
                          "alerts and incidents, and the latest run of each kind.",
              responses={401: _RESPONSES[401]})
@@ -285,8 +259,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         payload["outcomes_written"] = writer.written
         return _json(payload)
 
-    @app.post("/v1/pipelines/{name}/trigger/{phase}", response_model=TriggeredRun, status_code=202,
-              dependencies=guarded, tags=["orchestration"], summary="Start a flow run of a phase's deployment",
+    @app.post("/v1/pipelines/{name}/trigger/{phase}", response_model=TriggeredRun, status_code=202, tags=[
+              "orchestration"], openapi_extra=_SECURED, summary="Start a flow run of a phase's deployment",
               description="Creates a flow run of the Prefect deployment '<flow>/<pipeline>' (`promptcycle serve` "
                           "registers them) and returns at once; follow it in the Prefect UI.",
               responses={**_RESPONSES, 404: {"model": Problem, "description": "Unknown pipeline, or no such "
@@ -294,7 +268,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
                          503: {"model": Problem, "description": "No Prefect server to ask."}})
     async def trigger(name: Name, phase: Annotated[Phase, PathParam(description="The phase to run.")],
                       body: TriggerRequest | None = None) -> Response:
-        pipeline_models(name)
+        core.models_of(name)
         body = body or TriggerRequest()
         if body.parameters.get("pipeline", name) != name:
             raise ApiProblem(422, "invalid_request", f"body.parameters.pipeline: the path names pipeline {name!r} "

@@ -134,8 +134,9 @@ class OutcomeWriter:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    async def record(self, records: list[ProductionResult]) -> OutcomesRecorded:
-        """Record `records` with the next write; return how many were new once they are in the store."""
+    async def record(self, records: list[ProductionResult]) -> dict[str, int]:
+        """Record `records` with the next write; once they are in the store, return how many were received,
+        recorded (new) and duplicates (the fields of `OutcomesRecorded`)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._lock:
@@ -147,7 +148,7 @@ class OutcomeWriter:
             self._pending_count += len(records)
         self._wake.set()
         new = await future
-        return OutcomesRecorded(received=len(records), recorded=new, duplicates=len(records) - new)
+        return {"received": len(records), "recorded": new, "duplicates": len(records) - new}
 
     def _run(self) -> None:
         last_write = 0.0

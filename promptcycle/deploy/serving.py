@@ -30,6 +30,8 @@ read waits (up to `lock_timeout_s`) and, if the file stays busy, the last state 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -38,7 +40,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,7 +50,7 @@ import duckdb
 
 from promptcycle.errors import ServingError
 from promptcycle.prompts import PromptTemplate
-from promptcycle.store.offline import connect, foreign_format
+from promptcycle.store.offline import connect, foreign_format, process_lock
 
 __all__ = [
     "STORE_ENV",
@@ -126,7 +128,13 @@ def bucket_of(request_key: str) -> int:
 
 
 def _store_path(store: str | Path | None) -> Path:
-    return Path(store or os.environ.get(STORE_ENV) or "promptcycle.duckdb").expanduser().resolve()
+    return _resolved(str(store or os.environ.get(STORE_ENV) or "promptcycle.duckdb"), os.getcwd())
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(path: str, cwd: str) -> Path:
+    # Path.resolve() costs a system call per path component: a lookup otherwise spends a third of its time here.
+    return (Path(cwd) / Path(path).expanduser()).resolve()
 
 
 def _is_busy(exc: duckdb.Error) -> bool:
@@ -135,25 +143,36 @@ def _is_busy(exc: duckdb.Error) -> bool:
     return "could not set lock" in text or "different configuration" in text or "conflict" in text
 
 
-def _connect(path: Path, timeout_s: float) -> duckdb.DuckDBPyConnection:
-    """A read-write connection (the store's own configuration), waiting while another process holds the file."""
+@contextlib.contextmanager
+def _connect(path: Path, timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection (the store's own configuration), waiting while another process holds the file;
+    held under the process's lock on the file (store/offline.py), like the store's own connections."""
     if not path.is_file():
         raise ServingError(f"no metrics store at {path}: deploy a prompt first (`promptcycle deploy`), or point "
                            f"store= / {STORE_ENV} at the store the deployment flows write")
     deadline = time.monotonic() + timeout_s
-    wait = 0.005
-    while True:
-        try:
-            return connect(path)
-        except duckdb.Error as exc:
-            kind = foreign_format(path)
-            if kind is not None:
-                raise ServingError(f"the metrics store {path} exists but is not a DuckDB database (it is {kind})"
-                                   ) from exc
-            if not _is_busy(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(wait * random.uniform(0.5, 1.0))
-            wait = min(wait * 2, 0.1)
+    lock = process_lock(path)
+    if not lock.acquire(timeout=max(timeout_s, 0.0)):
+        raise ServingError(f"the metrics store {path} stayed busy in this process for {timeout_s:g} s")
+    try:
+        wait = 0.005
+        while True:
+            try:
+                con = connect(path)
+                break
+            except duckdb.Error as exc:
+                kind = foreign_format(path)
+                if kind is not None:
+                    raise ServingError(f"the metrics store {path} exists but is not a DuckDB database (it is "
+                                       f"{kind})") from exc
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(wait * random.uniform(0.5, 1.0))
+                wait = min(wait * 2, 0.1)
+        with con:
+            yield con
+    finally:
+        lock.release()
 
 
 def _read_states(path: Path, keys: Iterable[tuple[str, str]], timeout_s: float) -> dict[tuple[str, str], _State]:
