@@ -56,7 +56,8 @@ class ApiSettings:
     token: SecretStr | None = None
     trigger: Trigger | None = None
     refresh_s: float = 1.0  # how often the served prompts are re-read from the store
-    write_gap_s: float = 0.05  # the store file left free between two outcome writes
+    write_hold_s: float = 0.5  # longest burst of outcome writes on one opening of the store file
+    write_gap_s: float = 0.1  # then the file is left free at least this long, for other processes
     max_pending: int = 200_000  # outcomes waiting for a write before requests get 503
     lock_timeout_s: float = 15.0  # how long a write waits for the file before answering 503
     prefect_api_url: str | None = field(default=None)  # shown in /v1/status
@@ -174,7 +175,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     store = MetricsStore(settings.store, lock_timeout_s=settings.lock_timeout_s)  # created and migrated now
     scopes = [(name, scope) for name, models in settings.pipelines.items() for scope in ("", *models)]
     prompts = PromptCache(store.path, scopes, refresh_s=settings.refresh_s)
-    writer = OutcomeWriter(store, gap_s=settings.write_gap_s, max_pending=settings.max_pending)
+    writer = OutcomeWriter(store, gap_s=settings.write_gap_s, hold_s=settings.write_hold_s,
+                           max_pending=settings.max_pending)
     core = ApiCore(settings.pipelines, prompts, writer)
     token = BearerToken(settings.token) if settings.token is not None else None
 

@@ -11,9 +11,10 @@ Recording is idempotent by `request_id`: a pipeline's request id is recorded onc
 sent again (a retry after a timeout, the same batch twice, two copies in one batch) counts as a
 duplicate and changes nothing.
 
-DuckDB lets one process open the file at a time, so the writer leaves the file free for at least
-`gap_s` between two writes: flows in other processes, waiting for the file with jittered back-off,
-get their turn even under a steady stream of outcomes.
+DuckDB lets one process open the file at a time, and opening it costs tens of milliseconds. So
+under a steady stream the writer keeps the file open for a burst of back-to-back writes (at most
+`hold_s`), then leaves it free for at least `gap_s`: flows in other processes, waiting for the file
+with jittered back-off (store/connection.py), get their turn.
 """
 
 from __future__ import annotations
@@ -110,9 +111,10 @@ class OutcomeWriter:
     outcomes waiting for a write (beyond it a request gets `WriterBusy` at once, an HTTP 503).
     """
 
-    def __init__(self, store: Any, *, gap_s: float = 0.05, max_pending: int = 200_000):
+    def __init__(self, store: Any, *, gap_s: float = 0.1, hold_s: float = 0.5, max_pending: int = 200_000):
         self.store = store
         self.gap_s = float(gap_s)
+        self.hold_s = float(hold_s)
         self.max_pending = int(max_pending)
         self.writes = 0  # diagnostics: transactions and outcomes written
         self.written = 0
@@ -150,24 +152,40 @@ class OutcomeWriter:
         new = await future
         return {"received": len(records), "recorded": new, "duplicates": len(records) - new}
 
+    def _take(self) -> tuple[list[_Submission], bool]:
+        with self._lock:
+            batch, self._pending, self._pending_count = self._pending, [], 0
+            self._wake.clear()
+            return batch, self._closing
+
     def _run(self) -> None:
-        last_write = 0.0
+        released = 0.0
         while True:
             self._wake.wait()  # set by every submission, and by close()
-            pause = self.gap_s - (time.monotonic() - last_write)
+            pause = self.gap_s - (time.monotonic() - released)
             if pause > 0:
                 time.sleep(pause)  # meanwhile requests keep arriving: the next batch grows
-            with self._lock:
-                batch, self._pending, self._pending_count = self._pending, [], 0
-                self._wake.clear()
-                closing = self._closing
-            if batch:
-                self._write(batch)
-                last_write = time.monotonic()
-            if closing:
-                if not batch:
+            batch, closing = self._take()
+            if not batch:
+                if closing:
                     return
-                self._wake.set()  # closing: look once more for what arrived during the write
+                continue
+            try:
+                with self.store.held_open():
+                    until = time.monotonic() + self.hold_s
+                    while batch:
+                        self._write(batch)
+                        batch = []
+                        if time.monotonic() < until:
+                            batch, closing = self._take()  # what arrived during the write
+            except Exception as exc:  # noqa: BLE001 - the file could not be opened: those waiting get a 503
+                logger.warning("could not open the store to record outcomes: %s", exc)
+                for s in batch:
+                    s.loop.call_soon_threadsafe(_settle, s.future, None, StoreError(str(exc)))
+            released = time.monotonic()
+            with self._lock:
+                if self._pending or self._closing:
+                    self._wake.set()  # work left when the hold ended (or closing): go round again after the gap
 
     def _write(self, batch: list[_Submission]) -> None:
         owner: dict[tuple[str, str], int] = {}  # the first submission naming each request id

@@ -186,6 +186,18 @@ class StoreConnection:
             lock.release()
 
     @contextmanager
+    def held_open(self) -> Iterator[None]:
+        """Keep the file open for the calls made inside, in this thread.
+
+        Opening the file (and checkpointing it when the last connection closes) costs tens of
+        milliseconds; while one connection stays open, each call's own connection shares the open
+        database and costs microseconds. Other processes cannot open the file meanwhile, and other
+        threads of this process wait: hold it for a burst of writes, not for long.
+        """
+        with self._connect("hold the store open"):
+            yield
+
+    @contextmanager
     def _transaction(self, action: str) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection inside one transaction: committed on success, rolled back on any error."""
         with self._connect(action) as con:
