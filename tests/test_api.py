@@ -280,6 +280,17 @@ def test_a_model_scoped_label_is_served_to_that_model_as_resolve_prompt_does(sto
             assert answer["version"] == (LARGE_ONLY.hash if model == "large" else PROD.hash)
 
 
+def test_fastapi_answers_what_the_fast_path_declines_with_the_same_payload(store):
+    """A repeated parameter is left to FastAPI's route (which takes the last value): same answer as the fast path."""
+    with TestClient(make_app(store)) as client:
+        fast = client.get(f"/v1/pipelines/{PIPE}/prompt?key=u9&model=large", headers=AUTH)
+        routed = client.get(f"/v1/pipelines/{PIPE}/prompt?key=zz&key=u9&model=large", headers=AUTH)
+        unknown = client.get(f"/v1/pipelines/{PIPE}/prompt?key=u9&debug=1", headers=AUTH)  # extra: ignored
+    assert fast.status_code == routed.status_code == unknown.status_code == 200
+    assert fast.json() == routed.json() == unknown.json()
+    assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
+
+
 def test_a_label_moved_by_a_flow_reaches_the_api_within_a_refresh(store):
     with TestClient(make_app(store, refresh_s=0.1)) as client:
         assert client.get(f"/v1/pipelines/{PIPE}/prompt?key=u", headers=AUTH).json()["version"] == PROD.hash

@@ -8,8 +8,10 @@
     GET  /openapi.json, /docs                           the OpenAPI document and its offline page
 
 Every error is `{"error": <code>, "message": <text>}` (a 422 adds `fields`, each naming the field
-as `query.key` or `body.outcomes.3.score`). The domain stays free of Prefect: starting a flow run
-is the `trigger` callable the command line hands in (cli/commands/api.py).
+as `query.key` or `body.outcomes.3.score`). The token check and the two hot routes run in the
+`FastPath` middleware (fastpath.py) over the same functions as these routes (core.py); FastAPI
+answers everything else, every validation error included. The domain stays free of Prefect: starting
+a flow run is the `trigger` callable the command line hands in (cli/commands/api.py).
 """
 
 from __future__ import annotations
