@@ -88,6 +88,11 @@ def test_a_bad_token_block_name_in_the_config_names_the_path(tmp_path):
     assert "api.token_block" in out.stderr and "lowercase letters, digits and dashes" in out.stderr
 
 
+def answers_of_docs_key(store: MetricsStore) -> str:
+    clear_cache()
+    return resolve_prompt(PIPE, "user-42", store=store.path).version
+
+
 @pytest.mark.slow
 def test_the_api_process_serves_the_split_records_retries_once_and_never_shows_the_token(tmp_path):
     clear_cache()
@@ -144,6 +149,13 @@ def test_the_api_process_serves_the_split_records_retries_once_and_never_shows_t
         results = asyncio.run(outcomes())
         assert sum(r["recorded"] for r in results) == 800 and sum(r["duplicates"] for r in results) == 2400
 
+        # The Python example of docs/api.md, as written, against this server.
+        docs = (REPO / "docs" / "api.md").read_text()
+        example = docs.split("```python\n", 1)[1].split("```", 1)[0].replace("127.0.0.1:8700", f"127.0.0.1:{port}")
+        ran = subprocess.run([sys.executable, "-c", example], env=env(tmp_path, PROMPTCYCLE_API_TOKEN=TOKEN),
+                             capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0, ran.stderr
+
         r = httpx.post(f"{base}/pipelines/{PIPE}/trigger/monitor", headers=auth, timeout=60)
         assert r.status_code == 503 and r.json()["error"] == "prefect_unavailable"
         assert f"cannot reach the Prefect API at http://127.0.0.1:{dead}/api" in r.json()["message"]
@@ -155,9 +167,12 @@ def test_the_api_process_serves_the_split_records_retries_once_and_never_shows_t
     assert api.returncode == 0, stderr[-3000:]
     assert "promptcycle API on http://127.0.0.1" in stderr and "token: from PROMPTCYCLE_API_TOKEN" in stderr
     assert TOKEN not in stdout + stderr and "Traceback" not in stderr
+    docs_version = answers_of_docs_key(store)
     with duckdb.connect(str(store.path)) as con:
         assert con.execute("SELECT count(*), count(DISTINCT request_id) FROM production_results").fetchall() == \
-            [(800, 800)]
+            [(801, 801)]
+        assert con.execute("SELECT prompt_hash, score FROM production_results WHERE request_id = 'req-9001'"
+                           ).fetchall() == [(docs_version, 0.93)]
 
 
 @pytest.mark.engine

@@ -159,12 +159,14 @@ def cmd_api(args: argparse.Namespace) -> int:
                               path="--port", expected="a free port (or stop what listens there)") from None
     url, _ = prefect_api_url()
     store = resolve_store_path(config, args.store)
+    fresh = not store.exists()
     settings = ApiSettings(store=store, pipelines={name: list(p.models) for name, p in config.pipelines.items()},
                            token=token, trigger=prefect_trigger, prefect_api_url=url)
     app = create_app(settings)
     base = f"http://{args.host}:{args.port}"
     print(f"promptcycle API on {base}/v1 — reference: {base}/docs, OpenAPI: {base}/openapi.json", file=sys.stderr)
-    print(f"  store: {store}; pipelines: {', '.join(sorted(settings.pipelines))}", file=sys.stderr)
+    print(f"  store: {store}{' (new and empty: nothing is deployed yet)' if fresh else ''}; pipelines: "
+          f"{', '.join(sorted(settings.pipelines))}", file=sys.stderr)
     print(f"  token: from {source}" if token is not None else
           "  token: none — only this machine can reach it, and every request is accepted", file=sys.stderr)
     print(f"  trigger: flow runs on the Prefect API at {url}" if url else
