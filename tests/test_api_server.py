@@ -225,3 +225,58 @@ def test_the_trigger_and_the_token_block_against_a_real_prefect_server(prefect_h
     assert again.json()["flow_run_id"] == first.json()["flow_run_id"]  # the idempotency key: one run
     assert run.parameters == {"pipeline": PIPE, "heal": False}
     assert json.dumps(first.json()).count(TOKEN) == 0
+
+
+_FLOW_LIKE_WRITER = """
+import sys, time
+from promptcycle.store import MetricsStore
+store = MetricsStore(sys.argv[1], lock_timeout_s=120)
+started = time.monotonic()
+for i in range(10):  # what a flow's data worker does: short connections, each waiting for the file
+    store.move_label("other", "production", sys.argv[2] if i % 2 else sys.argv[3], actor="flow", reason=str(i))
+print(round(time.monotonic() - started, 2), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_flow_in_another_process_gets_the_store_while_outcomes_stream_in(tmp_path):
+    """The API's writer leaves the file free between bursts: another process's writes go through while a steady
+    stream of outcome batches is being recorded, and the stream keeps being recorded."""
+    from promptcycle.api import ApiSettings, create_app
+
+    clear_cache()
+    store = MetricsStore(tmp_path / "m.duckdb")
+    for prompt in (PROD, NEW):
+        record_version(store, "other", prompt)
+    app = create_app(ApiSettings(store=store.path, pipelines={PIPE: ["small"]}))
+
+    async def scenario() -> tuple[int, str]:
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+                flow = await asyncio.create_subprocess_exec(
+                    sys.executable, "-c", _FLOW_LIKE_WRITER, str(store.path), PROD.hash, NEW.hash,
+                    env=env(tmp_path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                recorded, n = 0, 0
+
+                async def stream(i: int) -> None:
+                    nonlocal recorded, n
+                    while flow.returncode is None:
+                        n += 1
+                        body = {"outcomes": [{"request_id": f"s{i}-{n}-{k}", "version": PROD.hash}
+                                             for k in range(100)]}
+                        r = await api.post(f"/v1/pipelines/{PIPE}/outcomes", json=body, timeout=120)
+                        assert r.status_code == 200, r.text
+                        recorded += r.json()["recorded"]
+
+                streams = [asyncio.create_task(stream(i)) for i in range(16)]
+                out, err = await asyncio.wait_for(flow.communicate(), timeout=300)
+                await asyncio.gather(*streams)
+                assert flow.returncode == 0, err.decode()[-2000:]
+                return recorded, out.decode().strip()
+
+    recorded, flow_seconds = asyncio.run(scenario())
+    assert recorded > 0
+    assert store.get_label("other", "production") == PROD.hash  # the tenth move (i = 9) landed
+    with duckdb.connect(str(store.path)) as con:
+        assert con.execute("SELECT count(*) FROM production_results").fetchone()[0] == recorded
+    print(f"10 writes of another process took {flow_seconds} s while {recorded:,} outcomes were recorded")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import duckdb
 import orjson
 
 from promptcycle.api.outcomes import OutcomeBatch, OutcomeWriter, WriterBusy
@@ -55,6 +56,8 @@ class ApiCore:
         try:
             served = self.prompts.resolve(name, key, model)
         except ServingError as exc:
+            if isinstance(exc.__cause__, duckdb.Error):  # never read yet, and the file stays busy
+                raise ApiProblem(503, "store_unavailable", f"{exc}; retry", {"Retry-After": "1"}) from None
             raise ApiProblem(404, "no_production_prompt", str(exc)) from None
         shadow = served.shadow
         return {"pipeline": served.pipeline, "version": served.version, "system": served.system,
