@@ -12,6 +12,8 @@ This module needs only duckdb and the standard library (no Prefect, no pandas, n
 reads the metrics store directly: the `production` label of the pipeline and its running canary,
 if any. The state is cached per process for `cache_seconds` (5 s by default), so a request costs a
 hash and a dict lookup; a split the canary flow changes reaches the application within that time.
+A server can keep the cache warm off its request path instead: `refresh_cache` from a background
+thread, and a long `cache_seconds` on requests (promptcycle/api/prompts.py does).
 
 Assignment is sticky: the request key (a user, an account, a session) is hashed with sha256, the
 hash taken modulo 10,000 gives a bucket, and buckets below `split_pct * 100` get the canary's new
