@@ -8,7 +8,7 @@ starts `promptcycle api` as its own process (uvicorn, a token set), and drives i
 1. prompt: every client loops `GET /v1/pipelines/customer-insights/prompt?key=<random user>`;
    every answer is checked against the split (`bucket_of(key) < split`: treatment, else control).
 2. outcomes: every client loops `POST …/outcomes` with batches of `--batch` new outcomes; every
-   tenth batch is sent a second time (a retry), which must come back as all duplicates.
+   fifth batch (the 2nd, 7th, …) is sent a second time (a retry), which must come back as all duplicates.
 
 Then it stops the server (Ctrl-C: pending outcomes are written first), counts the rows in
 `production_results` and checks that every acknowledged outcome is there, once. It prints requests
@@ -171,7 +171,7 @@ async def run_outcomes(port: int, clients: int, seconds: float, batch: int) -> d
                 body = orjson.dumps({"outcomes": [
                     {"request_id": f"c{i}-b{n}-{k}", "version": PROD.hash, "score": 0.9, "latency_ms": 120.0,
                      "arm": "control", "model": "small"} for k in range(batch)]})
-                for attempt in range(2 if n % 10 == 9 else 1):  # every tenth batch: sent again, as a retry
+                for attempt in range(2 if n % 5 == 1 else 1):  # every fifth batch: sent again, as a retry
                     t0 = time.perf_counter()
                     status, answer = await conn.request("POST", f"/v1/pipelines/{PIPE}/outcomes", body)
                     latencies.append(time.perf_counter() - t0)
@@ -244,11 +244,11 @@ def main() -> int:
                                   env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_healthy(port, server)
-            cpu0 = cpu_seconds(server.pid)
+            cpu0, own0 = cpu_seconds(server.pid), time.process_time()
             prompts = asyncio.run(run_prompts(port, args.clients, args.seconds, split))
-            cpu1 = cpu_seconds(server.pid)
+            cpu1, own1 = cpu_seconds(server.pid), time.process_time()
             outcomes = asyncio.run(run_outcomes(port, args.clients, args.seconds, args.batch))
-            cpu2 = cpu_seconds(server.pid)
+            cpu2, own2 = cpu_seconds(server.pid), time.process_time()
         finally:
             server.send_signal(signal.SIGINT)  # uvicorn shuts down; the lifespan writes what is pending
             try:
@@ -262,6 +262,8 @@ def main() -> int:
         log_text = (Path(tmp) / "api.log").read_text(errors="replace")
     prompts["server_cpu_us_per_request"] = (cpu1 - cpu0) / max(prompts["requests"], 1) * 1e6
     outcomes["server_cpu_us_per_outcome"] = (cpu2 - cpu1) / max(outcomes["outcomes"], 1) * 1e6
+    prompts["client_cpu_us_per_request"] = (own1 - own0) / max(prompts["requests"], 1) * 1e6
+    outcomes["client_cpu_us_per_outcome"] = (own2 - own1) / max(outcomes["outcomes"], 1) * 1e6
     outcomes["rows_in_store"] = rows
     outcomes["lost"] = outcomes["outcomes"] - rows
     checks = {
@@ -282,11 +284,12 @@ def main() -> int:
               f"load average {os.getloadavg()[0]:.1f} (figures on a busy machine are indicative)")
         print(f"prompt:   {prompts['per_s']:8,.0f} requests/s   p50 {prompts['p50_ms']:.1f} ms   p99 "
               f"{prompts['p99_ms']:.1f} ms   ({prompts['requests']:,} requests, {prompts['failed']} failed, "
-              f"{prompts['wrong_version']} off the split; server CPU {prompts['server_cpu_us_per_request']:.0f} "
-              "µs/request)")
+              f"{prompts['wrong_version']} off the split; CPU per request: server "
+              f"{prompts['server_cpu_us_per_request']:.0f} µs, load generator {prompts['client_cpu_us_per_request']:.0f} µs)")
         print(f"outcomes: {outcomes['outcomes_per_s']:8,.0f} outcomes/s   p50 {outcomes['p50_ms']:.1f} ms   p99 "
               f"{outcomes['p99_ms']:.1f} ms   (batches of {args.batch}, {outcomes['requests']:,} requests incl. "
-              f"{outcomes['retries']:,} retries; server CPU {outcomes['server_cpu_us_per_outcome']:.1f} µs/outcome)")
+              f"{outcomes['retries']:,} retries; CPU per outcome: server {outcomes['server_cpu_us_per_outcome']:.1f} µs, "
+              f"load generator {outcomes['client_cpu_us_per_outcome']:.1f} µs)")
         print(f"store:    {rows:,} rows for {outcomes['outcomes']:,} acknowledged outcomes ({distinct:,} distinct "
               f"request ids; lost: {outcomes['lost']})")
         for name, ok in checks.items():
