@@ -15,8 +15,8 @@ Then it stops the server (Ctrl-C: pending outcomes are written first), counts th
 and outcomes per second, p50/p99 latency, and the server's CPU per request (steadier than rates
 on a shared machine). Targets: >= 2,000 lookups/s at p99 <= 20 ms; >= 20,000 outcomes/s, none lost.
 
-The load generator is a minimal HTTP/1.1 keep-alive client on asyncio (uvloop when installed): one
-connection per client and a few dozen microseconds of CPU per request, so that on a 2-core machine
+The load generator is a minimal HTTP/1.1 keep-alive client (an asyncio protocol, uvloop when
+installed): one connection per client and a few dozen microseconds of CPU per request, so that on a 2-core machine
 the figures measure the server rather than the client (httpx needs milliseconds per request at 64
 connections; PLATFORM.md).
 """
@@ -83,37 +83,55 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection; `request` returns (status, body)."""
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, one request at a time; `request` returns (status, body)."""
 
     def __init__(self, port: int):
         self.port = port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
         self.auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future | None = None
+        self.head: tuple[int, int, int] | None = None  # status, body start, body end
 
     async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        await asyncio.get_running_loop().create_connection(lambda: self, "127.0.0.1", self.port)
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("the server closed the connection"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.head is None:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buffer[:end]).lower()
+            at = head.find(b"content-length:")
+            stop = head.find(b"\r\n", at)
+            length = int(head[at + 15:stop if stop >= 0 else None])
+            self.head = (int(head[9:12]), end + 4, end + 4 + length)
+        status, start, stop = self.head
+        if len(self.buffer) >= stop:
+            body = bytes(self.buffer[start:stop])
+            del self.buffer[:stop]
+            self.head = None
+            self.waiter.set_result((status, body))
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + self.auth
-                + (b"Content-Type: application/json\r\n" if body else b"")
-                + f"Content-Length: {len(body)}\r\n\r\n".encode())
-        self.writer.write(head + body)
-        status = int((await self.reader.readline()).split(b" ", 2)[1])
-        length = 0
-        while True:
-            line = await self.reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            name, _, value = line.partition(b":")
-            if name.lower() == b"content-length":
-                length = int(value)
-        return status, await self.reader.readexactly(length)
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + self.auth
+                             + (b"Content-Type: application/json\r\n" if body else b"")
+                             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        return await self.waiter
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
 
 
 def percentile(values: list[float], q: float) -> float:
