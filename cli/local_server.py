@@ -38,7 +38,7 @@ from pathlib import Path
 
 from promptcycle.errors import LocalServerError, PromptcycleError
 
-__all__ = ["FLOW_COMMANDS", "serving", "ready", "state_path", "DEFAULT_IDLE_SECONDS"]
+__all__ = ["FLOW_COMMANDS", "serving", "ready", "running_url", "state_path", "DEFAULT_IDLE_SECONDS"]
 
 # Commands that run a Prefect flow. Each calls `ready()` just before its flow, as late as it can: bad input
 # fails first, without waiting for the server. (A flow run without `ready()` gets Prefect's own temporary server.)
@@ -114,6 +114,14 @@ def ready() -> str | None:
 
         _settings.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
     return url
+
+
+def running_url() -> str | None:
+    """The API URL of this Prefect home's local server if one is running and healthy (none is started)."""
+    state = _read_state(prefect_home())
+    if state is None or not _is_ours(state.get("pid")) or not _healthy(state["port"]):
+        return None
+    return _api_url(state["port"])
 
 
 def prefect_home() -> Path:

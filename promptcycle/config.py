@@ -8,6 +8,7 @@ found and what was expected. This module holds the models and their parsing only
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +45,7 @@ __all__ = [
     "AlertsConfig",
     "effective_alerts",
     "PipelineConfig",
+    "ApiConfig",
     "PromptcycleConfig",
     "parse_config",
     "DEFAULT_CONFIG_PATH",
@@ -579,6 +581,21 @@ class PipelineConfig(_Strict):
         return v
 
 
+class ApiConfig(_Strict):
+    """`promptcycle api`, the HTTP API applications call (docs/api.md)."""
+
+    token_block: str | None = Field(default=None, description="Name of a Prefect Secret block holding the bearer "
+                                    "token applications must send; it wins over the PROMPTCYCLE_API_TOKEN "
+                                    "environment variable.")
+
+    @field_validator("token_block")
+    @classmethod
+    def _block_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", v):
+            raise ValueError("expected the name of a Prefect block: lowercase letters, digits and dashes")
+        return v
+
+
 class PromptcycleConfig(_Strict):
     providers: dict[str, ProviderConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(min_length=1)
@@ -587,6 +604,7 @@ class PromptcycleConfig(_Strict):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alerting of every pipeline.")
     simulation: SimulationConfig = Field(default_factory=SimulationConfig,
                                          description="Simulated drifts of the built-in simulator.")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="The HTTP API for applications.")
 
     # Where the config was read from; relative paths in it resolve against this directory.
     source_path: Path | None = Field(default=None, exclude=True)

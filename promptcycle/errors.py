@@ -26,6 +26,7 @@
     ├── DeploymentConflictError     another deployment of the pipeline is under way
     ├── TargetError                 a deployment target could not be written or restored
     ├── ServingError                no prompt can be served, or an outcome cannot be recorded
+    ├── TriggerError                a phase's Prefect deployment could not be started (status: 404, 422, 503)
     ├── LocalServerError            Prefect's local server could not be started
     └── AlertDeliveryError          an alert channel could not deliver a page (retryable, retry_after)
 
@@ -67,6 +68,7 @@ __all__ = [
     "DeploymentConflictError",
     "TargetError",
     "ServingError",
+    "TriggerError",
     "LocalServerError",
     "UnknownNameError",
     "UnknownSimModelError",
@@ -226,6 +228,15 @@ class TargetError(PromptcycleError):
 
 class ServingError(PromptcycleError):
     """No prompt can be served (nothing deployed, no store), or an outcome cannot be recorded."""
+
+
+class TriggerError(PromptcycleError):
+    """A phase's Prefect deployment could not be started. `status` is the HTTP status the API answers with:
+    404 no such deployment, 422 parameters the deployment refused, 503 no Prefect server to ask."""
+
+    def __init__(self, message: str, *, status: int = 503):
+        self.status = int(status)
+        super().__init__(message)
 
 
 class LocalServerError(PromptcycleError):

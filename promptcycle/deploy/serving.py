@@ -12,6 +12,8 @@ This module needs only duckdb and the standard library (no Prefect, no pandas, n
 reads the metrics store directly: the `production` label of the pipeline and its running canary,
 if any. The state is cached per process for `cache_seconds` (5 s by default), so a request costs a
 hash and a dict lookup; a split the canary flow changes reaches the application within that time.
+A server can keep the cache warm off its request path instead: `refresh_cache` from a background
+thread, and a long `cache_seconds` on requests (promptcycle/api/prompts.py does).
 
 Assignment is sticky: the request key (a user, an account, a session) is hashed with sha256, the
 hash taken modulo 10,000 gives a bucket, and buckets below `split_pct * 100` get the canary's new
@@ -30,6 +32,8 @@ read waits (up to `lock_timeout_s`) and, if the file stays busy, the last state 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -38,7 +42,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,7 +52,7 @@ import duckdb
 
 from promptcycle.errors import ServingError
 from promptcycle.prompts import PromptTemplate
-from promptcycle.store.offline import connect, foreign_format
+from promptcycle.store.offline import connect, foreign_format, process_lock
 
 __all__ = [
     "STORE_ENV",
@@ -59,6 +63,7 @@ __all__ = [
     "bucket_of",
     "resolve_prompt",
     "clear_cache",
+    "refresh_cache",
     "log_production_result",
     "log_production_results",
     "log_shadow_result",
@@ -125,7 +130,13 @@ def bucket_of(request_key: str) -> int:
 
 
 def _store_path(store: str | Path | None) -> Path:
-    return Path(store or os.environ.get(STORE_ENV) or "promptcycle.duckdb").expanduser().resolve()
+    return _resolved(str(store or os.environ.get(STORE_ENV) or "promptcycle.duckdb"), os.getcwd())
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(path: str, cwd: str) -> Path:
+    # Path.resolve() costs a system call per path component: a lookup otherwise spends a third of its time here.
+    return (Path(cwd) / Path(path).expanduser()).resolve()
 
 
 def _is_busy(exc: duckdb.Error) -> bool:
@@ -134,49 +145,75 @@ def _is_busy(exc: duckdb.Error) -> bool:
     return "could not set lock" in text or "different configuration" in text or "conflict" in text
 
 
-def _connect(path: Path, timeout_s: float) -> duckdb.DuckDBPyConnection:
-    """A read-write connection (the store's own configuration), waiting while another process holds the file."""
+@contextlib.contextmanager
+def _connect(path: Path, timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection (the store's own configuration), waiting while another process holds the file;
+    held under the process's lock on the file (store/offline.py), like the store's own connections."""
     if not path.is_file():
         raise ServingError(f"no metrics store at {path}: deploy a prompt first (`promptcycle deploy`), or point "
                            f"store= / {STORE_ENV} at the store the deployment flows write")
     deadline = time.monotonic() + timeout_s
-    wait = 0.005
-    while True:
-        try:
-            return connect(path)
-        except duckdb.Error as exc:
-            kind = foreign_format(path)
-            if kind is not None:
-                raise ServingError(f"the metrics store {path} exists but is not a DuckDB database (it is {kind})"
-                                   ) from exc
-            if not _is_busy(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(wait * random.uniform(0.5, 1.0))
-            wait = min(wait * 2, 0.1)
+    lock = process_lock(path)
+    if not lock.acquire(timeout=max(timeout_s, 0.0)):
+        raise ServingError(f"the metrics store {path} stayed busy in this process for {timeout_s:g} s")
+    try:
+        wait = 0.005
+        while True:
+            try:
+                con = connect(path)
+                break
+            except duckdb.Error as exc:
+                kind = foreign_format(path)
+                if kind is not None:
+                    raise ServingError(f"the metrics store {path} exists but is not a DuckDB database (it is "
+                                       f"{kind})") from exc
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(wait * random.uniform(0.5, 1.0))
+                wait = min(wait * 2, 0.1)
+        with con:
+            yield con
+    finally:
+        lock.release()
 
 
-def _read_state(path: Path, pipeline: str, scope: str, timeout_s: float) -> _State:
+def _read_states(path: Path, keys: Iterable[tuple[str, str]], timeout_s: float) -> dict[tuple[str, str], _State]:
+    """The state of each (pipeline, scope) in `keys`, read through one connection."""
+    keys = sorted(set(keys))
+    pipelines = sorted({pipeline for pipeline, _ in keys})
+    marks = ", ".join("?" for _ in pipelines)
     with _connect(path, timeout_s) as con:
         try:
             production = con.execute(
-                "SELECT l.prompt_hash, v.system, v.template FROM prompt_labels l JOIN prompt_versions v "
-                "ON v.prompt_hash = l.prompt_hash WHERE l.pipeline = ? AND l.label = 'production' AND l.scope = ?",
-                [pipeline, scope]).fetchone()
-            canary = con.execute(
-                "SELECT c.canary_id, c.treatment_hash, v.system, v.template, c.split_pct, c.settings_json "
-                "FROM canaries c "
-                "JOIN prompt_versions v ON v.prompt_hash = c.treatment_hash "
-                "WHERE c.pipeline = ? AND c.scope = ? AND c.status = 'running' ORDER BY c.started_at LIMIT 1",
-                [pipeline, scope]).fetchone()
+                "SELECT l.pipeline, l.scope, l.prompt_hash, v.system, v.template FROM prompt_labels l "
+                "JOIN prompt_versions v ON v.prompt_hash = l.prompt_hash "
+                f"WHERE l.label = 'production' AND l.pipeline IN ({marks})", pipelines).fetchall()
+            canaries = con.execute(
+                "SELECT c.pipeline, c.scope, c.canary_id, c.treatment_hash, v.system, v.template, c.split_pct, "
+                "c.settings_json FROM canaries c JOIN prompt_versions v ON v.prompt_hash = c.treatment_hash "
+                f"WHERE c.pipeline IN ({marks}) AND c.status = 'running' ORDER BY c.started_at", pipelines).fetchall()
         except duckdb.CatalogException as exc:
             raise ServingError(f"{path} has no deployment tables ({exc}); it is not a promptcycle store, or "
                                "predates deployments: open it once with promptcycle to upgrade it") from None
-    if canary is None:
-        return _State(scope, _Version(*production) if production else None)
-    settings = json.loads(canary[5]) if canary[5] else {}
-    shadow_pct = float(settings.get("shadow_pct", 0.0)) if settings.get("mode") == "shadow" else 0.0
-    return _State(scope, _Version(*production) if production else None, canary[0], _Version(*canary[1:4]),
-                  float(canary[4]), shadow_pct)
+    labelled = {(row[0], row[1]): _Version(*row[2:5]) for row in production}
+    running: dict[tuple[str, str], tuple] = {}
+    for row in canaries:
+        running.setdefault((row[0], row[1]), row[2:])  # the earliest started, as one canary per scope runs
+    states = {}
+    for pipeline, scope in keys:
+        canary = running.get((pipeline, scope))
+        if canary is None:
+            states[pipeline, scope] = _State(scope, labelled.get((pipeline, scope)))
+            continue
+        settings = json.loads(canary[5]) if canary[5] else {}
+        shadow_pct = float(settings.get("shadow_pct", 0.0)) if settings.get("mode") == "shadow" else 0.0
+        states[pipeline, scope] = _State(scope, labelled.get((pipeline, scope)), canary[0], _Version(*canary[1:4]),
+                                         float(canary[4]), shadow_pct)
+    return states
+
+
+def _read_state(path: Path, pipeline: str, scope: str, timeout_s: float) -> _State:
+    return _read_states(path, [(pipeline, scope)], timeout_s)[pipeline, scope]
 
 
 _cache: dict[tuple[str, str, str], tuple[float, _State]] = {}
@@ -187,6 +224,31 @@ def clear_cache() -> None:
     """Forget every cached state: the next `resolve_prompt` reads the store."""
     with _cache_lock:
         _cache.clear()
+
+
+def refresh_cache(store: str | Path | None = None, *, also: Iterable[tuple[str, str]] = (),
+                  lock_timeout_s: float = 2.0) -> int:
+    """Re-read now every state this process has cached for `store`, and the (pipeline, scope) pairs in
+    `also` (scope "" is the pipeline's own label, a model name its model-scoped one), through one
+    connection; return how many states were read.
+
+    For a server that keeps its cache warm from a background thread: its requests call `resolve_prompt`
+    with a long `cache_seconds` and are answered from memory, never waiting on the store, while this
+    keeps what they see at most one refresh period old. If the file stays busy, the cached states are
+    kept (and `duckdb.Error` or `ServingError` is raised for the caller to report).
+    """
+    path = _store_path(store)
+    with _cache_lock:
+        keys = {(pipeline, scope) for (where, pipeline, scope) in _cache if where == str(path)}
+    keys |= set(also)
+    if not keys:
+        return 0
+    states = _read_states(path, keys, lock_timeout_s)
+    now = time.monotonic()
+    with _cache_lock:
+        for (pipeline, scope), state in states.items():
+            _cache[str(path), pipeline, scope] = (now, state)
+    return len(states)
 
 
 def _state(path: Path, pipeline: str, scope: str, cache_seconds: float, timeout_s: float) -> _State:

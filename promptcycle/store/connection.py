@@ -14,7 +14,6 @@ import json
 import os
 import random
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from typing import Any
 import duckdb
 
 from promptcycle.errors import StoreError, StorePathError
-from promptcycle.store.offline import UNKNOWN_FORMAT, connect, foreign_format
+from promptcycle.store.offline import UNKNOWN_FORMAT, connect, foreign_format, process_lock
 from promptcycle.store.records import dump_json
 from promptcycle.store.schema import MIGRATIONS, apply_migrations
 
@@ -36,13 +35,6 @@ __all__ = ["StoreConnection"]
 _FIRST_WAIT_S = 0.01
 _MAX_WAIT_S = 0.2
 
-_process_locks: dict[str, threading.RLock] = {}
-_process_locks_guard = threading.Lock()
-
-
-def _process_lock(key: str) -> threading.RLock:
-    with _process_locks_guard:
-        return _process_locks.setdefault(key, threading.RLock())
 
 
 def _is_lock_conflict(exc: duckdb.Error) -> bool:
@@ -175,7 +167,7 @@ class StoreConnection:
     def _connect(self, action: str) -> Iterator[duckdb.DuckDBPyConnection]:
         """A short-lived connection; DuckDB errors come out as `StoreError` naming `action`."""
         deadline = time.monotonic() + self.lock_timeout_s
-        lock = _process_lock(str(self.path))
+        lock = process_lock(self.path)
         if not lock.acquire(timeout=max(self.lock_timeout_s, 0.0)):
             raise StoreError(f"the metrics store {self.path} stayed busy in this process for "
                              f"{self.lock_timeout_s:g} s")
@@ -192,6 +184,18 @@ class StoreConnection:
                     raise StoreError(f"metrics store {self.path}: could not {action}: {exc}") from exc
         finally:
             lock.release()
+
+    @contextmanager
+    def held_open(self) -> Iterator[None]:
+        """Keep the file open for the calls made inside, in this thread.
+
+        Opening the file (and checkpointing it when the last connection closes) costs tens of
+        milliseconds; while one connection stays open, each call's own connection shares the open
+        database and costs microseconds. Other processes cannot open the file meanwhile, and other
+        threads of this process wait: hold it for a burst of writes, not for long.
+        """
+        with self._connect("hold the store open"):
+            yield
 
     @contextmanager
     def _transaction(self, action: str) -> Iterator[duckdb.DuckDBPyConnection]:

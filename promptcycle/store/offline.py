@@ -6,16 +6,20 @@ connection promptcycle opens goes through `connect`, with both switched off, and
 a DuckDB database is named for what it is (`foreign_format`) instead.
 
 All connections of a process to one file must share one configuration (DuckDB refuses a second
-connection with another one), so there is exactly one: `OFFLINE_CONFIG`.
+connection with another one), so there is exactly one: `OFFLINE_CONFIG`. And they must not open and
+close at the same time from several threads: DuckDB 2.0's per-process database cache then races (a
+connection fails with "Unique file handle conflict", or loses the Arrow tables registered on it), so
+every connection of this process to a file is held under `process_lock(path)`.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import duckdb
 
-__all__ = ["OFFLINE_CONFIG", "UNKNOWN_FORMAT", "connect", "foreign_format"]
+__all__ = ["OFFLINE_CONFIG", "UNKNOWN_FORMAT", "connect", "foreign_format", "process_lock"]
 
 OFFLINE_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 UNKNOWN_FORMAT = "a file of another format"
@@ -28,6 +32,16 @@ _KNOWN_FORMATS = ((b"SQLite format 3\x00", "a SQLite database"), (b"PAR1", "a Pa
 def connect(path: str | Path) -> duckdb.DuckDBPyConnection:
     """A read-write connection to the DuckDB file `path`, with extension auto-install/auto-load off."""
     return duckdb.connect(str(path), config=dict(OFFLINE_CONFIG))
+
+
+_process_locks: dict[str, threading.RLock] = {}
+_process_locks_guard = threading.Lock()
+
+
+def process_lock(path: str | Path) -> threading.RLock:
+    """The lock that serialises this process's connections to the (resolved) file `path`."""
+    with _process_locks_guard:
+        return _process_locks.setdefault(str(path), threading.RLock())
 
 
 def foreign_format(path: str | Path) -> str | None:

@@ -35,8 +35,13 @@ class ProductionTables(StoreConnection):
     def write_production_results(self, results: Sequence[ProductionResult]) -> int:
         """Record production outcomes in one transaction; return how many were new. A request id the
         pipeline already recorded keeps its first outcome (re-reporting changes nothing)."""
+        return len(self.insert_production_results(results))
+
+    def insert_production_results(self, results: Sequence[ProductionResult]) -> list[tuple[str, str]]:
+        """Record production outcomes in one transaction; return the (pipeline, request_id) of those that were
+        new. A request id already recorded, or repeated in `results`, keeps its first outcome."""
         if not results:
-            return 0
+            return []
         for r in results:
             if r.score is not None and not 0.0 <= float(r.score) <= 1.0:
                 raise ValueError(f"request {r.request_id!r}: score {r.score!r} is outside [0, 1]")
@@ -46,11 +51,11 @@ class ProductionTables(StoreConnection):
             raise StoreError(f"production results for {self.path} have a value of the wrong type: {exc}") from exc
         with self._transaction(f"write {len(results)} production results") as con:
             con.register("new_production", table)
-            before = con.execute("SELECT count(*) FROM production_results").fetchone()[0]
-            con.execute(f"INSERT INTO production_results ({', '.join(PRODUCTION_COLUMNS)}) "
-                        f"SELECT {', '.join(PRODUCTION_COLUMNS)} FROM new_production ON CONFLICT DO NOTHING")
-            after = con.execute("SELECT count(*) FROM production_results").fetchone()[0]
-        return int(after - before)
+            # With ON CONFLICT DO NOTHING, RETURNING yields the rows actually inserted.
+            new = con.execute(f"INSERT INTO production_results ({', '.join(PRODUCTION_COLUMNS)}) "
+                              f"SELECT {', '.join(PRODUCTION_COLUMNS)} FROM new_production ON CONFLICT DO NOTHING "
+                              "RETURNING pipeline, request_id").fetchall()
+        return [(pipeline, request_id) for pipeline, request_id in new]
 
     def production_results(self, pipeline: str, *, prompt_hashes: Sequence[str] | None = None,
                            scope: str | None = "", since: Any = None, until: Any = None,
