@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -168,6 +169,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from promptcycle_cli.main import _route_engine_logs
 
     _route_engine_logs()  # the runner's errors go to the command's log file, not over the terminal
+    if not args.debug:
+        # The runs' processes inherit this: their logs go to the API (each run's Logs tab in the UI), not over
+        # this terminal — where, at Ctrl-C, the runs cancelled would print their crash reports.
+        os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
     deployments = _to_deployments(plans, module_entrypoint=False)
     # Schedules pause when this process stops (Ctrl-C, SIGTERM), so that no backlog of late runs piles up while
     # nothing serves them; the next `promptcycle serve` resumes them.
@@ -184,8 +189,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         example = next((r for r in rows if r["phase"] == "baseline"), rows[0])
         print(f"Start a run from the UI (Run ▸ Custom run shows the typed parameters), with "
               f"`prefect deployment run '{example['deployment']}'`, or through `promptcycle api`.")
-        print("Ctrl-C stops serving: schedules pause until the next `promptcycle serve`; a run cut short resumes "
-              "when it runs again.", flush=True)
+        print("Each run's logs and artifacts are in the UI (--debug also prints the logs here). Ctrl-C stops "
+              "serving: schedules pause until the next `promptcycle serve`; a run cut short resumes when it runs "
+              "again.", flush=True)
     cancelled = asyncio.run(_serve_until_stopped(runner, args.json))
     if not args.json:
         print("stopped serving; the schedules are paused until the next `promptcycle serve`"
@@ -199,12 +205,25 @@ async def _serve_until_stopped(runner, quiet: bool) -> int:
     exit does) and return how many runs were cancelled.
 
     Prefect's own SIGTERM handler stops nothing in 3.8 (it calls an async `stop` without awaiting it, then exits
-    with the schedules active), so both signals are handled here, once the runner has installed its own."""
+    with the schedules active), so both signals are handled here, once the runner has installed its own.
+
+    Ctrl-C in a terminal reaches the whole process group, the runs' processes too; interrupted there, each would
+    print its traceback and leave its run `Running`. So SIGINT is blocked in this thread before any run starts
+    (the processes it starts inherit the mask and never see it) and taken here instead: by a thread waiting for
+    it, or by the loop's handler when another thread receives it."""
     import asyncio
     import signal
+    import threading
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def wait_for_interrupt() -> None:
+        signal.sigwait({signal.SIGINT})
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=wait_for_interrupt, name="promptcycle-serve-interrupt", daemon=True).start()
     serving = asyncio.create_task(runner.start())
     await asyncio.sleep(0)  # runner.start() sets its SIGTERM handler before its first await: replace it after
     for sig in (signal.SIGINT, signal.SIGTERM):
