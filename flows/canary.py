@@ -26,7 +26,6 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed
 
 from promptcycle.errors import DeploymentError
-
 from promptcycle_tasks.deployment import (
     conclude_canary_task,
     find_canary,

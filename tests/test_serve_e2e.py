@@ -153,8 +153,11 @@ def test_serve_registers_the_schedules_runs_the_loop_by_itself_and_stops_cleanly
             assert cycle_run.state.is_completed(), cycle_run.state
             children = asyncio.run(_children(cycle_run.id))
             assert [(c.name.split("-")[0], c.state.type.value) for c in children] == [("monitor", "COMPLETED")]
-            # a run started through a deployment: the same call healing's hand-off makes (run_deployment)
-            look = asyncio.run(_run_through_deployment(f"canary/{PIPE}", {"if_running": True}))
+            # a run started through a served deployment, by the call the monitor hands healings over with
+            first, again = asyncio.run(_start_twice(f"canary/{PIPE}", {"if_running": True}))
+            assert again["flow_run_id"] == first["flow_run_id"]  # the same key starts one run, however often
+            assert first["flow_run_url"].startswith(api.removesuffix("/api"))
+            look = asyncio.run(_wait_final(first["flow_run_id"], 240))
             assert look.state.name == "NoCanary", look.state  # no canary runs: a scheduled look is no failure
             served = asyncio.run(_served())
             assert served == (f"healing/{PIPE}", None)  # what the monitor hands healings to, when served
@@ -237,13 +240,68 @@ async def _children(flow_run_id):
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
 
 
-async def _run_through_deployment(name: str, parameters: dict):
-    from prefect.deployments import run_deployment
+async def _start_twice(name: str, parameters: dict):
+    from promptcycle_flows.served import start_served_run
 
-    return await run_deployment(name, parameters=parameters, timeout=240, poll_interval=2, as_subflow=False)
+    key = f"test-{time.time()}"
+    return await start_served_run(name, parameters, key), await start_served_run(name, parameters, key)
+
+
+async def _wait_final(flow_run_id, timeout: float):
+    from prefect import get_client
+
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while time.monotonic() < deadline:
+            run = await client.read_flow_run(flow_run_id)
+            if run.state and run.state.is_final():
+                return run
+            await asyncio.sleep(2)
+    raise AssertionError(f"flow run {flow_run_id} did not finish within {timeout:.0f} s: {run.state}")
 
 
 async def _served():
     from promptcycle_flows.served import served_deployment
 
     return await served_deployment("healing", PIPE), await served_deployment("healing", "no-such-pipeline")
+
+
+@pytest.mark.slow
+def test_deployments_apply_registers_the_same_deployments_on_a_work_pool(prefect_server, tmp_path):
+    """What workers run: the same names, schedules and parameters, on the pool, found by module path."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api = prefect_server
+    config = _config(tmp_path)
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": str(REPO), "PREFECT_API_URL": api,
+           "PREFECT_HOME": str(tmp_path / "client-home"), "PROMPTCYCLE_LOG_DIR": str(tmp_path / "logs")}
+
+    def apply(pool: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "promptcycle_cli.main", "deployments", "apply", "--work-pool",
+                               pool, "--config", str(config), "--config-path", "/srv/promptcycle/pipelines.yaml",
+                               "--json"], env=env, capture_output=True, text=True, timeout=300)
+
+    missing = apply("no-such-pool")
+    assert missing.returncode == 2 and "prefect work-pool create no-such-pool" in missing.stdout
+
+    async def create_pool() -> None:
+        async with get_client() as client:
+            await client.create_work_pool(WorkPoolCreate(name="promptcycle-test", type="process"))
+
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        asyncio.run(create_pool())
+        result = apply("promptcycle-test")
+        assert result.returncode == 0, result.stderr
+        rows = json.loads(result.stdout)["deployments"]
+        names = {row["deployment"] for row in rows}
+        assert names == {deployment_name(phase, PIPE) for phase in PHASES}
+        deployments = asyncio.run(_deployments(names))
+    for phase in PHASES:
+        d = deployments[deployment_name(phase, PIPE)]
+        assert d.work_pool_name == "promptcycle-test" and not d.paused
+        assert d.entrypoint == f"promptcycle_flows.{phase}.{phase}"
+        assert d.parameters["config_path"] == "/srv/promptcycle/pipelines.yaml"
+    cycle = deployments[f"cycle/{PIPE}"]
+    assert [s.schedule.interval.total_seconds() for s in cycle.schedules] == [30.0]

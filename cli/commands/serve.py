@@ -192,15 +192,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("Each run's logs and artifacts are in the UI (--debug also prints the logs here). Ctrl-C stops "
               "serving: schedules pause until the next `promptcycle serve`; a run cut short resumes when it runs "
               "again.", flush=True)
-    cancelled = asyncio.run(_serve_until_stopped(runner, args.json))
-    if not args.json:
-        print("stopped serving; the schedules are paused until the next `promptcycle serve`"
-              + (f"; {cancelled} run(s) in progress were cancelled (each resumes when it runs again)" if cancelled
-                 else ""), file=sys.stderr)
+    cancelled = asyncio.run(_serve_until_stopped(runner))
+    # on stderr, whatever --json (stdout holds the one JSON object)
+    print("stopped serving; the schedules are paused until the next `promptcycle serve`"
+          + (f"; {cancelled} run(s) in progress were cancelled (each resumes when it runs again)" if cancelled
+             else ""), file=sys.stderr)
     return 0
 
 
-async def _serve_until_stopped(runner, quiet: bool) -> int:
+async def _serve_until_stopped(runner) -> int:
     """Run `runner` until Ctrl-C or SIGTERM; then cancel its runs in progress, pause the schedules (the runner's
     exit does) and return how many runs were cancelled.
 
@@ -232,9 +232,7 @@ async def _serve_until_stopped(runner, quiet: bool) -> int:
     await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
     cancelled = 0
     if stop.is_set() and not serving.done():
-        if not quiet:
-            print("stopping: cancelling the runs in progress and pausing the schedules …", file=sys.stderr,
-                  flush=True)
+        print("stopping: cancelling the runs in progress and pausing the schedules …", file=sys.stderr, flush=True)
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the clean-up short
             loop.add_signal_handler(sig, lambda: None)
         cancelled = len(runner._process_manager.flow_run_ids()) if hasattr(runner, "_process_manager") else 0
