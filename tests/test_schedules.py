@@ -129,3 +129,19 @@ def test_a_bad_schedule_stops_serve_before_it_touches_prefect(tmp_path):
     result = _cli("serve", "--config", str(config_with(tmp_path, {"baseline": "0 25 * * *"})),
                   env={"PREFECT_API_URL": f"http://127.0.0.1:{_dead_port()}/api"})
     assert result.returncode == 2 and "schedules.baseline" in result.stderr and "a bad hour" in result.stderr
+
+
+@pytest.mark.engine
+def test_a_healing_deployment_that_nothing_serves_is_not_handed_healings(prefect_harness, tmp_path):
+    """Registered but served by nobody (serve stopped, no worker): a run started there would wait forever, so the
+    monitor keeps running its healings as subflows. (Served, the end-to-end test sees it handed over.)"""
+    import asyncio
+
+    from promptcycle_flows.served import served_deployment, to_deployment
+
+    path = config_with(tmp_path, {})
+    plan = next(p for p in plan_deployments(load_config(path), path) if p.phase == "healing")
+    deployment_id = to_deployment(plan).apply()
+    assert deployment_id is not None
+    assert asyncio.run(served_deployment("healing", PIPE)) is None
+    assert asyncio.run(served_deployment("healing", "not-registered")) is None
