@@ -166,13 +166,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     api, ui = server
     from prefect.runner import Runner
 
-    from promptcycle_cli.main import _route_engine_logs
+    from promptcycle_cli.main import _route_engine_logs, _Session
 
     _route_engine_logs()  # the runner's errors go to the command's log file, not over the terminal
     if not args.debug:
         # The runs' processes inherit this: their logs go to the API (each run's Logs tab in the UI), not over
         # this terminal — where, at Ctrl-C, the runs cancelled would print their crash reports.
-        os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
+        key = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
+        before = os.environ.get(key)
+        os.environ[key] = "CRITICAL"
+        _Session.restore.append(lambda: os.environ.pop(key) if before is None else os.environ.update({key: before}))
     deployments = _to_deployments(plans, module_entrypoint=False)
     # Schedules pause when this process stops (Ctrl-C, SIGTERM), so that no backlog of late runs piles up while
     # nothing serves them; the next `promptcycle serve` resumes them.
@@ -184,7 +187,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               flush=True)
     else:
         print(f"Serving {len(rows)} deployments of {len({p.pipeline for p in plans})} pipeline(s) against {api}")
-        print(f"Prefect UI: {ui}/deployments" if ui else "Prefect UI: none (Prefect Cloud: see app.prefect.cloud)")
+        print(f"Prefect UI: {ui}/deployments" if ui else "Prefect UI: unknown (set PREFECT_UI_URL)")
         _print_rows(rows)
         example = next((r for r in rows if r["phase"] == "baseline"), rows[0])
         print(f"Start a run from the UI (Run ▸ Custom run shows the typed parameters), with "
