@@ -25,6 +25,7 @@ from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed
 
+from promptcycle.errors import DeploymentError
 from promptcycle_tasks.deployment import (
     conclude_canary_task,
     find_canary,
@@ -45,7 +46,7 @@ FINAL_STATES = {"promoted": "Promoted", "rolled_back": "RolledBack"}
 async def canary(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
                  store_path: str | None = None, simulate_traffic: int | None = None, seed: int = 0,
                  watch: bool = False, max_looks: int | None = None, error_rates: dict[str, float] | None = None,
-                 ingest_path: str | None = None, actor: str | None = None) -> dict:
+                 ingest_path: str | None = None, actor: str | None = None, if_running: bool = False) -> dict:
     """Look at the pipeline's running canary, and promote or roll it back when the test decides.
 
     Args:
@@ -59,10 +60,18 @@ async def canary(pipeline: str = "customer-insights", config_path: str = "pipeli
         error_rates: simulated failure rate per arm, e.g. {"treatment": 0.2} (exercises the guardrails).
         ingest_path: a JSONL file of production outcomes to record before the first look.
         actor: who concludes (default: the user and this flow run).
+        if_running: with no canary running, end at once as `NoCanary` instead of failing (what the
+            schedule's looks set: most of the time no canary runs).
     """
     actor = actor or flow_actor("canary")
     await tag_flow_run(pipeline, "canary", bool(simulate_traffic) or is_simulated(config_path, pipeline))
-    state = find_canary(config_path, pipeline, store_path)
+    if if_running:
+        try:
+            state = find_canary.fn(config_path, pipeline, store_path)  # no task run: nothing to look at is no failure
+        except DeploymentError as exc:
+            return Completed(name="NoCanary", message=str(exc), data={"pipeline": pipeline, "status": "none"})
+    else:
+        state = find_canary(config_path, pipeline, store_path)
     settings = state["settings"]
     canary_id = state["canary_id"]
     ingested = ingest_outcomes(config_path, pipeline, store_path, ingest_path) if ingest_path else None

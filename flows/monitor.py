@@ -5,8 +5,10 @@
 
 One run per `monitor.interval_minutes` (default 30; `promptcycle cycle` is what a schedule runs). A run killed and
 re-run in the same period resumes: its probe calls are in the ledger and its assessment sees nothing new twice.
-A healing started here runs as a subflow in this process (the embedded default); with `promptcycle serve` it goes
-through `run_deployment("healing/…")` so it runs on a worker.
+How a decided healing starts: when the pipeline's `healing/<pipeline>` deployment is served (a `promptcycle serve`
+process or a worker polls for it), through `run_deployment` — a flow run of its own, on whatever runs that
+deployment, that this monitor does not wait for (docs/production.md says why not an automation). Otherwise —
+the embedded default, no server, nothing serving — as a subflow in this process, to its end.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prefect.runtime import flow_run
 from promptcycle.evaluation.lease import release_pipeline
 from promptcycle.evaluation.pool import close_providers
 from promptcycle.monitor.report import MonitorSummary
+from promptcycle_flows.served import served_deployment, start_served_run
 from promptcycle_tasks.alerts import deliver_alerts, record_alerts
 from promptcycle_tasks.monitor import (
     assess_monitor,
@@ -74,11 +77,15 @@ async def monitor(pipeline: str = "customer-insights", config_path: str = "pipel
     if heal:
         from promptcycle_flows.healing import healing
 
+        served = await served_deployment("healing", pipeline) if starts else None
         for start in starts:
-            summary.healings.append(await healing(
-                pipeline=pipeline, decision_id=start.decision_id, incident_id=start.incident_id, model=start.model,
-                spectrum=start.spectrum, config_path=config_path, store_path=store_path, alert_id=start.alert_id,
-                now=now))
+            params = dict(pipeline=pipeline, decision_id=start.decision_id, incident_id=start.incident_id,
+                          model=start.model, spectrum=start.spectrum, config_path=config_path, store_path=store_path,
+                          alert_id=start.alert_id, now=now)
+            if served:
+                summary.started_healings.append(await start_served_run(served, params, f"healing-{start.decision_id}"))
+            else:
+                summary.healings.append(await healing(**params))
     else:
         summary.refused_healings = [s.model_dump() | {"note": "decided, not run (heal=False)"} for s in starts]
     finish_monitor(config_path, pipeline, store_path, summary)

@@ -39,6 +39,7 @@ __all__ = [
     "MonitorConfig",
     "ObservationConfig",
     "HealingConfig",
+    "ScheduleConfig",
     "AlertChannelConfig",
     "AlertEscalationConfig",
     "AlertDeliveryConfig",
@@ -462,6 +463,61 @@ class HealingConfig(_Strict):
                                  "and leave the canary to `promptcycle canary`).")
 
 
+CRON_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+               "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+
+
+class ScheduleConfig(_Strict):
+    """When `promptcycle serve` (or `deployments apply`) runs the pipeline's phases by themselves
+    (pipelines.<name>.schedules; see docs/production.md).
+
+    The monitor's interval is `monitor.interval_minutes`, not a key here: the monitor's periods and its stale-data
+    detector are computed from it, so the schedule and the periods cannot disagree."""
+
+    timezone: str = Field(default="UTC", description="IANA time zone the cron schedules are read in, e.g. "
+                          "Europe/Paris (daylight saving time is followed).")
+    baseline: str | None = Field(default=None, description="When to re-baseline: a 5-field cron expression "
+                                 "(minute hour day month weekday, e.g. '0 2 * * *' nightly at 02:00) or @daily, "
+                                 "@hourly …; none: the baseline is not scheduled.")
+    monitor: bool = Field(default=True, description="Run one pass of the loop (the `cycle` deployment: the monitor "
+                          "and the healings it decides) every `monitor.interval_minutes`; false: not scheduled.")
+    canary_minutes: float | None = Field(default=5.0, gt=0, description="Minutes between two looks at a running "
+                                         "canary (the `canary` deployment; with no canary running a look ends at "
+                                         "once, as `NoCanary`); none: not scheduled.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("expected an IANA time zone such as UTC, Europe/Paris or America/New_York") from None
+        return v
+
+    @field_validator("baseline")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        expression = CRON_MACROS.get(v.strip().lower(), v.strip())
+        problem = None
+        if len(expression.split()) != 5:
+            problem = f"{len(expression.split())} fields"
+        else:
+            from cronsim import CronSim, CronSimError
+
+            try:
+                CronSim(expression, datetime(2026, 1, 1))
+            except CronSimError as exc:
+                problem = str(exc).lower().replace("bad ", "a bad ")
+        if problem:
+            raise ValueError(f"expected a cron expression of 5 fields (minute hour day month weekday, e.g. "
+                             f"'0 2 * * *') or one of {', '.join(CRON_MACROS)}; this one has {problem}")
+        return expression
+
+
 # -- alerts (top level and pipelines.<name>.alerts) --------------------------------------------------------------
 
 AlertSeverity = Literal[  # ordered as in promptcycle/alerts/policy.py
@@ -570,6 +626,8 @@ class PipelineConfig(_Strict):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     observe: ObservationConfig = Field(default_factory=ObservationConfig)
     healing: HealingConfig = Field(default_factory=HealingConfig)
+    schedules: ScheduleConfig = Field(default_factory=ScheduleConfig, description="When `promptcycle serve` runs "
+                                      "the phases by themselves.")
     alerts: AlertsConfig | None = Field(default=None, description="This pipeline's alerting; keys set here "
                                         "override the top-level `alerts:`.")
 

@@ -95,6 +95,9 @@ def print_monitor(s) -> None:
         print(f"  alert {e['alert_id']} {e['kind']} {e['severity']}: {e['message'][:120]}")
     for h in s.healings:
         print(f"healing {h.decision_id}: {h.outcome} — {h.reason} ({h.calls} calls, ${h.cost_usd:.4f})")
+    for h in s.started_healings:
+        print(f"healing {h['parameters'].get('decision_id')}: started as flow run {h['flow_run_name']} of "
+              f"{h['deployment']} (served; it records its outcome on the incident) {h['flow_run_url'] or ''}".rstrip())
     for h in s.refused_healings:
         print(f"healing decided, not run: {h['decision_id']} ({h['model']} × {h['spectrum']})")
 

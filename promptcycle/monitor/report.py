@@ -46,6 +46,7 @@ class MonitorSummary(BaseModel):
     deliveries: dict[str, Any] | None = None
     healings: list[HealingResult] = []
     refused_healings: list[dict[str, Any]] = []
+    started_healings: list[dict[str, Any]] = []  # started through the served healing deployment
     probe_run_id: str | None = None
     probe_calls: int = 0
 

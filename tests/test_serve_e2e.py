@@ -1,0 +1,307 @@
+"""`promptcycle serve` against a real `prefect server start` on loopback: the deployments and their schedules are
+registered, a scheduled pass of the loop runs by itself, the parameters are typed in the server's schema, a run
+started through a deployment runs, and Ctrl-C stops it cleanly with the schedules paused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from promptcycle.phases import PHASES, deployment_name
+
+REPO = Path(__file__).resolve().parent.parent
+PIPE = "customer-insights"
+OFFLINE = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+           "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
+           "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false"}
+STARTUP_S = 240  # a cold server on a busy 2-core machine
+RUN_WITHIN_S = 420  # the first scheduled pass: the schedule, the runner's poll, a process start, the probe
+
+
+def _free_port() -> int:
+    for _ in range(50):
+        port = random.randint(42000, 42999)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 42000-42999")
+
+
+def _healthy(api: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api}/health", timeout=3) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=120)  # serve cancels its runs and pauses the schedules first
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server (API and UI) on a random loopback port, in a Prefect home of its own."""
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, **OFFLINE, "PREFECT_HOME": str(home), "PREFECT_SERVER_UI_API_URL": api,
+           "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                "--port", str(port)], env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while not _healthy(api):
+            assert process.poll() is None, (home / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the Prefect server did not answer within the startup time"
+            time.sleep(1)
+        yield api
+    finally:
+        _stop(process)
+        log.close()
+
+
+def _config(tmp_path: Path) -> Path:
+    """The repository's pipeline, small: one spectrum, one serving model, a 12-case probe, a pass every 30 s."""
+    data = yaml.safe_load((REPO / "pipelines.yaml").read_text())
+    pipe = data["pipelines"][PIPE]
+    pipe["dataset"]["spectrums"] = pipe["dataset"]["spectrums"][:1]
+    pipe["models"] = ["mini", "xl"]
+    pipe["deployment"]["serving_models"] = ["xl"]
+    pipe["monitor"] = {"probe_cases": 12, "interval_minutes": 0.5}
+    pipe["schedules"] = {"timezone": "Europe/Paris", "baseline": "0 3 * * *", "monitor": True,
+                         "canary_minutes": 600}
+    data["store"] = "metrics.duckdb"
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class _Lines:
+    """The lines a process writes to a pipe, collected by a thread (so the pipe never fills)."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def wait_for(self, predicate, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if predicate(line):
+                    return line
+            time.sleep(0.5)
+        raise AssertionError(f"not seen within {timeout:.0f} s; got: {''.join(self.lines)[-3000:]}")
+
+    def text(self) -> str:
+        self._thread.join(timeout=10)
+        return "".join(self.lines)
+
+
+@pytest.mark.slow
+def test_serve_registers_the_schedules_runs_the_loop_by_itself_and_stops_cleanly(prefect_server, tmp_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api = prefect_server
+    config = _config(tmp_path)
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": str(REPO), "PREFECT_API_URL": api,
+           "PREFECT_HOME": str(tmp_path / "client-home"), "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+           "PROMPTCYCLE_LOG_DIR": str(tmp_path / "logs")}
+    serve = subprocess.Popen([sys.executable, "-m", "promptcycle_cli.main", "serve", "--config", str(config),
+                              "--json", "--limit", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True, cwd=tmp_path)
+    out, err = _Lines(serve.stdout), _Lines(serve.stderr)
+    try:
+        started = json.loads(out.wait_for(lambda line: line.startswith("{"), timeout=300))
+        names = {row["deployment"] for row in started["deployments"]}
+        assert names == {deployment_name(phase, PIPE) for phase in PHASES}
+        assert started["ui_url"] == api.removesuffix("/api")
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            deployments = asyncio.run(_deployments(names))
+            _check_schedules_and_parameters(deployments, config)
+            cycle_run = asyncio.run(_first_scheduled_run(deployments[f"cycle/{PIPE}"].id, RUN_WITHIN_S))
+            assert cycle_run.state.is_completed(), cycle_run.state
+            children = asyncio.run(_children(cycle_run.id))
+            assert [(c.name.split("-")[0], c.state.type.value) for c in children] == [("monitor", "COMPLETED")]
+            # a run started through a served deployment, by the call the monitor hands healings over with
+            first, again = asyncio.run(_start_twice(f"canary/{PIPE}", {"if_running": True}))
+            assert again["flow_run_id"] == first["flow_run_id"]  # the same key starts one run, however often
+            assert first["flow_run_url"].startswith(api.removesuffix("/api"))
+            look = asyncio.run(_wait_final(first["flow_run_id"], 240))
+            assert look.state.name == "NoCanary", look.state  # no canary runs: a scheduled look is no failure
+            served = asyncio.run(_served())
+            assert served == (f"healing/{PIPE}", None)  # what the monitor hands healings to, when served
+    finally:
+        _stop(serve, signal.SIGINT)  # Ctrl-C, as a terminal sends it: to the whole process group
+    stderr = err.text()
+    (tmp_path / "serve-stderr.txt").write_text(stderr)
+    assert serve.returncode == 0, stderr
+    assert "Traceback" not in stderr, stderr
+    assert "stopping: cancelling the runs in progress" in stderr and "stopped serving" in stderr, stderr
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        after = asyncio.run(_deployments(names))
+    assert after[f"cycle/{PIPE}"].paused  # nothing piles up while nothing serves: the next serve resumes them
+
+    from promptcycle.store import MetricsStore
+
+    runs = MetricsStore(tmp_path / "metrics.duckdb").monitor_runs(PIPE)
+    assert any(r["status"] == "completed" for r in runs), runs  # the scheduled pass stored its monitor run
+
+
+async def _deployments(names: set[str]) -> dict:
+    from prefect import get_client
+
+    async with get_client() as client:
+        return {name: await client.read_deployment_by_name(name) for name in names}
+
+
+def _check_schedules_and_parameters(deployments: dict, config: Path) -> None:
+    baseline = deployments[f"baseline/{PIPE}"].schedules
+    assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in baseline] == [("0 3 * * *", "Europe/Paris",
+                                                                                      True)]
+    cycle = deployments[f"cycle/{PIPE}"]
+    assert [(s.schedule.interval.total_seconds(), s.active) for s in cycle.schedules] == [(30.0, True)]
+    canary = deployments[f"canary/{PIPE}"]
+    assert canary.schedules[0].schedule.interval.total_seconds() == 36000
+    assert canary.schedules[0].parameters == {"if_running": True}
+    for phase in ("optimization", "deployment", "monitor", "healing"):
+        assert deployments[f"{phase}/{PIPE}"].schedules == []
+    for deployment in deployments.values():
+        assert deployment.parameters["pipeline"] == PIPE
+        assert deployment.parameters["config_path"] == str(config.resolve())
+    # typed, described and defaulted in the server's parameter schema (the UI's Run form)
+    props = deployments[f"optimization/{PIPE}"].parameter_openapi_schema["properties"]
+    assert props["pipeline"]["type"] == "string" and props["pipeline"]["default"] == "customer-insights"
+    assert props["pipeline"]["description"] == "the pipeline's name in pipelines.yaml."
+    assert {"type": "array", "items": {"type": "string"}} in props["strategies"]["anyOf"]
+    assert {"type": "integer"} in props["max_calls"]["anyOf"] and "hard cap" in props["max_calls"]["description"]
+    monitor = deployments[f"monitor/{PIPE}"].parameter_openapi_schema["properties"]
+    assert monitor["heal"] == {**monitor["heal"], "type": "boolean", "default": True}
+    assert {"type": "string", "format": "date-time"} in monitor["now"]["anyOf"]
+    healing = deployments[f"healing/{PIPE}"].parameter_openapi_schema
+    assert {"decision_id", "incident_id", "model", "spectrum"} <= set(healing["required"])
+
+
+async def _first_scheduled_run(deployment_id, timeout: float):
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while time.monotonic() < deadline:
+            runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(
+                any_=[deployment_id])))
+            # a pass that comes while the last one still runs is cancelled (the deployment's concurrency limit)
+            done = [r for r in runs if r.auto_scheduled and r.state and r.state.is_final()
+                    and not r.state.is_cancelled()]
+            if done:
+                return done[0]
+            await asyncio.sleep(2)
+        states = sorted(str(r.state_name) for r in runs)
+    raise AssertionError(f"no scheduled run of the cycle finished within {timeout:.0f} s: {states}")
+
+
+async def _children(flow_run_id):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    async with get_client() as client:
+        return await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+
+
+async def _start_twice(name: str, parameters: dict):
+    from promptcycle_flows.served import start_served_run
+
+    key = f"test-{time.time()}"
+    return await start_served_run(name, parameters, key), await start_served_run(name, parameters, key)
+
+
+async def _wait_final(flow_run_id, timeout: float):
+    from prefect import get_client
+
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while time.monotonic() < deadline:
+            run = await client.read_flow_run(flow_run_id)
+            if run.state and run.state.is_final():
+                return run
+            await asyncio.sleep(2)
+    raise AssertionError(f"flow run {flow_run_id} did not finish within {timeout:.0f} s: {run.state}")
+
+
+async def _served():
+    from promptcycle_flows.served import served_deployment
+
+    return await served_deployment("healing", PIPE), await served_deployment("healing", "no-such-pipeline")
+
+
+@pytest.mark.slow
+def test_deployments_apply_registers_the_same_deployments_on_a_work_pool(prefect_server, tmp_path):
+    """What workers run: the same names, schedules and parameters, on the pool, found by module path."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api = prefect_server
+    config = _config(tmp_path)
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": str(REPO), "PREFECT_API_URL": api,
+           "PREFECT_HOME": str(tmp_path / "client-home"), "PROMPTCYCLE_LOG_DIR": str(tmp_path / "logs")}
+
+    def apply(pool: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "promptcycle_cli.main", "deployments", "apply", "--work-pool",
+                               pool, "--config", str(config), "--config-path", "/srv/promptcycle/pipelines.yaml",
+                               "--json"], env=env, capture_output=True, text=True, timeout=300)
+
+    missing = apply("no-such-pool")
+    assert missing.returncode == 2 and "prefect work-pool create no-such-pool" in missing.stdout
+
+    async def create_pool() -> None:
+        async with get_client() as client:
+            await client.create_work_pool(WorkPoolCreate(name="promptcycle-test", type="process"))
+
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        asyncio.run(create_pool())
+        result = apply("promptcycle-test")
+        assert result.returncode == 0, result.stderr
+        rows = json.loads(result.stdout)["deployments"]
+        names = {row["deployment"] for row in rows}
+        assert names == {deployment_name(phase, PIPE) for phase in PHASES}
+        deployments = asyncio.run(_deployments(names))
+    for phase in PHASES:
+        d = deployments[deployment_name(phase, PIPE)]
+        assert d.work_pool_name == "promptcycle-test" and not d.paused
+        assert d.entrypoint == f"promptcycle_flows.{phase}.{phase}"
+        assert d.parameters["config_path"] == "/srv/promptcycle/pipelines.yaml"
+    cycle = deployments[f"cycle/{PIPE}"]
+    assert [s.schedule.interval.total_seconds() for s in cycle.schedules] == [30.0]
