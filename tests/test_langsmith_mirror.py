@@ -205,7 +205,9 @@ def test_the_background_mirror_backs_off_in_an_outage_and_reports_what_is_left(t
     langsmith_fake.fail(503, path="/runs/multipart")
     mirror = RunMirror(conn_of(langsmith_fake, max_retries=0), store, source_of("run-e", store), batch_size=8)
     background = BackgroundMirror(mirror, interval_s=0.05, initial_backoff_s=0.05, max_backoff_s=0.2).start()
-    time.sleep(1.0)
+    waited = time.monotonic()
+    while background.failures < 2 and time.monotonic() - waited < 20:
+        time.sleep(0.05)
     started = time.monotonic()
     report = background.stop(drain_seconds=5)
     assert time.monotonic() - started < 2.0  # an outage does not hold the evaluation up at the end

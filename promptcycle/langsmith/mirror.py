@@ -42,7 +42,7 @@ from typing import Any
 from promptcycle.errors import LangSmithError, LangSmithUnavailableError
 
 __all__ = ["MIRROR_NAMESPACE", "mirror_run_id", "feedback_id", "experiment_name", "MirrorSource", "MirrorReport",
-           "RunMirror", "BackgroundMirror"]
+           "RunMirror", "BackgroundMirror", "mirror_source", "mirror_dataset_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +80,40 @@ class MirrorSource:
     dataset: str
     inputs: dict[str, dict[str, Any]]  # case id -> the case's inputs
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run id -> {kind, prompt_hash, simulated}
+    # (runs not given here are read from the store when their first result is sent: an optimization's arms
+    # are recorded after its mirror starts)
     case_field: str = "metadata.case_id"
     publish: Callable[[], Any] | None = None
+
+
+def mirror_dataset_name(ctx: Any) -> str:
+    """The LangSmith dataset a pipeline's experiments reference: its `langsmith:` source, else the dataset
+    `datasets push` publishes (`langsmith.dataset_name`)."""
+    from promptcycle.config import effective_langsmith
+
+    own = ctx.pipeline.dataset.langsmith_dataset
+    if own is not None:
+        return own
+    return effective_langsmith(ctx.config, ctx.name).dataset_name.format(pipeline=ctx.name)
+
+
+def mirror_source(ctx: Any, scope: str, conn: Any) -> MirrorSource:
+    """What the mirror of the run `scope` of the pipeline `ctx` (a PipelineContext) needs: the dataset (published
+    by the mirror when it lacks cases, unless it is the pipeline's own `langsmith:` source), and every case's
+    inputs."""
+    dataset = mirror_dataset_name(ctx)
+    source_mapping = ctx.pipeline.dataset.mapping
+    publish = None
+    if ctx.pipeline.dataset.langsmith_dataset is None:
+        def publish() -> Any:
+            from promptcycle.langsmith.datasets import push_cases
+
+            return push_cases(conn, dataset, ctx.configured_cases, ctx.splits, pipeline=ctx.name)
+
+    return MirrorSource(pipeline=ctx.name, scope=scope, dataset=dataset,
+                        inputs={c.id: dict(c.inputs) for c in ctx.all_cases},
+                        case_field=source_mapping.id if source_mapping is not None else "metadata.case_id",
+                        publish=publish)
 
 
 @dataclass
@@ -207,7 +239,11 @@ class RunMirror:
     def _project(self, run_id: str, model: str) -> str:
         name = experiment_name(run_id, model)
         if name not in self._projects:
-            meta = self.source.runs.get(run_id) or {}
+            meta = self.source.runs.get(run_id)
+            if meta is None:
+                run = self.store.get_run(run_id)
+                meta = self.source.runs[run_id] = ({"kind": run.kind, "prompt_hash": run.prompt_hash,
+                                                    "simulated": run.simulated} if run else {})
             metadata = {"promptcycle_pipeline": self.source.pipeline, "promptcycle_run_id": run_id,
                         "promptcycle_scope": self.source.scope, "model": model,
                         "kind": meta.get("kind"), "prompt_hash": meta.get("prompt_hash"),
@@ -314,8 +350,9 @@ class BackgroundMirror:
     evaluation; `stop()` makes a last bounded pass and reports what was not mirrored."""
 
     def __init__(self, mirror: RunMirror, *, interval_s: float = 2.0, initial_backoff_s: float = 1.0,
-                 max_backoff_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+                 max_backoff_s: float = 30.0, drain_seconds: float = 10.0, clock: Callable[[], float] = time.monotonic):
         self.mirror = mirror
+        self.drain_seconds = drain_seconds
         self.interval_s = interval_s
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -367,10 +404,11 @@ class BackgroundMirror:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2.0, self.max_backoff_s)
 
-    def stop(self, drain_seconds: float = 10.0) -> MirrorReport:
+    def stop(self, drain_seconds: float | None = None) -> MirrorReport:
         """Stop the thread, make one last pass of at most `drain_seconds` (none when LangSmith was failing: an
         outage must not hold the evaluation up), and report what is left."""
         self._stop.set()
+        drain_seconds = self.drain_seconds if drain_seconds is None else drain_seconds
         deadline = self.clock() + drain_seconds
         self._thread.join(timeout=drain_seconds)  # a batch under way finishes (or the deadline passes)
         if self._healthy and not self._thread.is_alive() and self.clock() < deadline:
