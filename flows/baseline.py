@@ -25,6 +25,7 @@ from promptcycle.evaluation.pool import close_providers
 from promptcycle.evaluation.summary import RunSummary
 from promptcycle_tasks.baseline import check_results, evaluate_cell_task, fail_run, prepare_baseline, summarize_run
 from promptcycle_tasks.cells import check_providers
+from promptcycle_tasks.datasets import pull_langsmith_dataset, reads_langsmith
 from promptcycle_tasks.mirror import mirror_connection, start_mirror, stop_mirror
 from promptcycle_tasks.reports import artifact_key, publish_baseline_report
 from promptcycle_tasks.runs import is_simulated, run_name, tag_flow_run
@@ -48,6 +49,8 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
     """
     logger = get_run_logger()
     await tag_flow_run(pipeline, "baseline", is_simulated(config_path, pipeline))
+    if reads_langsmith(config_path, pipeline):  # before the dataset is loaded by anything below
+        await pull_langsmith_dataset(config_path, pipeline)
     await check_providers(config_path, pipeline, store_path, limit)  # before anything is recorded or paid
     langsmith = await mirror_connection(config_path, pipeline, mirror_langsmith)  # None: not mirroring
     plan = prepare_baseline(config_path, pipeline, store_path, repeats, limit, flow_run.get_id())

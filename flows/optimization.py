@@ -47,6 +47,7 @@ from promptcycle_tasks.optimization import (
     rank_on_dev,
 )
 from promptcycle_tasks.cells import check_providers
+from promptcycle_tasks.datasets import pull_langsmith_dataset, reads_langsmith
 from promptcycle_tasks.mirror import mirror_connection, start_mirror, stop_mirror
 from promptcycle_tasks.reports import artifact_key
 from promptcycle_tasks.runs import is_simulated, run_name, tag_flow_run
@@ -77,6 +78,8 @@ async def optimization(pipeline: str = "customer-insights", config_path: str = "
     """
     logger = get_run_logger()
     await tag_flow_run(pipeline, "optimization", is_simulated(config_path, pipeline))
+    if reads_langsmith(config_path, pipeline):  # before the dataset is loaded by anything below
+        await pull_langsmith_dataset(config_path, pipeline)
     await check_providers(config_path, pipeline, store_path, limit)  # before anything is recorded or paid
     langsmith = await mirror_connection(config_path, pipeline, mirror_langsmith)  # None: not mirroring
     baseline_run_id = find_baseline(config_path, pipeline, store_path, baseline_run_id, limit)

@@ -27,6 +27,8 @@
     ├── TargetError                 a deployment target could not be written or restored
     ├── ServingError                no prompt can be served, or an outcome cannot be recorded
     ├── LocalServerError            Prefect's local server could not be started
+    ├── LangSmithError              a LangSmith request was refused (auth, bad request, conflict)
+    │   └── LangSmithUnavailableError   LangSmith is unreachable, too slow, or answered 429 / 5xx
     └── AlertDeliveryError          an alert channel could not deliver a page (retryable, retry_after)
 
 Lookups of a name keep the builtin bases callers catch them by:
@@ -68,6 +70,8 @@ __all__ = [
     "TargetError",
     "ServingError",
     "LocalServerError",
+    "LangSmithError",
+    "LangSmithUnavailableError",
     "UnknownNameError",
     "UnknownSimModelError",
     "AlertDeliveryError",
@@ -245,6 +249,14 @@ class UnknownNameError(KeyError):
 
 class UnknownSimModelError(LookupError):
     """The model name is not one of SIM_MODELS."""
+
+
+class LangSmithError(PromptcycleError):
+    """A LangSmith request was refused; the message never holds the API key."""
+
+
+class LangSmithUnavailableError(LangSmithError):
+    """LangSmith could not be reached in time or answered 429 / 5xx: try again later."""
 
 
 class AlertDeliveryError(PromptcycleError):

@@ -197,12 +197,16 @@ def test_the_hub_commits_pushed_by_promptcycle_read_back_through_the_sdk(langsmi
     listed = list(client.list_prompt_commits("support-prompt"))
     assert [c.commit_hash for c in listed] == [second.commit_hash, first.commit_hash]
     assert listed[0].parent_commit_hash == first.commit_hash
-    assert client.pull_prompt_commit("support-prompt:production").manifest == second_manifest
-    assert client.pull_prompt_commit(f"support-prompt:{first.commit_hash[:8]}").manifest == MANIFEST
+    assert client.pull_prompt_commit("support-prompt:production", skip_cache=True).manifest == second_manifest
+    assert client.pull_prompt_commit(f"support-prompt:{first.commit_hash[:8]}", skip_cache=True).manifest == MANIFEST
     assert [p.repo_handle for p in client.list_prompts().repos] == ["support-prompt"]
 
-    with pytest.raises(Exception, match="Nothing to commit"):  # the hub refuses an unchanged manifest
-        hub.push("support-prompt", second_manifest, tag="production", description="again")
+    refused = httpx2.post(f"{langsmith_fake.url}/commits/-/support-prompt", headers={"x-api-key": langsmith_fake.api_key},
+                          json={"parent_commit": second.commit_hash, "manifest": second_manifest})
+    assert refused.status_code == 409 and refused.json()["detail"] == "Nothing to commit"  # as the hub answers
+    stale = httpx2.post(f"{langsmith_fake.url}/commits/-/support-prompt", headers={"x-api-key": langsmith_fake.api_key},
+                        json={"parent_commit": first.commit_hash, "manifest": MANIFEST})
+    assert stale.status_code == 409  # a parent that is not the latest commit
     client.create_prompt("empty-prompt", description="made by the SDK")
     assert client.get_prompt("empty-prompt").num_commits == 0
     client.delete_prompt("empty-prompt")

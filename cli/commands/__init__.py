@@ -7,4 +7,4 @@ Each module here defines `add_commands(subparsers, common)`: it adds its sub-par
 
 PHASE_MODULES = ("promptcycle_cli.commands.optimize", "promptcycle_cli.commands.deploy", "promptcycle_cli.commands.alerts",
                  "promptcycle_cli.commands.learning", "promptcycle_cli.commands.monitor",
-                 "promptcycle_cli.commands.mirror")
+                 "promptcycle_cli.commands.datasets", "promptcycle_cli.commands.mirror")
