@@ -25,6 +25,7 @@ __all__ = [
     "DatasetConfig",
     "LangSmithMapping",
     "LangSmithConfig",
+    "LangSmithFeedbackConfig",
     "effective_langsmith",
     "LANGSMITH_PREFIX",
     "SplitConfig",
@@ -527,6 +528,35 @@ class MonitorConfig(_Strict):
         return self.stale_after_minutes if self.stale_after_minutes is not None else 3 * self.interval_minutes
 
 
+class LangSmithFeedbackConfig(_Strict):
+    """Production outcomes read from a LangSmith project (pipelines.<name>.observe.langsmith; docs/langsmith.md):
+    each root run tagged (or with metadata) naming a serving prompt version is one outcome, scored by its feedback
+    `feedback_key`. Connection and key: the `langsmith:` section."""
+
+    project: str = Field(min_length=1, description="The LangSmith project your application traces production "
+                         "requests to.")
+    feedback_key: str = Field(default="user_score", min_length=1, description="The feedback key whose score (in "
+                              "[0, 1]; several feedbacks are averaged) is the outcome's score.")
+    version_tag: str | None = Field(default="prompt:{version}", description="The tag naming the prompt version "
+                                    "that served a run; {version} is the promptcycle version (prompt hash).")
+    version_metadata_key: str | None = Field(default=None, description="Instead of a tag: the run metadata key "
+                                             "whose value is the prompt version (sets version_tag to null).")
+    model_metadata_key: str = Field(default="model", description="Run metadata key naming the serving model; "
+                                    "without it, a run goes to the one serving model its version serves.")
+    settle_minutes: float = Field(default=0.0, ge=0, le=1440, description="Read runs only once they are this old: "
+                                  "feedback given later than this is not seen (each run is read once).")
+
+    @model_validator(mode="after")
+    def _one_version_marker(self) -> "LangSmithFeedbackConfig":
+        if self.version_metadata_key is not None and "version_tag" not in self.model_fields_set:
+            self.version_tag = None
+        if (self.version_tag is None) == (self.version_metadata_key is None):
+            raise ValueError("name the prompt version by exactly one of version_tag and version_metadata_key")
+        if self.version_tag is not None and "{version}" not in self.version_tag:
+            raise ValueError("version_tag must contain {version}, e.g. 'prompt:{version}'")
+        return self
+
+
 class ObservationConfig(_Strict):
     """Where the monitor's observations come from (pipelines.<name>.observe; see docs/monitoring.md, Observations)."""
 
@@ -537,6 +567,8 @@ class ObservationConfig(_Strict):
                         "for series whose production feedback is thin. Off: those series get no observation and "
                         "the stale detector reports the gap.")
     probe_seed: int = Field(default=0, ge=0, description="Seed of the fixed monitoring sample's selection.")
+    langsmith: LangSmithFeedbackConfig | None = Field(default=None, description="Also read production outcomes "
+                                                      "from a LangSmith project's runs and their feedback.")
 
 
 class HealingConfig(_Strict):
