@@ -205,8 +205,8 @@ class LangSmithConfig(_Strict):
     mirror_runs: bool = Field(default=False, description="Mirror baseline and optimization runs to LangSmith as "
                               "experiments (one run per model × case × repeat, scores as feedback), in the "
                               "background; `--mirror-langsmith` / `--no-mirror-langsmith` override it per command.")
-    mirror_batch_size: int = Field(default=200, ge=1, le=1000, description="Results per request when mirroring.")
-    mirror_interval_seconds: float = Field(default=2.0, gt=0, le=600, description="How often the mirror sends what "
+    mirror_batch_size: int = Field(default=500, ge=1, le=2000, description="Results per request when mirroring.")
+    mirror_interval_seconds: float = Field(default=5.0, gt=0, le=600, description="How often the mirror sends what "
                                            "the run has stored since (it backs off while LangSmith fails).")
     mirror_drain_seconds: float = Field(default=10.0, ge=0, le=600, description="At the end of a run, how long the "
                                         "mirror may keep sending what is left (nothing when LangSmith was failing); "

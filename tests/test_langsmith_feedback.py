@@ -21,6 +21,7 @@ from promptcycle.errors import ConfigError, LangSmithUnavailableError
 from promptcycle.evaluation.context import load_pipeline
 from promptcycle.langsmith.connection import LangSmithConnection
 from promptcycle.langsmith.feedback import read_production_feedback
+from promptcycle.langsmith.mirror import multipart_body
 from promptcycle.monitor.watch import alert_findings, assess_series, collect_observations, plan_monitor
 from promptcycle.store import MetricsStore
 
@@ -75,7 +76,9 @@ def feed_period(fake, i: int, version: str, means: dict[str, float], n: int = 40
             run(f"prompt:{version}", spectrum, k, min(1.0, max(0.0, rng.gauss(mean, 0.08))))
         run("prompt:some-other-version", spectrum, n, 0.0)  # another version's traffic: not this pipeline's
     run(f"prompt:{version}", list(means)[0], 0, None)  # no feedback (yet)
-    client._multipart_ingest_ops(ops)
+    body, content_type = multipart_body(ops)
+    client.request_with_retries("POST", f"{fake.url}/runs/multipart",
+                                request_kwargs={"data": body, "headers": {"Content-Type": content_type}})
     return n * len(means) + 1
 
 

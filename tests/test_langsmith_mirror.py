@@ -17,6 +17,7 @@ from promptcycle.langsmith.mirror import (
     RunMirror,
     experiment_name,
     mirror_run_id,
+    multipart_body,
 )
 from promptcycle.store import MetricsStore
 from promptcycle.store.records import ResponseRecord, ResultRecord, RunRecord
@@ -164,7 +165,9 @@ def test_a_batch_sent_but_not_recorded_is_not_duplicated_when_sent_again(tmp_pat
     batch = store.results_to_mirror("run-c", rows)
     client = mirror._connect()
     mirror._prepare()
-    client._multipart_ingest_ops(mirror._operations(batch))  # sent; "crash" before mark_mirrored
+    body, content_type = multipart_body(mirror._operations(batch))
+    client.request_with_retries("POST", f"{langsmith_fake.url}/runs/multipart",  # sent; "crash" before marking
+                                request_kwargs={"data": body, "headers": {"Content-Type": content_type}})
     assert store.mirror_status("run-c")["pending"] == rows
     before = {rid: dict(run) for rid, run in langsmith_fake.runs.items()}
     mirror.sync()
