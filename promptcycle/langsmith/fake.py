@@ -144,6 +144,7 @@ class FakeLangSmith:
         self.version = version
         self.instance_flags = {"zstd_compression_enabled": True} if instance_flags is None else dict(instance_flags)
         self._lock = threading.RLock()
+        self._closing = threading.Event()  # set while its server shuts down: slow answers stop waiting
         self._faults: list[Fault] = list(faults)
         self.reset()
         self.app = self._build_app()
@@ -313,7 +314,11 @@ class _Front:
         fault = self.fake._fault_for(request.method, request.url.path)
         if fault is not None:
             if fault.delay_s:
-                await asyncio.sleep(fault.delay_s)
+                # In short naps, so a server shutting down answers at once instead of being cancelled mid-sleep.
+                loop = asyncio.get_running_loop()
+                end = loop.time() + fault.delay_s
+                while not self.fake._closing.is_set() and loop.time() < end:
+                    await asyncio.sleep(min(0.05, end - loop.time()))
             if fault.status is not None:
                 headers = {"retry-after": str(int(fault.retry_after))} if fault.retry_after is not None else {}
                 response = JSONResponse({"detail": f"injected by the fake LangSmith (HTTP {fault.status})"},
@@ -1062,6 +1067,7 @@ class FakeLangSmithServer:
                                         name=f"fake-langsmith-{self.port}", daemon=True)
 
     def start(self, timeout: float = 10.0) -> FakeLangSmithServer:
+        self.fake._closing.clear()
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
@@ -1072,6 +1078,7 @@ class FakeLangSmithServer:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
+        self.fake._closing.set()
         self._server.should_exit = True
         self._thread.join(timeout)
         self._sock.close()
