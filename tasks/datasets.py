@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 from promptcycle.catalog import load_config
 from promptcycle.langsmith.datasets import refresh_local_copy
@@ -24,6 +27,9 @@ async def pull_langsmith_dataset(config_path: str, pipeline: str) -> dict | None
     refresh = refresh_local_copy(config, pipeline, await aresolve_langsmith_key(config, pipeline))
     if refresh is None:
         return None
-    logger = get_run_logger()
+    try:
+        logger = get_run_logger()  # the flow run's log, in the UI
+    except MissingContextError:  # called as .fn(), outside a run
+        logger = logging.getLogger("promptcycle.langsmith")
     (logger.info if refresh.status == "pulled" else logger.warning)(refresh.note)
     return refresh.to_dict()

@@ -289,6 +289,17 @@ def test_without_a_key_a_local_copy_is_used_and_without_either_the_error_says_wh
     assert kept.status == "kept" and kept.note.startswith("no LangSmith API key")
 
 
+def test_the_cli_without_a_key_is_bad_input_naming_the_variable(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("LANGSMITH_API_KEY", raising=False)
+    config = write_config(tmp_path, source="langsmith:cases")
+    assert main(["datasets", "pull", "--pipeline", PIPE, "--config", str(config)]) == 2
+    assert "langsmith.api_key_env: no LangSmith API key: environment variable LANGSMITH_API_KEY is not set" in \
+        capsys.readouterr().err
+    assert main(["datasets", "push", "--pipeline", PIPE, "--config", str(config)]) == 2
+    assert main(["datasets", "pull", "--pipeline", PIPE, "--config", str(write_config(tmp_path))]) == 2
+    assert "is 'bundled:customer_insights', not a LangSmith dataset" in capsys.readouterr().err
+
+
 def test_a_refused_or_unreachable_langsmith_is_a_clear_error_without_the_key(tmp_path, ls_env, monkeypatch):
     wrong = "lsv2_pt_wrong_key_5e5e5e5e"
     monkeypatch.setenv("LANGSMITH_API_KEY", wrong)

@@ -276,3 +276,24 @@ def test_an_outage_during_tracing_drops_the_batch_without_raising_into_the_trace
             assert work(1) == 2
         client.flush()
         assert fake.runs == {} and any(r.path == "/runs/multipart" and r.status == 503 for r in fake.requests)
+
+
+def test_the_sdks_evaluate_runs_an_experiment_over_a_dataset_in_the_fake(langsmith_fake):
+    client = sdk(langsmith_fake)
+    dataset = client.create_dataset("cases")
+    client.create_examples(dataset_id=dataset.id, examples=[{"inputs": {"q": i}, "reference_outputs": {"a": i % 2}}
+                                                           for i in range(4)])
+
+    def exact(outputs: dict, reference_outputs: dict) -> dict:
+        return {"key": "exact", "score": float(outputs["a"] == reference_outputs["a"])}
+
+    result = langsmith.evaluate(lambda inputs: {"a": 0}, data="cases", evaluators=[exact], client=client,
+                                experiment_prefix="baseline", max_concurrency=0)
+    client.flush()
+    experiment = langsmith_fake.session_by_name(result.experiment_name)
+    assert experiment["reference_dataset_id"] == str(dataset.id)
+    runs = langsmith_fake.runs_in(result.experiment_name)
+    assert len(runs) == 4 and all(r["reference_example_id"] for r in runs)
+    scores = sorted(f["score"] for r in runs for f in langsmith_fake.feedback_for(r["id"]))
+    assert scores == [0.0, 0.0, 1.0, 1.0]
+    assert all(r.status < 400 for r in langsmith_fake.requests)

@@ -80,3 +80,47 @@ def test_the_api_key_is_in_nothing_stored_logged_or_printed(prefect_harness, lan
     database = Path(prefect.settings.PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
     assert files_holding(database.parent, secret) == []  # flow runs, their logs, parameters and artifacts
     assert key not in shown.out + shown.err + caplog.text
+
+
+def test_the_langsmith_credentials_block_describes_its_field_and_masks_the_key():
+    from promptcycle_blocks.credentials import LangSmithCredentials
+
+    block = LangSmithCredentials(api_key="lsv2_pt_block_masked_123")
+    assert LangSmithCredentials._block_type_slug == "promptcycle-langsmith-credentials"
+    assert all(f.description for f in LangSmithCredentials.model_fields.values())
+    assert "lsv2_pt_block_masked_123" not in repr(block) + str(block) + block.model_dump_json()
+    assert block.get_api_key().get_secret_value() == "lsv2_pt_block_masked_123"
+
+
+@pytest.mark.engine
+def test_a_flow_task_reads_the_key_from_a_langsmith_credentials_block(prefect_harness, langsmith_fake, tmp_path,
+                                                                     monkeypatch):
+    import asyncio
+
+    from promptcycle.errors import ConfigError
+    from promptcycle_blocks.credentials import LangSmithCredentials
+    from promptcycle_tasks.datasets import pull_langsmith_dataset
+    from promptcycle_tasks.secrets import aresolve_langsmith_key, resolve_langsmith_key
+
+    monkeypatch.delenv("LANGSMITH_API_KEY", raising=False)
+    monkeypatch.setenv("LANGSMITH_ENDPOINT", langsmith_fake.url)
+    LangSmithCredentials(api_key=langsmith_fake.api_key).save("ls-test-key", overwrite=True)
+    cases = [c for c in load_cases("bundled:customer_insights") if c.spectrum in SPECTRUMS]
+    config = write_config(tmp_path, "langsmith:from-block")
+    data = yaml.safe_load(config.read_text())
+    data["langsmith"] = {"api_key_block": "ls-test-key"}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    loaded = load_config(config)
+    key = asyncio.run(aresolve_langsmith_key(loaded, PIPE))  # the async loader: `await Block.aload(name)`
+    assert key.get_secret_value() == langsmith_fake.api_key
+    push_cases(connection(loaded, PIPE, key), "from-block", cases, assign_splits(cases, SplitConfig()), pipeline=PIPE)
+
+    refreshed = asyncio.run(pull_langsmith_dataset.fn(str(config), PIPE))  # what the baseline flow awaits
+    assert refreshed["status"] == "pulled" and refreshed["cases"] == len(cases)
+
+    data["langsmith"] = {"api_key_block": "no-such-block"}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    for resolve in (lambda c: resolve_langsmith_key(c, PIPE), lambda c: asyncio.run(aresolve_langsmith_key(c, PIPE))):
+        with pytest.raises(ConfigError, match="no LangSmith Credentials block named 'no-such-block'") as info:
+            resolve(load_config(config))
+        assert "langsmith.api_key_block" in str(info.value)

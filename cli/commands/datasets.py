@@ -78,6 +78,7 @@ def cmd_datasets_push(args: argparse.Namespace) -> int:
                           "them back into it would add a second copy of every case: push to another name",
                           file=str(config.source_path), path="langsmith.dataset_name", found=name,
                           expected="a dataset name other than the pipeline's source")
+    conn = _connection(config, args.pipeline)  # a missing key fails before the dataset suite runs
     ctx = load_pipeline(args.config, args.pipeline, store=args.store)
     report = validate_dataset(ctx.configured_cases, ctx.splits, spectrums=pipe.dataset.spectrums,
                               min_cases_per_spectrum=pipe.dataset.min_cases_per_spectrum,
@@ -90,7 +91,6 @@ def cmd_datasets_push(args: argparse.Namespace) -> int:
         else:
             print(f"the dataset suite failed, nothing was pushed: {report.summary()}")
         return 1
-    conn = _connection(config, args.pipeline)
     pushed = push_cases(conn, name, ctx.configured_cases, ctx.splits, pipeline=args.pipeline)
     if args.json:
         print(json.dumps({"success": True, "pipeline": args.pipeline, **pushed.to_dict()}))

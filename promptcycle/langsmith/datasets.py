@@ -24,7 +24,7 @@ import json
 import os
 import re
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -188,6 +188,8 @@ def refresh_local_copy(config: Any, pipeline: str, api_key: Any = None) -> Refre
         raise DatasetError(f"langsmith:{name}: the first pull of this LangSmith dataset needs an API key (set "
                            "LANGSMITH_API_KEY, or `langsmith.api_key_env` / `langsmith.api_key_block` in "
                            "pipelines.yaml); there is no local copy yet")
+    if have_copy:  # with a copy to fall back on, a run does not wait on LangSmith's retries
+        conn = replace(conn, max_retries=0)
     try:
         cases, _ = pull_cases(conn, name, pipe.dataset.mapping, base_dir)
     except LangSmithUnavailableError as exc:
