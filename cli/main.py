@@ -67,11 +67,13 @@ def print_mirror_report(console, report: dict | None) -> None:
     finish."""
     if not report:
         return
+    from rich.markup import escape
+
     from promptcycle.langsmith.mirror import MirrorReport
 
-    text = MirrorReport(**report).summary()
+    text = escape(MirrorReport(**report).summary())  # an error text may hold [brackets]
     style = "green" if report["pending"] == 0 and report["status_known"] else "dark_orange"
-    console.print(f"[{style}]{text}[/]", markup=True, highlight=False)
+    console.print(f"[{style}]{text}[/]", highlight=False)
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any], human: Callable[[], None]) -> None:

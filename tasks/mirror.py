@@ -93,15 +93,15 @@ def stop_mirror(mirror: BackgroundMirror | None, drain_seconds: float | None = N
 def sync_run(config_path: str, run_id: str, store_path: str | None = None) -> MirrorReport:
     """Send what the run `run_id` (and its arms) has not mirrored yet; raises `LangSmithUnavailableError` /
     `LangSmithError` when LangSmith refuses or is down (what was sent before that stays recorded)."""
-    from promptcycle.errors import StoreError
     from promptcycle.evaluation.context import resolve_store_path
 
     config = load_config(config_path)
     store = open_store(resolve_store_path(config, store_path))
     run = store.get_run(run_id)
     if run is None:
-        raise StoreError(f"no run {run_id!r} in {store.path} (the id of a baseline or optimization run, as "
-                         "`promptcycle baseline` or `optimize` printed it)")
+        raise ConfigError(f"no run {run_id!r} in {store.path}", path="RUN_ID", found=run_id,
+                          expected="the id of a baseline or optimization run, as `promptcycle baseline` or "
+                                   "`optimize` printed it")
     conn = connection(config, run.pipeline, resolve_langsmith_key(config, run.pipeline))
     if conn is None:
         raise _no_key(config_path)

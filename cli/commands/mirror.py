@@ -27,10 +27,12 @@ def add_commands(subparsers, common: Callable[[argparse.ArgumentParser], None]) 
 
 
 def cmd_langsmith_sync(args: argparse.Namespace) -> int:
-    from promptcycle_cli.main import _emit
+    from promptcycle.catalog import load_config
+    from promptcycle_cli.main import _emit, existing_store
     from promptcycle_tasks.mirror import sync_run
 
-    report = sync_run(str(args.config), args.run_id, args.store)
+    store = existing_store(load_config(args.config), args.store, "langsmith sync")  # never creates a store
+    report = sync_run(str(args.config), args.run_id, str(store))
 
     def human() -> None:
         print(report.summary())
