@@ -111,7 +111,7 @@ def mirror_source(ctx: Any, scope: str, conn: Any) -> MirrorSource:
             return push_cases(conn, dataset, ctx.configured_cases, ctx.splits, pipeline=ctx.name)
 
     return MirrorSource(pipeline=ctx.name, scope=scope, dataset=dataset,
-                        inputs={c.id: dict(c.inputs) for c in ctx.all_cases},
+                        inputs={c.id: dict(c.inputs) for c in ctx.configured_cases},
                         case_field=source_mapping.id if source_mapping is not None else "metadata.case_id",
                         publish=publish)
 
@@ -203,6 +203,7 @@ class RunMirror:
         self._examples: dict[str, str] = {}
         self._projects: dict[str, str] = {}
         self._prepared = False
+        self._published = False
         self.sent = 0
 
     # -- connection ------------------------------------------------------------------------------------------
@@ -256,8 +257,9 @@ class RunMirror:
 
         self._call(f"reading the LangSmith dataset {src.dataset!r}", read)
         missing = [c for c in src.inputs if c not in self._examples]
-        if missing and src.publish is not None:
+        if missing and src.publish is not None and not self._published:
             src.publish()  # raises our errors itself
+            self._published = True  # once per mirror: cases still missing after it are mirrored without an example
             self._call(f"reading the LangSmith dataset {src.dataset!r}", read)
         self._prepared = True
 
