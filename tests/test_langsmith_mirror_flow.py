@@ -94,3 +94,32 @@ def test_an_outage_loses_nothing_and_sync_finishes_without_duplicates(prefect_ha
     assert main(["langsmith", "sync", run_id, "--config", str(repo_config), "--store", str(store_path)]) == 0
     assert "all 49 results mirrored (0 sent now)" in capsys.readouterr().out
     assert not any(r.path == "/runs/multipart" for r in langsmith_fake.requests[requests:])  # nothing sent again
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_an_optimization_mirrors_the_current_prompt_and_each_candidate_side_by_side(prefect_harness, tmp_path,
+                                                                                  langsmith_fake, monkeypatch):
+    import asyncio
+
+    from test_optimization_flow import LIMIT, PIPE, small_config
+
+    from promptcycle_flows.optimization import optimization
+
+    _env(monkeypatch, langsmith_fake)
+    config, store_path = small_config(tmp_path / "pipelines.yaml"), tmp_path / "metrics.duckdb"
+    summary = asyncio.run(optimization(pipeline=PIPE, config_path=str(config), store_path=str(store_path),
+                                       limit=LIMIT, mirror_langsmith=True))
+    store = MetricsStore(store_path)
+    assert summary.langsmith["pending"] == 0 and summary.langsmith["mirrored"] == summary.langsmith["results"] > 0
+    assert store.mirror_status(summary.baseline_run_id)["pending"] == 0  # its baseline (run first) too
+    assert langsmith_fake.duplicate_run_posts == []
+    arms = {s["name"]: s for s in langsmith_fake.sessions.values() if s["name"].startswith(summary.run_id + "/")}
+    hashes = {s["extra"]["metadata"]["prompt_hash"] for s in arms.values()}
+    assert summary.current_hash in hashes and len(hashes) >= 2  # the current prompt and candidates
+    dataset = langsmith_fake.dataset_by_name(f"promptcycle-{PIPE}")
+    assert {s["reference_dataset_id"] for s in arms.values()} == {dataset["id"]}  # comparable: the same examples
+    mirrored = [r for r in langsmith_fake.runs.values()
+                if r["extra"]["metadata"]["promptcycle_run_id"].startswith(summary.run_id + "/")]
+    assert len(mirrored) == summary.langsmith["results"]
+    assert all(langsmith_fake.feedback_for(r["id"]) for r in mirrored if not r.get("error"))
