@@ -4,6 +4,7 @@
     python bench/baseline_throughput.py --calls 10000 --concurrency 64 --warm     # after a warm-up command
     python bench/baseline_throughput.py --builtin                                 # the default 1,470-call baseline
     python bench/baseline_throughput.py --calls 20000 --concurrency 64 --in-process   # the evaluation window only
+    python bench/baseline_throughput.py --calls 1470 --mirror-langsmith --rounds 2     # mirroring off vs on
 
 By default it starts `promptcycle sim-server`'s app on a free loopback port with a fixed 100 ms
 latency (in a separate process that also notes when the first and last requests arrive), writes a
@@ -17,6 +18,12 @@ moment it is started. It prints:
   end-to-end efficiency = ideal ÷ end-to-end wall;
 - the command's CPU per call (whole command, start-up included) and peak RSS; the sim-server's CPU
   per call; DuckDB bytes per result row; the mean recorded latency.
+
+`--mirror-langsmith` measures the cost of mirroring to LangSmith: it serves the fake LangSmith
+(promptcycle.langsmith.fake, a test double) in a process of its own and runs the same command with mirroring off
+and on (`--rounds N` pairs, in the order off, on, on, off, … so drift of a busy machine cancels), each on a fresh
+store, and prints both end-to-end walls, the slowdown and what was mirrored (every result, or the count not
+mirrored). The target: mirroring on is less than 5% slower end to end.
 
 `--builtin` runs the default pipelines.yaml (the built-in, in-process simulator: 7 models × 210
 cases) on a fresh store instead; its ideal is Σ simulated latency ÷ the provider's concurrency, and
@@ -117,6 +124,41 @@ def serve_probe(port: int, latency_ms: float) -> None:
 
     uvicorn.run(probe, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on",
                 timeout_keep_alive=75, server_header=False)
+
+
+FAKE_LANGSMITH_KEY = "lsv2_pt_bench_fake_key"
+
+
+def serve_langsmith(port: int) -> None:
+    """The fake LangSmith (a test double) on `port`, until terminated."""
+    import signal
+
+    from promptcycle.langsmith.fake import FakeLangSmith, FakeLangSmithServer
+
+    with FakeLangSmithServer(FakeLangSmith(api_key=FAKE_LANGSMITH_KEY), port=port):
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+
+
+def start_fake_langsmith() -> tuple[subprocess.Popen, str]:
+    import signal
+
+    import httpx2
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-langsmith", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM,
+                                                                                           signal.SIGINT}))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx2.get(f"{url}/info", timeout=1.0).status_code == 200:
+                return proc, url
+        except Exception:
+            time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit("the fake LangSmith did not start")
 
 
 def arrivals(port: int, reset: bool = False) -> dict:
@@ -288,10 +330,13 @@ def store_figures(store_path: Path, run_id: str, started_wall: float) -> dict:
             "duckdb_bytes_per_row": round(store_path.stat().st_size / len(frame), 1)}
 
 
-def run_end_to_end(args: argparse.Namespace, repeats: int) -> dict:
-    """The `promptcycle baseline` command as a child process, timed from its start to its exit."""
+def run_end_to_end(args: argparse.Namespace, repeats: int, langsmith_url: str | None = None) -> dict:
+    """The `promptcycle baseline` command as a child process, timed from its start to its exit (with
+    `langsmith_url`: mirroring its results to the LangSmith there)."""
     workdir = Path(tempfile.mkdtemp(prefix="promptcycle-bench-"))
     env = dict(os.environ)
+    if langsmith_url:
+        env.update(LANGSMITH_ENDPOINT=langsmith_url, LANGSMITH_API_KEY=FAKE_LANGSMITH_KEY)
     if args.prefect_home:
         env["PREFECT_HOME"] = args.prefect_home
     server = port = None
@@ -313,6 +358,7 @@ def run_end_to_end(args: argparse.Namespace, repeats: int) -> dict:
         server_cpu0 = cpu_seconds(server.pid) if server else 0.0
         wall0 = time.time()
         argv = ["baseline", "--config", str(config), "--json"] + ([] if args.builtin else ["--repeats", str(repeats)])
+        argv += ["--mirror-langsmith"] if langsmith_url else []
         started, ended, usage, stdout, _ = run_command(argv, env)
         summary = json.loads(stdout)
         calls = summary["calls_paid"]
@@ -348,6 +394,10 @@ def run_end_to_end(args: argparse.Namespace, repeats: int) -> dict:
         }
         if server:
             figures["sim_server_cpu_ms_per_call"] = round((cpu_seconds(server.pid) - server_cpu0) * 1000 / calls, 3)
+        mirror = summary.get("langsmith")
+        if langsmith_url:
+            figures["langsmith_mirrored"] = mirror["mirrored"] if mirror else 0
+            figures["langsmith_not_mirrored"] = mirror["pending"] if mirror else stored["rows"]
         return figures
     finally:
         if server:
@@ -355,6 +405,49 @@ def run_end_to_end(args: argparse.Namespace, repeats: int) -> dict:
             server.wait(timeout=10)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def compare_mirroring(args: argparse.Namespace, repeats: int) -> int:
+    """The command end to end with mirroring off and on, alternating (off, on, on, off, …)."""
+    import statistics
+
+    langsmith, url = start_fake_langsmith()
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+    try:
+        for r in range(args.rounds):
+            for mirrored in ((False, True) if r % 2 == 0 else (True, False)):
+                fake_cpu = cpu_seconds(langsmith.pid)
+                runs[mirrored].append(run_end_to_end(args, repeats, url if mirrored else None))
+                figures = runs[mirrored][-1]
+                # The fake's CPU competes with the command on this machine; a real LangSmith's would not.
+                figures["fake_langsmith_cpu_s"] = round(cpu_seconds(langsmith.pid) - fake_cpu, 2)
+                print(f"  round {r + 1} mirroring {'on ' if mirrored else 'off'}: end to end "
+                      f"{figures['end_to_end_wall_s']} s, evaluation {figures['evaluation_wall_s']} s"
+                      + (f", mirrored {figures['langsmith_mirrored']}, not mirrored "
+                         f"{figures['langsmith_not_mirrored']}, fake LangSmith CPU "
+                         f"{figures['fake_langsmith_cpu_s']} s" if mirrored else ""), flush=True)
+    finally:
+        langsmith.terminate()
+        langsmith.wait(timeout=10)
+    off = statistics.median(f["end_to_end_wall_s"] for f in runs[False])
+    on = statistics.median(f["end_to_end_wall_s"] for f in runs[True])
+    result = {"calls": runs[False][0]["calls"], "rounds": args.rounds,
+              "end_to_end_wall_s_off": off, "end_to_end_wall_s_on": on,
+              "slowdown": round(on / off - 1.0, 4),
+              "evaluation_wall_s_off": statistics.median(f["evaluation_wall_s"] for f in runs[False]),
+              "evaluation_wall_s_on": statistics.median(f["evaluation_wall_s"] for f in runs[True]),
+              "command_cpu_ms_per_call_off": statistics.median(f["command_cpu_ms_per_call"] for f in runs[False]),
+              "command_cpu_ms_per_call_on": statistics.median(f["command_cpu_ms_per_call"] for f in runs[True]),
+              "fake_langsmith_cpu_s": statistics.median(f["fake_langsmith_cpu_s"] for f in runs[True]),
+              "every_result_mirrored": all(f["langsmith_not_mirrored"] == 0 for f in runs[True]),
+              "target": "mirroring on < 5% slower end to end"}
+    print("baseline throughput with LangSmith mirroring (to the fake LangSmith, a test double) off and on — "
+          "simulated models, the command end to end (medians)")
+    width = max(map(len, result))
+    for k, v in result.items():
+        print(f"  {k:<{width}}  {v}")
+    print(json.dumps(result))
+    return 0
 
 
 def main() -> int:
@@ -370,16 +463,25 @@ def main() -> int:
     parser.add_argument("--prefect-home", default=None, help="PREFECT_HOME for the command (default: inherited)")
     parser.add_argument("--in-process", action="store_true", help="run the flow in this process instead")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--mirror-langsmith", action="store_true",
+                        help="compare the command with mirroring to a fake LangSmith off and on")
+    parser.add_argument("--rounds", type=int, default=1, help="with --mirror-langsmith: pairs of runs (off, on)")
     parser.add_argument("--serve-probe", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-langsmith", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_probe is not None:
         serve_probe(args.serve_probe, args.latency_ms)
+        return 0
+    if args.serve_langsmith is not None:
+        serve_langsmith(args.serve_langsmith)
         return 0
 
     from promptcycle.datasets.loaders import load_cases
 
     per_repeat = len(load_cases("bundled:customer_insights")) * 7
     repeats = max(1, -(-args.calls // per_repeat))
+    if args.mirror_langsmith:
+        return compare_mirroring(args, repeats)
     figures = run_in_process(args, repeats) if args.in_process else run_end_to_end(args, repeats)
     width = max(map(len, figures))
     where = ("the built-in simulator, in-process" if args.builtin

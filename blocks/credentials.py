@@ -13,7 +13,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-__all__ = ["ProviderCredentials", "WebhookCredentials"]
+__all__ = ["ProviderCredentials", "WebhookCredentials", "LangSmithCredentials"]
 
 
 class ProviderCredentials(Block):
@@ -45,3 +45,19 @@ class WebhookCredentials(Block):
 
     def get_token(self) -> SecretStr:
         return self.token
+
+
+class LangSmithCredentials(Block):
+    """The LangSmith API key promptcycle uses for datasets, run mirroring and production feedback.
+
+    Name it in pipelines.yaml under `langsmith.api_key_block` (it wins over `langsmith.api_key_env`).
+    """
+
+    _block_type_name = "LangSmith Credentials"
+    _block_type_slug = "promptcycle-langsmith-credentials"
+    _description = "LangSmith API key promptcycle uses for datasets, run mirroring and production feedback."
+
+    api_key: SecretStr = Field(description="The LangSmith API key (lsv2_…); stored encrypted, never logged.")
+
+    def get_api_key(self) -> SecretStr:
+        return self.api_key

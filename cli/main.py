@@ -56,6 +56,26 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "(by default they go to a log file, named when something fails)")
 
 
+def add_mirror_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mirror-langsmith", action=argparse.BooleanOptionalAction, default=None,
+                   help="mirror the results to LangSmith as experiments, in the background (default: the config's "
+                        "langsmith.mirror_runs; needs LANGSMITH_API_KEY or a credentials block)")
+
+
+def print_mirror_report(console, report: dict | None) -> None:
+    """One line on the LangSmith mirror, when it was on: everything mirrored, or how much was not and how to
+    finish."""
+    if not report:
+        return
+    from rich.markup import escape
+
+    from promptcycle.langsmith.mirror import MirrorReport
+
+    text = escape(MirrorReport(**report).summary())  # an error text may hold [brackets]
+    style = "green" if report["pending"] == 0 and report["status_known"] else "dark_orange"
+    console.print(f"[{style}]{text}[/]", highlight=False)
+
+
 def _emit(args: argparse.Namespace, payload: dict[str, Any], human: Callable[[], None]) -> None:
     if args.json:
         print(json.dumps(payload, default=str))
@@ -262,6 +282,7 @@ def _print_summary(summary, thresholds=None) -> None:
         console.print("[red]provider errors[/] (the provider's status and message):")
         for line in summary.provider_errors:
             console.print(f"  {line}", markup=False, highlight=False)
+    print_mirror_report(console, summary.langsmith)
     if summary.simulated:
         console.print("[dim]All answers came from the simulator (SIMULATED): the figures describe the simulated "
                       "world, not real models.[/]")
@@ -284,7 +305,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     local_server.ready()  # started in the background since the command was parsed
     with _progress_bar(not args.json and sys.stderr.isatty(), plain=not args.json and not sys.stderr.isatty()):
         summary = run_flow(baseline, pipeline=args.pipeline, config_path=str(args.config),
-                           store_path=args.store, repeats=args.repeats, limit=args.limit)
+                           store_path=args.store, repeats=args.repeats, limit=args.limit,
+                           mirror_langsmith=args.mirror_langsmith)
     _emit(args, {"success": True, **flow_run_fields(), **json.loads(summary.model_dump_json())},
           lambda: _print_summary(summary, _thresholds_of(args)))
     return 0
@@ -397,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", default="customer-insights", help="pipeline name (default: customer-insights)")
     p.add_argument("--repeats", type=int, default=None, help="calls per model x case (default: the pipeline's)")
     p.add_argument("--limit", type=int, default=None, help="only the first N cases of each spectrum")
+    add_mirror_flag(p)
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("sim-server", help="serve the simulated models over HTTP on 127.0.0.1")

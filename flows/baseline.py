@@ -2,6 +2,7 @@
 
     validate (config, keys, dataset suite) → evaluate every cell concurrently → results suite
     → rank against the thresholds → artifacts
+    (with LangSmith mirroring on: the stored results go to LangSmith in the background meanwhile)
 
 Re-running the same command after a crash resumes the unfinished run: recorded observations are not
 called again, and the final table equals an uninterrupted run's.
@@ -24,6 +25,8 @@ from promptcycle.evaluation.pool import close_providers
 from promptcycle.evaluation.summary import RunSummary
 from promptcycle_tasks.baseline import check_results, evaluate_cell_task, fail_run, prepare_baseline, summarize_run
 from promptcycle_tasks.cells import check_providers
+from promptcycle_tasks.datasets import pull_langsmith_dataset, reads_langsmith
+from promptcycle_tasks.mirror import mirror_connection, start_mirror, stop_mirror
 from promptcycle_tasks.reports import artifact_key, publish_baseline_report
 from promptcycle_tasks.runs import is_simulated, run_name, tag_flow_run
 
@@ -33,7 +36,7 @@ __all__ = ["baseline"]
 @flow(name="baseline", flow_run_name=run_name("baseline"))
 async def baseline(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
                    store_path: str | None = None, repeats: int | None = None,
-                   limit: int | None = None) -> RunSummary:
+                   limit: int | None = None, mirror_langsmith: bool | None = None) -> RunSummary:
     """Evaluate the pipeline's prompt across its models x spectrums and store every result.
 
     Args:
@@ -42,13 +45,27 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
         store_path: the DuckDB file (default: the config's `store`).
         repeats: calls per model x case (default: the pipeline's `repeats`).
         limit: evaluate only the first N cases of each spectrum.
+        mirror_langsmith: mirror the results to LangSmith as experiments (default: `langsmith.mirror_runs`).
     """
     logger = get_run_logger()
     await tag_flow_run(pipeline, "baseline", is_simulated(config_path, pipeline))
+    if reads_langsmith(config_path, pipeline):  # before the dataset is loaded by anything below
+        await pull_langsmith_dataset(config_path, pipeline)
     await check_providers(config_path, pipeline, store_path, limit)  # before anything is recorded or paid
+    langsmith = await mirror_connection(config_path, pipeline, mirror_langsmith)  # None: not mirroring
     plan = prepare_baseline(config_path, pipeline, store_path, repeats, limit, flow_run.get_id())
     logger.info(plan.announcement())
     progress.report_note(plan.announcement())
+    mirror = start_mirror(langsmith, config_path, pipeline, store_path, plan.run_id, limit)
+    try:
+        summary = await _evaluate(config_path, pipeline, store_path, plan, limit)
+    finally:
+        mirrored = stop_mirror(mirror)  # what LangSmith did not get is counted, never lost: DuckDB has it
+    summary.langsmith = mirrored
+    return summary
+
+
+async def _evaluate(config_path: str, pipeline: str, store_path: str | None, plan, limit: int | None) -> RunSummary:
     freeze_startup_objects()
     progress.report_total(plan.total_calls, phase="baseline")
     progress_id = await create_progress_artifact(progress=0.0, key=artifact_key("baseline-progress", pipeline),

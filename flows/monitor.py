@@ -1,6 +1,6 @@
 """The monitor phase: watch a deployed pipeline's quality, page once when it really degrades, maybe heal.
 
-    observe (production outcomes; the probe where feedback is thin) → assess (detectors continue from their stored
+    observe (production outcomes — reported, or read from LangSmith; the probe where feedback is thin) → assess (detectors continue from their stored
     state) → record → alert (policy, then delivery) → incidents and healing decisions → eligible healings run
 
 One run per `monitor.interval_minutes` (default 30; `promptcycle cycle` is what a schedule runs). A run killed and
@@ -24,6 +24,7 @@ from promptcycle.evaluation.pool import close_providers
 from promptcycle.monitor.report import MonitorSummary
 from promptcycle_flows.served import served_deployment, start_served_run
 from promptcycle_tasks.alerts import deliver_alerts, record_alerts
+from promptcycle_tasks.feedback import read_langsmith_feedback
 from promptcycle_tasks.monitor import (
     assess_monitor,
     finish_monitor,
@@ -52,6 +53,7 @@ async def monitor(pipeline: str = "customer-insights", config_path: str = "pipel
     """
     logger = get_run_logger()
     now = now or datetime.now(timezone.utc)
+    read_langsmith_feedback(config_path, pipeline, store_path, now)  # when observe.langsmith names a project
     plan = prepare_monitor(config_path, pipeline, store_path, now, flow_run.get_id())
     await tag_flow_run(pipeline, "monitor", plan.simulated)
     logger.info("monitor period %s of %s: %d series from production, %d probed%s", plan.period, pipeline,

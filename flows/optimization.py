@@ -47,6 +47,8 @@ from promptcycle_tasks.optimization import (
     rank_on_dev,
 )
 from promptcycle_tasks.cells import check_providers
+from promptcycle_tasks.datasets import pull_langsmith_dataset, reads_langsmith
+from promptcycle_tasks.mirror import mirror_connection, start_mirror, stop_mirror
 from promptcycle_tasks.reports import artifact_key
 from promptcycle_tasks.runs import is_simulated, run_name, tag_flow_run
 
@@ -57,7 +59,8 @@ __all__ = ["optimization"]
 async def optimization(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
                        store_path: str | None = None, baseline_run_id: str | None = None,
                        strategies: list[str] | None = None, max_calls: int | None = None,
-                       max_cost_usd: float | None = None, limit: int | None = None) -> OptimizationSummary:
+                       max_cost_usd: float | None = None, limit: int | None = None,
+                       mirror_langsmith: bool | None = None) -> OptimizationSummary:
     """Search for a prompt that beats the pipeline's current one, and label it `candidate` if one does.
 
     Args:
@@ -70,15 +73,20 @@ async def optimization(pipeline: str = "customer-insights", config_path: str = "
         max_calls: hard cap on paid calls (default: `optimization.max_calls`).
         max_cost_usd: hard cap on cost in USD (default: `optimization.max_cost_usd`).
         limit: use only the first N cases of each spectrum (a quick, smaller search).
+        mirror_langsmith: mirror every arm (the current prompt and each candidate) to LangSmith as experiments,
+            side by side over the same examples (default: `langsmith.mirror_runs`).
     """
     logger = get_run_logger()
     await tag_flow_run(pipeline, "optimization", is_simulated(config_path, pipeline))
+    if reads_langsmith(config_path, pipeline):  # before the dataset is loaded by anything below
+        await pull_langsmith_dataset(config_path, pipeline)
     await check_providers(config_path, pipeline, store_path, limit)  # before anything is recorded or paid
+    langsmith = await mirror_connection(config_path, pipeline, mirror_langsmith)  # None: not mirroring
     baseline_run_id = find_baseline(config_path, pipeline, store_path, baseline_run_id, limit)
     if baseline_run_id is None:
         logger.info("no baseline run of the configured prompt yet: running one first")
         baseline_run_id = (await baseline(pipeline=pipeline, config_path=config_path, store_path=store_path,
-                                          limit=limit)).run_id
+                                          limit=limit, mirror_langsmith=mirror_langsmith)).run_id
     plan = prepare_optimization(config_path, pipeline, store_path, baseline_run_id, strategies, max_calls,
                                 max_cost_usd, limit, flow_run.get_id())
     logger.info("%s optimization %s from baseline %s", "resuming" if plan.resumed else "starting", plan.run_id,
@@ -86,6 +94,7 @@ async def optimization(pipeline: str = "customer-insights", config_path: str = "
     progress.report_note(f"{'resuming' if plan.resumed else 'starting'} optimization {plan.run_id} from baseline "
                          f"{baseline_run_id}" + (" (calls that ended in error are retried)" if plan.resumed else ""))
     freeze_startup_objects()
+    mirror = start_mirror(langsmith, config_path, pipeline, store_path, plan.run_id, limit)  # every arm's results
     try:
         publish_diagnosis(plan, diagnose_baseline(plan))
         candidates = await generate_candidates(plan)
@@ -118,6 +127,8 @@ async def optimization(pipeline: str = "customer-insights", config_path: str = "
     finally:
         await close_providers()
         release_pipeline(pipeline)
+        mirrored = stop_mirror(mirror)  # what LangSmith did not get is counted, never lost: DuckDB has it
+    summary.langsmith = mirrored
     logger.info("%s: %s", summary.outcome, summary.reason)
     publish_optimization_report(summary)
     return summary

@@ -24,6 +24,11 @@ __all__ = [
     "ModelConfig",
     "PromptConfig",
     "DatasetConfig",
+    "LangSmithMapping",
+    "LangSmithConfig",
+    "LangSmithFeedbackConfig",
+    "effective_langsmith",
+    "LANGSMITH_PREFIX",
     "SplitConfig",
     "Thresholds",
     "OptimizationConfig",
@@ -128,12 +133,110 @@ class SplitConfig(_Strict):
         return self
 
 
+LANGSMITH_PREFIX = "langsmith:"
+_EXAMPLE_ROOTS = ("inputs", "outputs", "metadata", "id")
+
+
+class LangSmithMapping(_Strict):
+    """Where each field of a test case is found in a LangSmith example: a dotted path starting at the
+    example's `inputs`, `outputs`, `metadata` or `id` (e.g. `metadata.spectrum`, `outputs.facts`).
+    The defaults read back exactly what `promptcycle datasets push` publishes."""
+
+    id: str = Field(default="metadata.case_id", description="The case id (falls back to the example's id "
+                    "when the example has no value there).")
+    spectrum: str = Field(default="metadata.spectrum", description="The spectrum (category of test case).")
+    inputs: str = Field(default="inputs", description="The object of template variables.")
+    facts: str = Field(default="outputs.facts", description="The object of required facts (field -> value).")
+    reference: str | None = Field(default="outputs.reference", description="The reference answer (text); null: "
+                                  "none.")
+    template: str | None = Field(default="metadata.template", description="The question template the case came "
+                                 "from (for `optimization.cluster_field: template`); null: none.")
+
+    @field_validator("id", "spectrum", "inputs", "facts", "reference", "template")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and v.split(".")[0] not in _EXAMPLE_ROOTS:
+            raise ValueError(f"a path into the example starting with one of {', '.join(_EXAMPLE_ROOTS)}")
+        return v
+
+
 class DatasetConfig(_Strict):
-    source: str = Field(description="'bundled:customer_insights' or a path to a .jsonl, .csv or .parquet file "
-                        "(relative paths are relative to pipelines.yaml).")
+    source: str = Field(description="'bundled:customer_insights', a path to a .jsonl, .csv or .parquet file "
+                        "(relative paths are relative to pipelines.yaml), or 'langsmith:DATASET_NAME' (a LangSmith "
+                        "dataset; see `mapping` and docs/langsmith.md).")
     spectrums: list[str] = Field(min_length=1, description="The spectrums (categories of test case) to evaluate.")
     min_cases_per_spectrum: int = Field(default=20, ge=1, description="Data-quality floor per spectrum.")
     splits: SplitConfig = Field(default_factory=SplitConfig)
+    mapping: LangSmithMapping | None = Field(default=None, description="For a `langsmith:` source: where each "
+                                             "case field is in the examples (default: what `datasets push` writes).")
+
+    @model_validator(mode="after")
+    def _langsmith_source(self) -> "DatasetConfig":
+        if self.source.startswith(LANGSMITH_PREFIX):
+            if not self.source.removeprefix(LANGSMITH_PREFIX).strip():
+                raise ValueError("'langsmith:' needs a dataset name after it, e.g. 'langsmith:support-cases'")
+        elif self.mapping is not None:
+            raise ValueError("`mapping` applies to a 'langsmith:DATASET_NAME' source only")
+        return self
+
+    @property
+    def langsmith_dataset(self) -> str | None:
+        """The LangSmith dataset name of a `langsmith:` source, else None."""
+        if not self.source.startswith(LANGSMITH_PREFIX):
+            return None
+        return self.source.removeprefix(LANGSMITH_PREFIX).strip()
+
+
+class LangSmithConfig(_Strict):
+    """The optional connection to LangSmith (docs/langsmith.md). promptcycle runs fully without it; nothing
+    here is used unless a `langsmith:` dataset, `datasets push` or run mirroring asks for it. A pipeline's
+    own `langsmith:` overrides the keys it sets."""
+
+    api_url: str | None = Field(default=None, description="LangSmith API URL; default the LANGSMITH_ENDPOINT "
+                                "environment variable, else https://api.smith.langchain.com.")
+    api_key_env: str = Field(default="LANGSMITH_API_KEY", description="Environment variable holding the API key.")
+    api_key_block: str | None = Field(default=None, description="Name of a 'LangSmith Credentials' Prefect block "
+                                      "holding the API key (takes precedence over api_key_env).")
+    dataset_name: str = Field(default="promptcycle-{pipeline}", description="Name of the LangSmith dataset "
+                              "`promptcycle datasets push` publishes the pipeline's cases to; may use {pipeline}.")
+    timeout_seconds: float = Field(default=10.0, gt=0, le=600, description="Timeout of one request to LangSmith.")
+    probe_timeout_seconds: float = Field(default=2.0, gt=0, le=60, description="Timeout of the reachability check "
+                                         "(GET /info) made before LangSmith is used; a failed check means "
+                                         "'unavailable', never a slow evaluation.")
+    max_retries: int = Field(default=2, ge=0, le=10, description="Retries of a request answered 429 / 5xx or "
+                             "not answered (honouring Retry-After).")
+    mirror_runs: bool = Field(default=False, description="Mirror baseline and optimization runs to LangSmith as "
+                              "experiments (one run per model × case × repeat, scores as feedback), in the "
+                              "background; `--mirror-langsmith` / `--no-mirror-langsmith` override it per command.")
+    mirror_batch_size: int = Field(default=500, ge=1, le=2000, description="Results per request when mirroring.")
+    mirror_interval_seconds: float = Field(default=5.0, gt=0, le=600, description="How often the mirror sends what "
+                                           "the run has stored since (it backs off while LangSmith fails).")
+    mirror_drain_seconds: float = Field(default=10.0, ge=0, le=600, description="At the end of a run, how long the "
+                                        "mirror may keep sending what is left (nothing when LangSmith was failing); "
+                                        "the rest is counted and `promptcycle langsmith sync RUN_ID` sends it.")
+
+    @field_validator("api_url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("api_url must start with http:// or https://")
+        return v
+
+    @field_validator("dataset_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.replace("{pipeline}", "x").strip():
+            raise ValueError("dataset_name must not be empty")
+        return v
+
+
+def effective_langsmith(config: "PromptcycleConfig", pipeline: str | None = None) -> LangSmithConfig:
+    """The top-level `langsmith:` with the keys the pipeline's own `langsmith:` sets laid over it."""
+    top = config.langsmith
+    own = config.pipeline(pipeline).langsmith if pipeline else None
+    if own is None:
+        return top
+    return top.model_copy(update={name: getattr(own, name) for name in own.model_fields_set})
 
 
 class Thresholds(_Strict):
@@ -428,6 +531,35 @@ class MonitorConfig(_Strict):
         return self.stale_after_minutes if self.stale_after_minutes is not None else 3 * self.interval_minutes
 
 
+class LangSmithFeedbackConfig(_Strict):
+    """Production outcomes read from a LangSmith project (pipelines.<name>.observe.langsmith; docs/langsmith.md):
+    each root run tagged (or with metadata) naming a serving prompt version is one outcome, scored by its feedback
+    `feedback_key`. Connection and key: the `langsmith:` section."""
+
+    project: str = Field(min_length=1, description="The LangSmith project your application traces production "
+                         "requests to.")
+    feedback_key: str = Field(default="user_score", min_length=1, description="The feedback key whose score (in "
+                              "[0, 1]; several feedbacks are averaged) is the outcome's score.")
+    version_tag: str | None = Field(default="prompt:{version}", description="The tag naming the prompt version "
+                                    "that served a run; {version} is the promptcycle version (prompt hash).")
+    version_metadata_key: str | None = Field(default=None, description="Instead of a tag: the run metadata key "
+                                             "whose value is the prompt version (sets version_tag to null).")
+    model_metadata_key: str = Field(default="model", description="Run metadata key naming the serving model; "
+                                    "without it, a run goes to the one serving model its version serves.")
+    settle_minutes: float = Field(default=0.0, ge=0, le=1440, description="Read runs only once they are this old: "
+                                  "feedback given later than this is not seen (each run is read once).")
+
+    @model_validator(mode="after")
+    def _one_version_marker(self) -> "LangSmithFeedbackConfig":
+        if self.version_metadata_key is not None and "version_tag" not in self.model_fields_set:
+            self.version_tag = None
+        if (self.version_tag is None) == (self.version_metadata_key is None):
+            raise ValueError("name the prompt version by exactly one of version_tag and version_metadata_key")
+        if self.version_tag is not None and "{version}" not in self.version_tag:
+            raise ValueError("version_tag must contain {version}, e.g. 'prompt:{version}'")
+        return self
+
+
 class ObservationConfig(_Strict):
     """Where the monitor's observations come from (pipelines.<name>.observe; see docs/monitoring.md, Observations)."""
 
@@ -438,6 +570,8 @@ class ObservationConfig(_Strict):
                         "for series whose production feedback is thin. Off: those series get no observation and "
                         "the stale detector reports the gap.")
     probe_seed: int = Field(default=0, ge=0, description="Seed of the fixed monitoring sample's selection.")
+    langsmith: LangSmithFeedbackConfig | None = Field(default=None, description="Also read production outcomes "
+                                                      "from a LangSmith project's runs and their feedback.")
 
 
 class HealingConfig(_Strict):
@@ -630,6 +764,8 @@ class PipelineConfig(_Strict):
                                       "the phases by themselves.")
     alerts: AlertsConfig | None = Field(default=None, description="This pipeline's alerting; keys set here "
                                         "override the top-level `alerts:`.")
+    langsmith: LangSmithConfig | None = Field(default=None, description="This pipeline's LangSmith settings; keys "
+                                              "set here override the top-level `langsmith:`.")
 
     @field_validator("models")
     @classmethod
@@ -663,6 +799,8 @@ class PromptcycleConfig(_Strict):
     simulation: SimulationConfig = Field(default_factory=SimulationConfig,
                                          description="Simulated drifts of the built-in simulator.")
     api: ApiConfig = Field(default_factory=ApiConfig, description="The HTTP API for applications.")
+    langsmith: LangSmithConfig = Field(default_factory=LangSmithConfig, description="The optional connection to "
+                                       "LangSmith (datasets, run mirroring, production feedback).")
 
     # Where the config was read from; relative paths in it resolve against this directory.
     source_path: Path | None = Field(default=None, exclude=True)

@@ -28,6 +28,8 @@
     ├── ServingError                no prompt can be served, or an outcome cannot be recorded
     ├── TriggerError                a phase's Prefect deployment could not be started (status: 404, 422, 503)
     ├── LocalServerError            Prefect's local server could not be started
+    ├── LangSmithError              a LangSmith request was refused (auth, bad request, conflict)
+    │   └── LangSmithUnavailableError   LangSmith is unreachable, too slow, or answered 429 / 5xx
     └── AlertDeliveryError          an alert channel could not deliver a page (retryable, retry_after)
 
 Lookups of a name keep the builtin bases callers catch them by:
@@ -70,6 +72,8 @@ __all__ = [
     "ServingError",
     "TriggerError",
     "LocalServerError",
+    "LangSmithError",
+    "LangSmithUnavailableError",
     "UnknownNameError",
     "UnknownSimModelError",
     "AlertDeliveryError",
@@ -256,6 +260,14 @@ class UnknownNameError(KeyError):
 
 class UnknownSimModelError(LookupError):
     """The model name is not one of SIM_MODELS."""
+
+
+class LangSmithError(PromptcycleError):
+    """A LangSmith request was refused; the message never holds the API key."""
+
+
+class LangSmithUnavailableError(LangSmithError):
+    """LangSmith could not be reached in time or answered 429 / 5xx: try again later."""
 
 
 class AlertDeliveryError(PromptcycleError):

@@ -46,3 +46,17 @@ def repo_config(tmp_path: Path) -> Path:
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
+
+
+@pytest.fixture
+def langsmith_fake():
+    """A fake LangSmith (`promptcycle.langsmith.fake`, a test double) served on a free 127.0.0.1 port.
+
+    Yields the `FakeLangSmith`; its API URL is `langsmith_fake.url` and the key it requires is
+    `langsmith_fake.api_key` (give both to `langsmith.Client` or set LANGSMITH_ENDPOINT / LANGSMITH_API_KEY).
+    """
+    from promptcycle.langsmith.fake import FakeLangSmith, FakeLangSmithServer
+
+    fake = FakeLangSmith(api_key="lsv2_pt_fake_0d5e3c1a9b7f4e2d_secret")
+    with FakeLangSmithServer(fake):
+        yield fake

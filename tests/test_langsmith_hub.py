@@ -1,27 +1,23 @@
-"""The LangSmith target against a local stand-in of the prompt hub's REST endpoints (the ones the
-LangSmith SDK's push_prompt calls), served by uvicorn on 127.0.0.1 and recording every request."""
+"""The LangSmith prompt-hub target against the fake LangSmith (promptcycle.langsmith.fake) on 127.0.0.1:
+the requests promptcycle's hub client makes, what the hub holds afterwards (read back through the real
+langsmith SDK too), release and rollback, failures at each step, and the key kept out of everything."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
+import langsmith
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from simserver import ServerThread
 
 from deploy_support import PIPE, better_prompt, record_version, write_config
 from promptcycle.catalog import load_config
 from promptcycle.deploy.release import plan_release, release_version, roll_back
 from promptcycle.deploy.targets import DeployedPrompt, TargetError, apply_targets, build_targets
+from promptcycle.langsmith.fake import FakeLangSmith
 from promptcycle.store import MetricsStore
 
-KEY = "lsv2_pt_standin_secret_8c1f0e2d9b7a"
 VARIABLES = ("customer", "question")
 V1 = DeployedPrompt(pipeline=PIPE, scope="", version="v1aaaaaaaaaaaaaa", system="You are an analyst.",
                     template="{{customer}}\n{{question}}\nReply with a JSON object.", variables=VARIABLES)
@@ -29,120 +25,24 @@ V2 = DeployedPrompt(pipeline=PIPE, scope="", version="v2bbbbbbbbbbbbbb", system=
                     template="{{customer}}\n{{question}}\nReply with valid JSON only.", variables=VARIABLES)
 
 
-@dataclass
-class Hub:
-    """The stand-in's state: prompts with their commits and tags, every request, and scripted failures."""
-
-    prompts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    fail: dict[str, int] = field(default_factory=dict)  # "commit" / "tag" / "delete" -> HTTP status
-    ids: Any = field(default_factory=lambda: itertools.count(1))
-
-    def calls(self) -> list[str]:
-        return [f"{r['method']} {r['path']}" for r in self.requests]
-
-    def tagged(self, name: str, tag: str) -> dict[str, Any]:
-        prompt = self.prompts[name]
-        return next(c for c in prompt["commits"] if c["id"] == prompt["tags"][tag])
+def commits(hub: FakeLangSmith, name: str = PIPE) -> list[dict[str, Any]]:
+    return hub.repos[name]["commits"]
 
 
-def hub_app(hub: Hub) -> FastAPI:
-    app = FastAPI()
-
-    def now() -> str:
-        return datetime.now(timezone.utc).isoformat()
-
-    def repo(name: str) -> dict[str, Any]:
-        p = hub.prompts[name]
-        return {"repo_handle": name, "id": p["id"], "tenant_id": "tenant-1", "created_at": p["created_at"],
-                "updated_at": now(), "is_public": False, "is_archived": False, "tags": [], "owner": None,
-                "full_name": name, "num_likes": 0, "num_downloads": 0, "num_views": 0,
-                "last_commit_hash": p["commits"][-1]["commit_hash"] if p["commits"] else None,
-                "num_commits": len(p["commits"])}  # every field the SDK's `Prompt` schema requires
-
-    @app.middleware("http")
-    async def record(request: Request, call_next):
-        body = await request.body()
-        hub.requests.append({"method": request.method, "path": request.url.path, "query": str(request.url.query),
-                             "headers": dict(request.headers), "body": body})
-        if request.url.path != "/info" and request.headers.get("x-api-key") != KEY:
-            return JSONResponse({"detail": "Invalid token"}, status_code=401)
-        return await call_next(request)
-
-    @app.get("/info")
-    async def info():
-        return {"version": "stand-in", "batch_ingest_config": {}}
-
-    @app.get("/settings")
-    async def settings():
-        return {"id": "tenant-1", "display_name": "Tests", "created_at": now(), "tenant_handle": "acme"}
-
-    @app.get("/repos/{owner}/{name}")
-    async def get_repo(owner: str, name: str):
-        if name not in hub.prompts:
-            return JSONResponse({"detail": "Repo not found"}, status_code=404)
-        return {"repo": repo(name)}
-
-    @app.post("/repos")
-    async def create_repo(request: Request):
-        name = (await request.json())["repo_handle"]
-        if name in hub.prompts:
-            return JSONResponse({"detail": "Repo already exists"}, status_code=409)
-        hub.prompts[name] = {"id": f"repo-{next(hub.ids)}", "created_at": now(), "commits": [], "tags": {}}
-        return {"repo": repo(name)}
-
-    @app.delete("/repos/{owner}/{name}")
-    async def delete_repo(owner: str, name: str):
-        if "delete" in hub.fail:
-            return JSONResponse({"detail": "cannot delete now"}, status_code=hub.fail["delete"])
-        hub.prompts.pop(name, None)
-        return JSONResponse(None, status_code=204)
-
-    @app.get("/commits/{owner}/{name}")
-    async def list_commits(owner: str, name: str, limit: int = 100, offset: int = 0):
-        commits = hub.prompts[name]["commits"][::-1]
-        return {"commits": commits[offset:offset + limit], "total": len(commits)}
-
-    @app.post("/commits/{owner}/{name}")
-    async def commit(owner: str, name: str, request: Request):
-        if "commit" in hub.fail:
-            return JSONResponse({"detail": "commit refused by the stand-in"}, status_code=hub.fail["commit"])
-        if name not in hub.prompts:
-            return JSONResponse({"detail": "Repo not found"}, status_code=404)
-        data = await request.json()
-        commits = hub.prompts[name]["commits"]
-        latest = commits[-1]["commit_hash"] if commits else None
-        if data.get("parent_commit") != latest:
-            return JSONResponse({"detail": "parent is not the latest commit"}, status_code=409)
-        n = next(hub.ids)
-        entry = {"id": f"commit-{n}", "commit_hash": f"{n:08d}" + "f" * 32, "parent": latest,
-                 "manifest": data["manifest"], "description": data.get("description")}
-        commits.append(entry)
-        return {"commit": entry}
-
-    @app.post("/repos/{owner}/{name}/tags")
-    async def tag(owner: str, name: str, request: Request):
-        if "tag" in hub.fail:
-            return JSONResponse({"detail": "tag refused by the stand-in"}, status_code=hub.fail["tag"])
-        data = await request.json()
-        hub.prompts[name]["tags"][data["tag_name"]] = data["commit_id"]
-        return {"tag_name": data["tag_name"], "commit_id": data["commit_id"]}
-
-    return app
+def tagged(hub: FakeLangSmith, name: str, tag: str) -> dict[str, Any]:
+    repo = hub.repos[name]
+    return next(c for c in repo["commits"] if c["id"] == repo["commit_tags"][tag])
 
 
 @pytest.fixture
-def hub():
-    state = Hub()
-    with ServerThread(app=hub_app(state), lifespan="off") as server:
-        state.url = f"http://127.0.0.1:{server.port}"
-        yield state
+def hub(langsmith_fake):
+    return langsmith_fake
 
 
 @pytest.fixture
-def hub_key(monkeypatch):
-    monkeypatch.setenv("HUB_KEY", KEY)
-    return KEY
+def hub_key(hub, monkeypatch):
+    monkeypatch.setenv("HUB_KEY", hub.api_key)
+    return hub.api_key
 
 
 def langsmith_target(tmp_path, hub, **options):
@@ -154,13 +54,13 @@ def texts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     return [(m["id"][-1], m["kwargs"]["prompt"]["kwargs"]["template"]) for m in manifest["kwargs"]["messages"]]
 
 
-def assert_key_only_in_headers(hub: Hub) -> None:
+def assert_key_only_in_headers(hub: FakeLangSmith) -> None:
     assert hub.requests
     for r in hub.requests:
-        if r["path"] != "/info":
-            assert r["headers"]["x-api-key"] == KEY
-        assert KEY.encode() not in r["body"] and KEY not in r["path"] + r["query"]
-        assert "authorization" not in r["headers"]
+        if r.path != "/info":
+            assert r.headers["x-api-key"] == hub.api_key
+        assert hub.api_key.encode() not in r.body and hub.api_key not in r.path + r.query
+        assert "authorization" not in r.headers
 
 
 def test_push_creates_the_prompt_commits_the_manifest_and_tags_it(tmp_path, hub, hub_key, caplog):
@@ -170,75 +70,100 @@ def test_push_creates_the_prompt_commits_the_manifest_and_tags_it(tmp_path, hub,
     assert [o.status for o in rollout.outcomes] == ["written"]
     assert hub.calls() == ["GET /info", f"GET /repos/-/{PIPE}", "POST /repos", f"POST /commits/-/{PIPE}",
                            f"POST /repos/-/{PIPE}/tags"]
-    commit = hub.tagged(PIPE, "production")
-    assert commit["parent"] is None and commit["description"] == f"promptcycle version {V1.version}"
+    commit = tagged(hub, PIPE, "production")
+    assert commit["parent_commit_hash"] is None and commit["description"] == f"promptcycle version {V1.version}"
     assert texts(commit["manifest"]) == [("SystemMessagePromptTemplate", V1.system),
                                          ("HumanMessagePromptTemplate", V1.template)]
     assert commit["manifest"]["kwargs"]["input_variables"] == list(VARIABLES)
     assert commit["commit_hash"][:8] in rollout.outcomes[0].detail
+    sdk = langsmith.Client(api_url=hub.url, api_key=hub.api_key)  # what LangSmith users read back
+    assert sdk.pull_prompt_commit(f"{PIPE}:production", skip_cache=True).manifest == commit["manifest"]
     assert_key_only_in_headers(hub)
-    assert KEY not in caplog.text + repr(target) + str(rollout.outcomes)
+    assert hub.api_key not in caplog.text + repr(target) + str(rollout.outcomes)
 
 
 def test_a_second_version_commits_on_the_latest_and_undo_pushes_the_previous_back(tmp_path, hub, hub_key):
-    [target] = langsmith_target(tmp_path, hub, prompt_name="acme/{pipeline}", tag="prod")
-    hub.prompts[PIPE] = {"id": "repo-0", "created_at": "2026-01-01T00:00:00+00:00", "commits": [], "tags": {}}
+    [target] = langsmith_target(tmp_path, hub, prompt_name=f"{hub.tenant_handle}/{{pipeline}}", tag="prod")
+    langsmith.Client(api_url=hub.url, api_key=hub.api_key).create_prompt(PIPE)  # the prompt exists, empty
+    created_by_sdk = len(hub.requests)
     apply_targets([target], V1)
-    first = hub.tagged(PIPE, "prod")
+    first = tagged(hub, PIPE, "prod")
     rollout = apply_targets([target], V2, previous=V1)
-    second = hub.tagged(PIPE, "prod")
-    assert second["parent"] == first["commit_hash"] and texts(second["manifest"])[0][1] == V2.system
-    assert "POST /repos" not in hub.calls()  # the prompt existed: nothing created
+    second = tagged(hub, PIPE, "prod")
+    assert second["parent_commit_hash"] == first["commit_hash"] and texts(second["manifest"])[0][1] == V2.system
+    assert "POST /repos" not in hub.calls()[created_by_sdk:]  # the prompt existed: nothing created
 
     [restored] = rollout.undo()
     assert restored.status == "restored" and V1.version in restored.detail
-    third = hub.tagged(PIPE, "prod")
-    assert third["parent"] == second["commit_hash"] and third["manifest"] == first["manifest"]
-    assert [c["id"] for c in hub.prompts[PIPE]["commits"]] == [first["id"], second["id"], third["id"]]
+    third = tagged(hub, PIPE, "prod")
+    assert third["parent_commit_hash"] == second["commit_hash"] and third["manifest"] == first["manifest"]
+    assert [c["id"] for c in commits(hub)] == [first["id"], second["id"], third["id"]]
     assert_key_only_in_headers(hub)
+
+
+def test_pushing_the_version_the_hub_already_holds_moves_the_tag_without_a_commit(tmp_path, hub, hub_key):
+    [target] = langsmith_target(tmp_path, hub)
+    apply_targets([target], V1)
+    [staging] = langsmith_target(tmp_path, hub, tag="staging")
+    rollout = apply_targets([staging], V1)  # the hub answers 409 "Nothing to commit" to an unchanged manifest
+    assert [c["id"] for c in commits(hub)] == [tagged(hub, PIPE, "production")["id"]]
+    assert tagged(hub, PIPE, "staging") == tagged(hub, PIPE, "production")
+    assert "is already the latest commit" in rollout.outcomes[0].detail
+    assert f"POST /commits/-/{PIPE}" not in hub.calls()[-4:]
+
+
+def test_a_flaky_hub_read_is_retried_and_the_push_goes_through(tmp_path, hub, hub_key):
+    [target] = langsmith_target(tmp_path, hub)
+    apply_targets([target], V1)
+    blip = hub.fail(503, path=f"/repos/-/{PIPE}", method="GET", times=1, retry_after=0)
+    apply_targets([target], V2, previous=V1)
+    assert blip.hits == 1 and texts(tagged(hub, PIPE, "production")["manifest"])[0][1] == V2.system
 
 
 def test_a_failing_commit_leaves_no_prompt_behind(tmp_path, hub, hub_key):
     [target] = langsmith_target(tmp_path, hub)
-    hub.fail["commit"] = 500
+    hub.fail(500, path=f"/commits/-/{PIPE}", method="POST")
     with pytest.raises(TargetError) as info:
         apply_targets([target], V1)
     message = str(info.value)
-    assert "commit refused by the stand-in" in message and "HTTP 500" in message
+    assert "injected by the fake LangSmith" in message and "HTTP 500" in message
     assert f"the prompt -/{PIPE} created for this push was deleted again: nothing is left in the hub" in message
-    assert hub.prompts == {}
+    assert hub.repos == {}
     assert hub.calls()[-2:] == [f"POST /commits/-/{PIPE}", f"DELETE /repos/-/{PIPE}"]
-    assert KEY not in message + repr(info.value.outcomes)
+    assert hub.calls().count(f"POST /commits/-/{PIPE}") == 1  # a commit is never retried: it could land twice
+    assert hub.api_key not in message + repr(info.value.outcomes)
 
 
 def test_a_failing_commit_to_an_existing_prompt_changes_nothing(tmp_path, hub, hub_key):
     [target] = langsmith_target(tmp_path, hub)
     apply_targets([target], V1)
-    before = json.dumps(hub.prompts, sort_keys=True)
-    hub.fail["commit"] = 503
+    before = json.dumps(hub.repos, sort_keys=True)
+    hub.fail(503, path=f"/commits/-/{PIPE}", method="POST")
     with pytest.raises(TargetError, match="nothing was changed in the hub"):
         apply_targets([target], V2, previous=V1)
-    assert json.dumps(hub.prompts, sort_keys=True) == before
+    assert json.dumps(hub.repos, sort_keys=True) == before
 
 
 def test_when_the_created_prompt_cannot_be_deleted_the_error_says_what_is_left(tmp_path, hub, hub_key):
     [target] = langsmith_target(tmp_path, hub)
-    hub.fail.update(commit=500, delete=503)
+    hub.fail(500, path=f"/commits/-/{PIPE}", method="POST")
+    hub.fail(503, path=f"/repos/-/{PIPE}", method="DELETE")
     with pytest.raises(TargetError) as info:
         apply_targets([target], V1)
     assert f"the prompt -/{PIPE} created for this push could NOT be deleted again" in str(info.value)
     assert "delete it in LangSmith by hand" in str(info.value)
-    assert hub.prompts[PIPE]["commits"] == []  # an empty prompt: the only thing the API left
+    assert commits(hub) == []  # an empty prompt: the only thing the API left
 
 
 def test_a_failing_tag_says_the_commit_stays_untagged(tmp_path, hub, hub_key):
     [target] = langsmith_target(tmp_path, hub)
     apply_targets([target], V1)
-    hub.fail["tag"] = 500
+    refusal = hub.fail(500, path=f"/repos/-/{PIPE}/tags", method="POST", retry_after=0)
     with pytest.raises(TargetError) as info:
         apply_targets([target], V2, previous=V1)
     assert "is not tagged 'production': the tag still points where it did" in str(info.value)
-    assert texts(hub.tagged(PIPE, "production")["manifest"])[0][1] == V1.system
+    assert refusal.hits == 3  # the tag is safe to repeat: retried twice
+    assert texts(tagged(hub, PIPE, "production")["manifest"])[0][1] == V1.system
 
 
 def test_a_wrong_key_creates_nothing_and_is_never_shown(tmp_path, hub, monkeypatch):
@@ -248,7 +173,7 @@ def test_a_wrong_key_creates_nothing_and_is_never_shown(tmp_path, hub, monkeypat
     with pytest.raises(TargetError) as info:
         apply_targets([target], V1)
     assert "HTTP 401" in str(info.value) and "nothing was changed in the hub" in str(info.value)
-    assert hub.calls() == ["GET /info", f"GET /repos/-/{PIPE}"] and hub.prompts == {}
+    assert hub.calls() == ["GET /info", f"GET /repos/-/{PIPE}"] and hub.repos == {}
     assert wrong not in str(info.value) + repr(info.value.outcomes)
 
 
@@ -256,7 +181,21 @@ def test_another_workspaces_missing_prompt_is_not_created(tmp_path, hub, hub_key
     [target] = langsmith_target(tmp_path, hub, prompt_name="someone-else/{pipeline}")
     with pytest.raises(TargetError, match="creates prompts only in the key's own workspace"):
         apply_targets([target], V1)
-    assert hub.prompts == {} and "POST /repos" not in hub.calls()
+    assert hub.repos == {} and "POST /repos" not in hub.calls()
+
+
+def test_the_target_takes_its_url_and_key_from_the_langsmith_section(tmp_path, hub, monkeypatch):
+    monkeypatch.setenv("TEAM_LS_KEY", hub.api_key)
+    monkeypatch.delenv("LANGSMITH_ENDPOINT", raising=False)
+    config_path = write_config(tmp_path, deployment={"targets": [{"kind": "langsmith"}]})
+    import yaml
+
+    data = yaml.safe_load(config_path.read_text())
+    data["langsmith"] = {"api_url": hub.url, "api_key_env": "TEAM_LS_KEY"}
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    [target] = build_targets(load_config(config_path), PIPE)
+    assert [o.status for o in apply_targets([target], V1).outcomes] == ["written"]
+    assert texts(tagged(hub, PIPE, "production")["manifest"])[0][1] == V1.system
 
 
 def test_release_and_rollback_through_the_hub_keep_the_key_out_of_duckdb_and_logs(tmp_path, hub, hub_key, caplog):
@@ -282,14 +221,17 @@ def test_release_and_rollback_through_the_hub_keep_the_key_out_of_duckdb_and_log
     release(second)
     roll_back(cfg, PIPE, store, actor="ana")
 
-    commits = hub.prompts[PIPE]["commits"]
-    assert len(commits) == 3 and commits[2]["manifest"] == commits[0]["manifest"]
-    assert hub.tagged(PIPE, "production")["id"] == commits[2]["id"]
+    made = commits(hub)
+    assert len(made) == 3 and made[2]["manifest"] == made[0]["manifest"]
+    assert tagged(hub, PIPE, "production")["id"] == made[2]["id"]
+    sdk = langsmith.Client(api_url=hub.url, api_key=hub.api_key)
+    # Readers of the tag get the rolled-back prompt (skip_cache: the SDK caches prompts process-wide by name).
+    assert sdk.pull_prompt_commit(f"{PIPE}:production", skip_cache=True).manifest == made[0]["manifest"]
     assert store.get_label(PIPE, "production") == first
-    hub.fail["commit"] = 500
+    hub.fail(500, path=f"/commits/-/{PIPE}", method="POST")
     with pytest.raises(TargetError):
         roll_back(cfg, PIPE, store, actor="ana")
     assert_key_only_in_headers(hub)
-    assert KEY.encode() not in (tmp_path / "metrics.duckdb").read_bytes()
-    assert KEY not in caplog.text
-    assert all(KEY not in json.dumps(d.targets) for d in store.deployments(PIPE))
+    assert hub.api_key.encode() not in (tmp_path / "metrics.duckdb").read_bytes()
+    assert hub.api_key not in caplog.text
+    assert all(hub.api_key not in json.dumps(d.targets) for d in store.deployments(PIPE))

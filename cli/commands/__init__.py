@@ -7,4 +7,5 @@ Each module here defines `add_commands(subparsers, common)`: it adds its sub-par
 
 PHASE_MODULES = ("promptcycle_cli.commands.optimize", "promptcycle_cli.commands.deploy", "promptcycle_cli.commands.alerts",
                  "promptcycle_cli.commands.learning", "promptcycle_cli.commands.monitor", "promptcycle_cli.commands.report",
-                 "promptcycle_cli.commands.api", "promptcycle_cli.commands.serve")
+                 "promptcycle_cli.commands.api", "promptcycle_cli.commands.serve", "promptcycle_cli.commands.datasets",
+                 "promptcycle_cli.commands.mirror")

@@ -61,6 +61,9 @@ def add_commands(subparsers, common: Callable[[argparse.ArgumentParser], None]) 
                    help="hard cap on cost in USD (default: optimization.max_cost_usd)")
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
                    help="use only the first N cases of each spectrum (a quick, smaller search)")
+    from promptcycle_cli.main import add_mirror_flag
+
+    add_mirror_flag(p)
     p.set_defaults(func=cmd_optimize)
 
 
@@ -122,7 +125,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             summary = run_flow(
                 optimization, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
                 baseline_run_id=args.baseline, strategies=names, max_calls=args.max_calls,
-                max_cost_usd=args.max_cost, limit=args.limit)
+                max_cost_usd=args.max_cost, limit=args.limit, mirror_langsmith=args.mirror_langsmith)
     finally:
         budget.remove_estimate_listener(print_estimate)
     _emit(args, {"success": True, **flow_run_fields(), **json.loads(summary.model_dump_json())},
@@ -203,6 +206,9 @@ def print_report(s) -> None:
                   f"{int(spend.get('input_tokens', 0)):,} + {int(spend.get('output_tokens', 0)):,} tokens "
                   f"(budget: {caps})")
     console.print(f"run [bold]{s.run_id}[/] from baseline {s.baseline_run_id}" + (" — resumed" if s.resumed else ""))
+    from promptcycle_cli.main import print_mirror_report
+
+    print_mirror_report(console, s.langsmith)
     if s.simulated:
         console.print("[dim]All answers came from the built-in simulator: the gain is within the simulated world, "
                       "not a measurement of real models.[/]")

@@ -1,4 +1,4 @@
-"""Loading test cases from the bundled dataset or from a JSONL, CSV or Parquet file.
+"""Loading test cases from the bundled dataset, a JSONL, CSV or Parquet file, or a LangSmith dataset.
 
 Loading checks shape only — every row must become a `Case` — and any problem raises one
 `DatasetError` naming the file, the line or row, the field and what was expected. Data-quality
@@ -11,6 +11,8 @@ File formats, one case per line or row, fields `id, spectrum, inputs, facts, ref
 - `.csv`: a header row; `inputs` and `facts` cells hold JSON objects; `reference` may be omitted.
 - `.parquet`: the same columns; `inputs` and `facts` hold JSON strings, structs or maps. Struct
   columns share one schema across rows, so null struct fields are dropped when read back.
+- `langsmith:NAME`: the local copy of a LangSmith dataset, written by `promptcycle datasets pull`
+  (and by baseline and optimize); see `promptcycle.langsmith.datasets`.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from pydantic import ValidationError
 from promptcycle.datasets.cases import Case
 from promptcycle.errors import DatasetError
 
-__all__ = ["load_cases", "dataset_hash", "limit_cases", "BUNDLED_PREFIX", "SUPPORTED_EXTENSIONS",
-           "bundled_datasets"]
+__all__ = ["load_cases", "dataset_hash", "limit_cases", "BUNDLED_PREFIX", "LANGSMITH_PREFIX",
+           "SUPPORTED_EXTENSIONS", "bundled_datasets", "parse_jsonl", "case_from_record"]
 
 BUNDLED_PREFIX = "bundled:"
+LANGSMITH_PREFIX = "langsmith:"
 SUPPORTED_EXTENSIONS = (".jsonl", ".csv", ".parquet")
 _FIELDS = tuple(Case.model_fields)  # id, spectrum, inputs, facts, reference, template
 _REQUIRED = tuple(name for name, f in Case.model_fields.items() if f.is_required())
@@ -48,6 +51,10 @@ def load_cases(source: str, *, base_dir: Path | None = None) -> list[Case]:
     """
     if source.startswith(BUNDLED_PREFIX):
         return _load_bundled(source.removeprefix(BUNDLED_PREFIX))
+    if source.startswith(LANGSMITH_PREFIX):
+        from promptcycle.langsmith.datasets import load_snapshot
+
+        return load_snapshot(source.removeprefix(LANGSMITH_PREFIX).strip(), Path(base_dir or "."))
     path = Path(source).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
@@ -135,6 +142,16 @@ def _read_text(path: Path) -> str:
         raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start}); expected a UTF-8 encoded file") from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read file: {exc.strerror}") from None
+
+
+def parse_jsonl(text: str, file: str) -> list[Case]:
+    """The cases of JSONL `text`; errors name `file` and the line."""
+    return _parse_jsonl(text, file)
+
+
+def case_from_record(record: dict[str, Any], where: str) -> Case:
+    """`record` (the fields of a case) as a `Case`; `DatasetError` naming `where`, the field and what was expected."""
+    return _to_case(record, where)
 
 
 def _parse_jsonl(text: str, file: str) -> list[Case]:

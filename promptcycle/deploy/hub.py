@@ -11,11 +11,19 @@ order that creates nothing remote until the commit can be made:
 
     GET    /repos/{owner}/{name}            does the prompt exist? (404: no) — a wrong key stops here
     GET    /commits/{owner}/{name}?limit=1  its latest commit: the new commit's parent
+    GET    /commits/{owner}/{name}/{hash}   the latest commit's manifest: is there anything to commit?
     GET    /settings                        only for a missing prompt named with an owner: is it ours?
     POST   /repos                           create the prompt: only when it is missing, after the above
     POST   /commits/{owner}/{name}          the commit: {"parent_commit", "manifest", "description"}
     POST   /repos/{owner}/{name}/tags       the tag: {"tag_name", "commit_id"}
     DELETE /repos/{owner}/{name}            only to remove a prompt this push created, when its commit failed
+
+The hub refuses a commit whose manifest equals the latest one (409 "Nothing to commit"), so pushing
+the version the prompt already holds makes no commit: the tag is pointed at the latest commit.
+
+Requests that change nothing or are safe to repeat (the GETs, the tag) are retried on a connection
+failure, 429 or 5xx, honouring Retry-After; the commit and the prompt's creation are not (a retry
+after a lost answer could commit twice).
 
 The hub has no way to delete a commit: when the commit succeeds and the tag does not, the commit
 stays (untagged, so whatever reads the tag is unaffected) and the error says so. `owner` "-" is the
@@ -25,6 +33,7 @@ API key's own workspace, as in the SDK.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +62,7 @@ class HubPush:
     commit_hash: str
     commit_id: str
     created_prompt: bool
+    committed: bool = True  # False: the prompt already held this manifest; only the tag moved
 
     @property
     def ref(self) -> str:
@@ -66,12 +76,15 @@ class _Refused(Exception):
 class PromptHub:
     """A small client of the prompt hub's REST API; see the module docstring for the requests."""
 
-    def __init__(self, api_url: str, api_key: SecretStr, *, timeout_s: float = 10.0):
+    def __init__(self, api_url: str, api_key: SecretStr, *, timeout_s: float = 10.0, retries: int = 2,
+                 backoff_s: float = 0.5):
         if not api_url.startswith(("http://", "https://")):
             raise TargetError(f"the LangSmith API URL must start with http:// or https://, found {api_url!r}")
         self.api_url = api_url.rstrip("/")
         self._key = api_key
         self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
 
     def __repr__(self) -> str:
         return f"PromptHub({self.api_url!r})"
@@ -82,14 +95,28 @@ class PromptHub:
         key = self._key.get_secret_value()
         return text.replace(key, "***") if key else text
 
-    def _request(self, client: Any, method: str, path: str, *, ok_404: bool = False, **kwargs: Any) -> Any:
-        """The JSON answer of `method path` (None for an empty body, or a 404 when `ok_404`)."""
+    def _request(self, client: Any, method: str, path: str, *, ok_404: bool = False, retry: bool | None = None,
+                 **kwargs: Any) -> Any:
+        """The JSON answer of `method path` (None for an empty body, or a 404 when `ok_404`). GETs (and
+        requests marked `retry`) are retried on a connection failure, 429 or 5xx."""
         import httpx2
 
-        try:
-            response = client.request(method, path, **kwargs)
-        except httpx2.HTTPError as exc:
-            raise _Refused(self._scrub(f"{method} {path}: {type(exc).__name__}: {exc}")) from None
+        from promptcycle.providers import parse_retry_after
+
+        attempts = 1 + (self.retries if (method == "GET" if retry is None else retry) else 0)
+        for attempt in range(1, attempts + 1):
+            wait = self.backoff_s * 2 ** (attempt - 1)
+            try:
+                response = client.request(method, path, **kwargs)
+            except httpx2.HTTPError as exc:
+                if attempt == attempts:
+                    raise _Refused(self._scrub(f"{method} {path}: {type(exc).__name__}: {exc}")) from None
+            else:
+                if not (response.status_code == 429 or response.status_code >= 500) or attempt == attempts:
+                    break
+                after = parse_retry_after(response.headers.get("retry-after"))
+                wait = after if after is not None else wait
+            time.sleep(min(30.0, wait))
         if ok_404 and response.status_code == 404:
             return None
         if not 200 <= response.status_code < 300:
@@ -128,7 +155,13 @@ class PromptHub:
         with self._client() as client:
             try:
                 exists = self._request(client, "GET", f"/repos/{owner}/{name}", ok_404=True) is not None
-                parent = self._latest_commit(client, owner, name) if exists else None
+                latest = self._latest_commit(client, owner, name) if exists else None
+                parent = latest["commit_hash"] if latest else None
+                if latest is not None and self._manifest_of(client, owner, name, parent) == manifest:
+                    pushed = HubPush(owner=owner, name=name, commit_hash=str(parent), commit_id=str(latest["id"]),
+                                     created_prompt=False, committed=False)
+                    self._tag(client, pushed, tag, exists=True)
+                    return pushed
                 if not exists and owner != "-":
                     handle = (self._request(client, "GET", "/settings") or {}).get("tenant_handle")
                     if handle != owner:
@@ -155,19 +188,27 @@ class PromptHub:
 
             pushed = HubPush(owner=owner, name=name, commit_hash=str(commit["commit_hash"]),
                              commit_id=str(commit["id"]), created_prompt=not exists)
-            try:
-                self._request(client, "POST", f"/repos/{owner}/{name}/tags",
-                              json={"tag_name": tag, "commit_id": pushed.commit_id})
-            except _Refused as exc:
-                left = (self._remove_created(client, owner, name) if not exists else
-                        f"commit {pushed.ref} was made but is not tagged {tag!r}: the tag still points where it did")
-                raise TargetError(f"tagging {pushed.ref} {tag!r} failed: {exc}; {left}") from None
+            self._tag(client, pushed, tag, exists=exists)
         return pushed
 
-    def _latest_commit(self, client: Any, owner: str, name: str) -> str | None:
+    def _tag(self, client: Any, pushed: HubPush, tag: str, *, exists: bool) -> None:
+        owner, name = pushed.owner, pushed.name
+        try:
+            self._request(client, "POST", f"/repos/{owner}/{name}/tags", retry=True,
+                          json={"tag_name": tag, "commit_id": pushed.commit_id})
+        except _Refused as exc:
+            what = "was made" if pushed.committed else "is the latest"
+            left = (self._remove_created(client, owner, name) if not exists else
+                    f"commit {pushed.ref} {what} but is not tagged {tag!r}: the tag still points where it did")
+            raise TargetError(f"tagging {pushed.ref} {tag!r} failed: {exc}; {left}") from None
+
+    def _latest_commit(self, client: Any, owner: str, name: str) -> dict[str, Any] | None:
         answer = self._request(client, "GET", f"/commits/{owner}/{name}", params={"limit": 1, "offset": 0}) or {}
         commits = answer.get("commits") or []
-        return commits[0].get("commit_hash") if commits else None
+        return commits[0] if commits and commits[0].get("commit_hash") else None
+
+    def _manifest_of(self, client: Any, owner: str, name: str, commit_hash: str) -> Any:
+        return (self._request(client, "GET", f"/commits/{owner}/{name}/{commit_hash}") or {}).get("manifest")
 
     def _remove_created(self, client: Any, owner: str, name: str) -> str:
         """Delete the prompt this push created; say what is left."""

@@ -137,6 +137,11 @@ class Target:
     def outcome(self, status: str, detail: str) -> TargetOutcome:
         return TargetOutcome(target=self.name, kind=self.kind, status=status, detail=detail)
 
+    @classmethod
+    def option_defaults(cls, config: Any, pipeline: str) -> dict[str, Any]:
+        """Option values taken from elsewhere in pipelines.yaml when the target's own options leave them out."""
+        return {}
+
     def deploy(self, prompt: DeployedPrompt, previous: DeployedPrompt | None) -> Receipt:
         """Put `prompt` in place (`previous` is the version production served until now, if any)."""
         raise NotImplementedError
@@ -342,11 +347,12 @@ class LangSmithOptions(_Options):
     prompt_name: str = Field(default="{pipeline}", description="The prompt's name in the hub; may contain "
                              "{pipeline} and {scope}.")
     tag: str = Field(default="production", description="Commit tag given to the deployed version.")
-    api_url: str | None = Field(default=None, description="API URL; default LANGSMITH_ENDPOINT or "
-                                "https://api.smith.langchain.com.")
-    api_key_env: str = Field(default="LANGSMITH_API_KEY", description="Environment variable holding the API key; "
-                             "without it the target is skipped.")
-    timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of each request to the hub.")
+    api_url: str | None = Field(default=None, description="API URL; default the `langsmith:` section's api_url, "
+                                "else LANGSMITH_ENDPOINT, else https://api.smith.langchain.com.")
+    api_key_env: str = Field(default="LANGSMITH_API_KEY", description="Environment variable holding the API key "
+                             "(default: the `langsmith:` section's api_key_env); without it the target is skipped.")
+    timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of each request to the hub (default: "
+                                   "the `langsmith:` section's timeout_seconds).")
 
 
 def _manifest(prompt: DeployedPrompt) -> dict[str, Any]:
@@ -374,6 +380,16 @@ class LangSmithTarget(Target):
     options: LangSmithOptions
     secret_env_option = "api_key_env"
     secret_required = False
+
+    @classmethod
+    def option_defaults(cls, config: Any, pipeline: str) -> dict[str, Any]:
+        from promptcycle.config import effective_langsmith
+
+        settings = effective_langsmith(config, pipeline)
+        defaults: dict[str, Any] = {"api_key_env": settings.api_key_env, "timeout_seconds": settings.timeout_seconds}
+        if settings.api_url:
+            defaults["api_url"] = settings.api_url
+        return defaults
 
     def _api_url(self) -> str:
         return (self.options.api_url or os.environ.get("LANGSMITH_ENDPOINT")
@@ -409,6 +425,10 @@ class LangSmithTarget(Target):
                                                    "to push the production prompt to the prompt hub)"))
         pushed = self._push(prompt)
         created = " (the prompt was created)" if pushed.created_prompt else ""
+        if not pushed.committed:
+            return Receipt(self.outcome("written", f"version {prompt.version} is already the latest commit "
+                                                   f"{pushed.ref}: tagged it {self.options.tag!r}"),
+                           undo={"previous": previous, "pushed": pushed})
         return Receipt(self.outcome("written", f"pushed version {prompt.version} as commit {pushed.ref} tagged "
                                                f"{self.options.tag!r}{created}"),
                        undo={"previous": previous, "pushed": pushed})
@@ -470,7 +490,7 @@ def build_targets(config: Any, pipeline: str, *, block_secret: SecretLookup | No
     built = []
     for i, entry in enumerate(pipe.deployment.targets):
         cls = target_kinds.get(entry.kind)
-        options = cls.Options.model_validate(entry.options)
+        options = cls.Options.model_validate({**cls.option_defaults(config, pipeline), **entry.options})
         where = f"pipelines.{pipeline}.deployment.targets.{i}"
         built.append(cls(entry.label, options, base_dir=base_dir,
                          secret=_secret(cls, options, where, file, block_secret)))

@@ -120,7 +120,7 @@ def load_pipeline(config_path: str | Path, pipeline: str, *, limit: int | None =
     """Load config and dataset and assign splits (recorded splits in the store win)."""
     path = Path(config_path).resolve()
     stamp = path.stat().st_mtime_ns if path.exists() else None
-    key = (str(path), stamp, pipeline, limit, str(store))
+    key = (str(path), stamp, pipeline, limit, str(store), _local_copy_stamp(path, stamp, pipeline))
     with _lock:
         if key in _cache:
             return _cache[key]
@@ -142,6 +142,29 @@ def load_pipeline(config_path: str | Path, pipeline: str, *, limit: int | None =
     with _lock:
         _cache[key] = ctx
     return ctx
+
+
+_langsmith_sources: dict[tuple, str | None] = {}
+
+
+def _local_copy_stamp(path: Path, stamp: int | None, pipeline: str) -> int | None:
+    """For a `langsmith:` dataset, when its local copy last changed: a fresh pull is a new dataset.
+    (The source's name is read once per version of the config file.)"""
+    if stamp is None:
+        return None
+    memo = (str(path), stamp, pipeline)
+    if memo not in _langsmith_sources:
+        try:
+            _langsmith_sources[memo] = load_config(path).pipeline(pipeline).dataset.langsmith_dataset
+        except ConfigError:
+            return None  # load_pipeline raises it, with its message
+    source = _langsmith_sources[memo]
+    if source is None:
+        return None
+    from promptcycle.langsmith.datasets import snapshot_path
+
+    copy = snapshot_path(source, path.parent)
+    return copy.stat().st_mtime_ns if copy.exists() else None
 
 
 def _check_cluster_field(path: Path, pipeline: str, field: str | None, cases: list[Case]) -> None:

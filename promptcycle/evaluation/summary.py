@@ -71,6 +71,7 @@ class RunSummary(BaseModel):
     data_quality: dict[str, bool] = {}
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    langsmith: dict | None = None  # the LangSmith mirror's report, when mirroring was on (MirrorReport.to_dict)
 
     def cell(self, model: str, spectrum: str) -> CellQuality:
         for c in self.cells:

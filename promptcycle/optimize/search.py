@@ -244,6 +244,7 @@ class OptimizationSummary(BaseModel):
     compared_system: str | None = None
     compared_template: str | None = None
     flow_run_id: str | None = None  # the optimization's flow run
+    langsmith: dict | None = None  # the LangSmith mirror's report, when mirroring was on (MirrorReport.to_dict)
     baseline_flow_run_id: str | None = None
     labelled: list[dict[str, str | None]] = []  # {"scope": …, "hash": …} for every label moved
     decision: str | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from promptcycle.store.alerts import AlertsTables
 from promptcycle.store.incidents import IncidentsTables
+from promptcycle.store.langsmith import LangSmithTables
 from promptcycle.store.learning import LearningTables
 from promptcycle.store.monitoring import MonitoringTables
 from promptcycle.store.deployments import DeploymentsTables
@@ -28,7 +29,7 @@ __all__ = ["MetricsStore"]
 
 
 class MetricsStore(RunsTables, PromptsTables, DeploymentsTables, ProductionTables, AlertsTables, LearningTables,
-                   MonitoringTables, IncidentsTables, HistoryTables):
+                   MonitoringTables, IncidentsTables, HistoryTables, LangSmithTables):
     """The DuckDB metrics store at `path`: runs, the paid-call ledger, results, prompt versions and
     their labels, decisions with their evidence, diagnoses, data-quality results and dataset splits.
 

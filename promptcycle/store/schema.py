@@ -501,7 +501,36 @@ _V8 = Migration(8, "monitor runs, observations, detector states, healing decisio
     """,
 ))
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
+# What was mirrored to LangSmith (promptcycle/langsmith/mirror.py): one row per result sent, with the result's
+# created_at, so a result rewritten later (a terminal error retried on resume) is sent again as an update.
+# And where each LangSmith production-feedback source was read up to (promptcycle/langsmith/feedback.py).
+_V9 = Migration(9, "LangSmith: mirrored results and production feedback cursors", (
+    """
+    CREATE TABLE langsmith_mirrored (
+        run_id            VARCHAR NOT NULL,
+        model             VARCHAR NOT NULL,
+        case_id           VARCHAR NOT NULL,
+        repeat            INTEGER NOT NULL,
+        ls_run_id         VARCHAR NOT NULL,
+        experiment        VARCHAR NOT NULL,
+        result_created_at TIMESTAMP,
+        mirrored_at       TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, model, case_id, repeat)
+    )
+    """,
+    """
+    CREATE TABLE langsmith_cursors (
+        pipeline     VARCHAR NOT NULL,
+        source       VARCHAR NOT NULL,
+        cursor_time  TIMESTAMP,
+        runs_read    BIGINT NOT NULL DEFAULT 0,
+        updated_at   TIMESTAMP NOT NULL,
+        PRIMARY KEY (pipeline, source)
+    )
+    """,
+))
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _BOOKKEEPING = """
