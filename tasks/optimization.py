@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel
 
 from promptcycle import dataworker
 from promptcycle.errors import (
@@ -24,10 +24,10 @@ from promptcycle.errors import (
     ProviderError,
     RunFailedError,
 )
-from promptcycle.evaluation.cells import CellSpec, call_key, call_keys
+from promptcycle.evaluation.cells import CellSpec
 from promptcycle.evaluation.context import PipelineContext, fingerprint, load_pipeline
+from promptcycle.evaluation.ledger import call_keys, ledgered_complete
 from promptcycle.evaluation.lease import hold_pipeline, release_pipeline
-from promptcycle.evaluation.pool import get_provider
 from promptcycle.optimize import CandidatePrompt, Diagnosis, StrategyContext, create_strategy, learning, strategies
 from promptcycle.optimize.budget import (
     BudgetEstimate,
@@ -59,10 +59,9 @@ from promptcycle.optimize.search import (
 )
 from promptcycle.optimize.leakage import CandidateScreening, screen_candidates
 from promptcycle.prompts import PromptTemplate
-from promptcycle.providers.base import Completion
 from promptcycle.quality.suites import results_expectations
 from promptcycle.quality.worker import warm_up
-from promptcycle.store.records import DecisionRecord, PromptVersionRecord, ResponseRecord, RunRecord
+from promptcycle.store.records import DecisionRecord, PromptVersionRecord, RunRecord
 from promptcycle.store.remote import open_store
 from promptcycle_tasks.baseline import gate_dataset, new_run_id
 from promptcycle_tasks.reports import artifact_key
@@ -259,44 +258,6 @@ def diagnose_baseline(plan: OptimizationPlan) -> str:
                            scorers=list(ctx.pipeline.scorers))
 
 
-def _ledger_complete(ctx: PipelineContext, store, plan: OptimizationPlan):
-    """`complete(model, messages)` for the strategies: answered from the paid-call ledger when the
-    identical call was paid before, else paid for (within the budget) and recorded in the ledger."""
-    budget = budget_for(store, plan.run_id, max_calls=plan.max_calls, max_cost_usd=plan.max_cost_usd)
-    keys: dict[str, SecretStr | None] = {}  # provider -> key, each loaded once (async: Block.aload)
-
-    async def complete(model_name: str, messages: list[dict[str, str]]) -> Completion:
-        mconf = ctx.config.models[model_name]
-        key = call_key(mconf.provider, mconf, messages, 0)
-        paid = store.get_responses([key]).get(key)
-        if paid is not None:
-            return Completion(text=paid.output, model=model_name, input_tokens=paid.input_tokens or 0,
-                              output_tokens=paid.output_tokens or 0, latency_ms=paid.latency_ms or 0.0,
-                              cost_usd=paid.cost_usd or 0.0, attempts=paid.attempts or 1,
-                              simulated=bool(paid.simulated))
-        if mconf.provider not in keys:
-            keys[mconf.provider] = await aresolve_api_key(ctx.config, mconf.provider)
-        if not budget.try_acquire(model_name):
-            raise BudgetExceededError(f"the budget ran out before the call to {model_name}")
-        provider = get_provider(ctx.config, mconf.provider, keys[mconf.provider])
-        try:
-            completion = await provider.complete(model_name, messages, seed=0)
-        except BaseException:
-            budget.release(model_name)
-            raise
-        budget.settle(model_name, completion.cost_usd)
-        store.write_batch([ResponseRecord(
-            call_key=key, provider=mconf.provider, model=mconf.model, prompt_hash=None, case_id=None, repeat=0,
-            output=completion.text, input_tokens=completion.input_tokens, output_tokens=completion.output_tokens,
-            latency_ms=completion.latency_ms, cost_usd=completion.cost_usd, attempts=completion.attempts,
-            simulated=completion.simulated, created_at=datetime.now(timezone.utc), run_id=plan.run_id,
-            provider_model=completion.raw_model or None, finish_reason=completion.finish_reason,
-            tokens_source=completion.tokens_source)], [])
-        return completion
-
-    return complete
-
-
 def _screen(candidates: list[CandidatePrompt], **kwargs) -> CandidateScreening:
     """The candidates suite (Great Expectations) runs in the data worker, alongside the dataset suite."""
     return dataworker.call(screen_candidates, candidates, **kwargs)
@@ -313,7 +274,11 @@ async def generate_candidates(plan: OptimizationPlan) -> list[CandidateRow]:
     current = _current_prompt(store, plan)
     train = [c for c in ctx.configured_cases if ctx.splits.get(c.id) == "train"]
     held_out = [c for c in ctx.all_cases if ctx.splits.get(c.id) in ("dev", "test")]
-    complete = _ledger_complete(ctx, store, plan)
+    # A strategy's own calls (meta) go through the paid-call ledger within the optimization's budget; keys
+    # load the async way (a credentials block's sync loader returns a coroutine in async code).
+    budget = budget_for(store, plan.run_id, max_calls=plan.max_calls, max_cost_usd=plan.max_cost_usd)
+    complete = ledgered_complete(ctx.config, store, plan.run_id, budget=budget,
+                                 key_of=functools.partial(aresolve_api_key, ctx.config))
     optimizer = opt.optimizer_model or ctx.pipeline.models[-1]
     rows: list[CandidateRow] = []
     proposed: list[CandidatePrompt] = []
