@@ -26,11 +26,10 @@ from promptcycle.evaluation.heap import freeze_startup_objects
 from promptcycle.evaluation.lease import release_pipeline
 from promptcycle.evaluation.pool import close_providers
 from promptcycle.optimize.budget import BudgetEstimate
+from promptcycle.optimize.confirm import Confirmation, Screening
+from promptcycle.optimize.plan import OptimizationPlan
 from promptcycle.optimize.search import CONFIRM, SCREEN, Arm, OptimizationSummary
 from promptcycle_tasks.optimization import (
-    Confirmation,
-    OptimizationPlan,
-    Screening,
     confirm_on_test,
     diagnose_baseline,
     estimate_budget,

@@ -14,9 +14,10 @@ from promptcycle.errors import DataQualityError
 from promptcycle.evaluation.cells import CellSpec
 from promptcycle.evaluation.context import fingerprint, load_pipeline
 from promptcycle.evaluation.lease import hold_pipeline, release_pipeline
+from promptcycle.evaluation.runs import gate_dataset, new_run_id
 from promptcycle.evaluation.summary import RunSummary, summarize_stored_run
 from promptcycle.quality.suites import results_expectations
-from promptcycle.quality.worker import validate_dataset, validate_run_results, warm_up
+from promptcycle.quality.worker import validate_run_results, warm_up
 from promptcycle.store.remote import open_store
 from promptcycle.store.records import PromptVersionRecord, RunRecord
 from promptcycle_tasks.retry import BACKOFF, retry_if_transient
@@ -24,8 +25,7 @@ from promptcycle_tasks.cells import run_cell
 from promptcycle_tasks.limits import check_provider_limits
 from promptcycle_tasks.secrets import resolve_api_key
 
-__all__ = ["BaselinePlan", "gate_dataset", "prepare_baseline", "evaluate_cell_task", "check_results", "summarize_run",
-           "fail_run", "new_run_id"]
+__all__ = ["BaselinePlan", "prepare_baseline", "evaluate_cell_task", "check_results", "summarize_run", "fail_run"]
 
 CELL_RETRIES = 3
 
@@ -50,23 +50,6 @@ class BaselinePlan(BaseModel):
         retried = {0: "none ended in error", 1: "1 ended in error and is retried"}.get(
             self.retried, f"{self.retried:,} ended in error and are retried")
         return f"resuming run {self.run_id}: {self.recorded:,} of {self.total_calls:,} recorded, {retried}"
-
-
-def gate_dataset(ctx, store, run_id: str) -> None:
-    """The dataset suite, before any model call: store its result; on failure close the run and stop."""
-    report = validate_dataset(ctx.configured_cases, ctx.splits, spectrums=ctx.pipeline.dataset.spectrums,
-                              min_cases_per_spectrum=ctx.pipeline.dataset.min_cases_per_spectrum,
-                              recorded_splits=store.get_splits(ctx.dataset_key))
-    store.write_dq_result(run_id, "dataset", report.success, report.to_dict())
-    if not report.success:
-        store.finish_run(run_id, "failed", {"reason": report.summary()})
-        raise DataQualityError(report.summary(), report=report)
-
-
-def new_run_id(kind: str, pipeline: str) -> str:
-    import secrets
-
-    return f"{kind}-{pipeline}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
 
 
 @task(name="prepare-baseline", cache_policy=NO_CACHE)
@@ -104,7 +87,7 @@ def _prepare_baseline(ctx, store, pipeline: str, repeats: int | None, limit: int
             run_id=run_id, pipeline=pipeline, kind="baseline", fingerprint=fp, status="running",
             prompt_hash=prompt.hash, dataset_hash=ctx.dataset_hash, models=list(ctx.pipeline.models),
             repeats=repeats, case_limit=limit,
-            simulated=all(ctx.config.providers[p].kind == "simulator" for p in ctx.providers_used()),
+            simulated=ctx.simulated,
             config_json=ctx.pipeline.model_dump_json(), flow_run_id=flow_run_id,
             started_at=datetime.now(timezone.utc)))
     gate_dataset(ctx, store, run_id)

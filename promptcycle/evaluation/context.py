@@ -63,6 +63,11 @@ class PipelineContext:
     def cases_of(self, spectrum: str) -> list[Case]:
         return [c for c in self.cases if c.spectrum == spectrum]
 
+    @property
+    def simulated(self) -> bool:
+        """Whether every provider the pipeline calls (models and LLM judges) is the built-in simulator."""
+        return all(self.config.providers[p].kind == "simulator" for p in self.providers_used())
+
     def providers_used(self) -> list[str]:
         names = {self.config.models[m].provider for m in self.pipeline.models}
         for opts in self.pipeline.scorers.values():
