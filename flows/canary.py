@@ -25,6 +25,7 @@ from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed
 
+from promptcycle.deploy.results import CanaryResult
 from promptcycle_tasks.deployment import (
     conclude_canary_task,
     find_canary,
@@ -45,7 +46,7 @@ FINAL_STATES = {"promoted": "Promoted", "rolled_back": "RolledBack"}
 async def canary(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
                  store_path: str | None = None, simulate_traffic: int | None = None, seed: int = 0,
                  watch: bool = False, max_looks: int | None = None, error_rates: dict[str, float] | None = None,
-                 ingest_path: str | None = None, actor: str | None = None) -> dict:
+                 ingest_path: str | None = None, actor: str | None = None) -> CanaryResult:
     """Look at the pipeline's running canary, and promote or roll it back when the test decides.
 
     Args:
@@ -62,9 +63,9 @@ async def canary(pipeline: str = "customer-insights", config_path: str = "pipeli
     """
     actor = actor or flow_actor("canary")
     await tag_flow_run(pipeline, "canary", bool(simulate_traffic) or is_simulated(config_path, pipeline))
-    state = find_canary(config_path, pipeline, store_path)
-    settings = state["settings"]
-    canary_id = state["canary_id"]
+    running = find_canary(config_path, pipeline, store_path)
+    settings = running.settings
+    canary_id = running.canary_id
     ingested = ingest_outcomes(config_path, pipeline, store_path, ingest_path) if ingest_path else None
     progress_id = await create_progress_artifact(progress=0.0, key=artifact_key("canary-progress", pipeline),
                                                  description=f"Share of the horizon observed by canary {canary_id}")
@@ -74,7 +75,7 @@ async def canary(pipeline: str = "customer-insights", config_path: str = "pipeli
             batch = min(settings["look_size"], simulate_traffic - sent)
             if batch <= 0:
                 break
-            await send_simulated_traffic(config_path, pipeline, store_path, batch, seed * 100_003 + state["looks"] + i,
+            await send_simulated_traffic(config_path, pipeline, store_path, batch, seed * 100_003 + running.looks + i,
                                          error_rates)
             sent += batch
         elif i > 0:
@@ -89,15 +90,14 @@ async def canary(pipeline: str = "customer-insights", config_path: str = "pipeli
         if last.action != "continue":
             outcome = conclude_canary_task(config_path, pipeline, store_path, last, actor)
             break
-    result = {"canary_id": canary_id, "pipeline": pipeline, "control": state["control"], "simulated": bool(sent),
-              "treatment": state["treatment"], "looks": looks, "simulated_requests": sent,
-              "action": last.action if last else None, "reason": last.reason if last else None,
-              "split_pct": last.next_split_pct if last else state["split_pct"],
-              "decision": last.decision.to_dict() if last else None, "outcome": outcome, "ingested": ingested,
-              "status": ("promoted" if outcome and outcome["kind"] == "promote" else
-                         "rolled_back" if outcome else "running")}
+    result = CanaryResult(canary_id=canary_id, pipeline=pipeline, control=running.control, simulated=bool(sent),
+                          treatment=running.treatment, looks=looks, simulated_requests=sent,
+                          action=last.action if last else None, reason=last.reason if last else None,
+                          split_pct=last.next_split_pct if last else running.split_pct,
+                          decision=last.decision.to_dict() if last else None, outcome=outcome, ingested=ingested,
+                          status=("promoted" if outcome and outcome.kind == "promote" else
+                                  "rolled_back" if outcome else "running"))
     # Automations tell the outcomes apart by the final state's name (and by the event conclude emits).
-    if result["status"] == "running":
+    if result.status == "running":
         return result
-    return Completed(name=FINAL_STATES[result["status"]], message=f"{result['status']}: {result['reason']}",
-                     data=result)
+    return Completed(name=FINAL_STATES[result.status], message=f"{result.status}: {result.reason}", data=result)

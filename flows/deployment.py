@@ -15,6 +15,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
+from promptcycle.deploy.results import DeploymentResult, StageOutcome
 from promptcycle.errors import GateError
 from promptcycle.store.records import STAGES
 from promptcycle_tasks.deployment import (
@@ -35,7 +36,7 @@ __all__ = ["deployment"]
 async def deployment(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
                      store_path: str | None = None, version: str | None = None, canary: bool = False,
                      force: bool = False, simulate_traffic: int | None = None, traffic_seed: int = 0,
-                     actor: str | None = None) -> dict:
+                     actor: str | None = None) -> DeploymentResult:
     """Deploy a prompt version of the pipeline through the four validation stages and the gate.
 
     Args:
@@ -68,20 +69,21 @@ async def deployment(pipeline: str = "customer-insights", config_path: str = "pi
             raise GateError(f"deployment of version {plan.version} to {pipeline!r} was {gate.reason} "
                             f"(deployment {plan.deployment_id}; `promptcycle status` shows the reports)")
         if plan.canary:
-            result = start_canary(config_path, pipeline, store_path, plan, gate)
+            done = start_canary(config_path, pipeline, store_path, plan, gate)
         else:
-            result = release_deployment(config_path, pipeline, store_path, plan, gate)
+            done = release_deployment(config_path, pipeline, store_path, plan, gate)
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
         finish_deployment(config_path, pipeline, store_path, plan, error)
-    outcome = {"deployment_id": plan.deployment_id, "pipeline": pipeline, "kind": plan.kind, "version": plan.version,
-               "production_before": plan.production, "gate": gate.to_dict(),
-               "stages": {r.stage: {"status": r.status, "reason": r.reason} for r in reports}, **result}
+    result = DeploymentResult(deployment_id=plan.deployment_id, pipeline=pipeline, kind=plan.kind,
+                              version=plan.version, production_before=plan.production, gate=gate,
+                              stages={r.stage: StageOutcome(status=r.status, reason=r.reason) for r in reports},
+                              **done.model_dump(exclude={"deployment_id", "version"}))
     if plan.canary and simulate_traffic:
         from promptcycle_flows.canary import canary as canary_flow
 
-        outcome["canary"] = await canary_flow(pipeline=pipeline, config_path=config_path, store_path=store_path,
-                                              simulate_traffic=simulate_traffic, seed=traffic_seed, actor=actor)
-    return outcome
+        result.canary = await canary_flow(pipeline=pipeline, config_path=config_path, store_path=store_path,
+                                          simulate_traffic=simulate_traffic, seed=traffic_seed, actor=actor)
+    return result

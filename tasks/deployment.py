@@ -26,6 +26,7 @@ from promptcycle.deploy.release import (
     release_version,
     start_release_canary,
 )
+from promptcycle.deploy.results import CanaryConclusion, CanaryStart, IngestedOutcomes, ReleaseOutcome, RunningCanary
 from promptcycle.deploy.stages import run_stage
 from promptcycle.deploy.validation import StageReport
 from promptcycle.errors import ConfigError
@@ -144,7 +145,7 @@ def _version_markdown(store: MetricsStore, plan: ReleasePlan, reports: list[Stag
 
 @task(name="release-deployment", cache_policy=NO_CACHE)
 def release_deployment(config_path: str, pipeline: str, store_path: str | None, plan: ReleasePlan,
-                       gate: GateDecision) -> dict[str, Any]:
+                       gate: GateDecision) -> ReleaseOutcome:
     """Write the version to every target (all or nothing) and move the labels."""
     ctx = load_pipeline(config_path, pipeline, store=store_path)
     store = MetricsStore(ctx.store_path)
@@ -153,18 +154,18 @@ def release_deployment(config_path: str, pipeline: str, store_path: str | None, 
     create_table_artifact(key=artifact_key("deploy-targets", pipeline), table=record.targets or
                           [{"target": "(none)", "status": "no targets configured", "detail": "labels only"}],
                           description=f"Targets of deployment {plan.deployment_id}: version {plan.version}")
-    return {"deployment_id": record.deployment_id, "status": record.status, "targets": record.targets,
-            "version": plan.version, "previous": plan.production}
+    return ReleaseOutcome(deployment_id=record.deployment_id, status=record.status, targets=record.targets,
+                          version=plan.version, previous=plan.production)
 
 
 @task(name="start-canary", cache_policy=NO_CACHE)
 def start_canary(config_path: str, pipeline: str, store_path: str | None, plan: ReleasePlan,
-                 gate: GateDecision) -> dict[str, Any]:
+                 gate: GateDecision) -> CanaryStart:
     """Start the canary of the plan's version (production and the targets stay as they are)."""
     ctx = load_pipeline(config_path, pipeline, store=store_path)
     canary = start_release_canary(ctx.config, MetricsStore(ctx.store_path), plan, gate)
-    return {"canary_id": canary.canary_id, "split_pct": canary.split_pct, "control": canary.control_hash,
-            "treatment": canary.treatment_hash, "plan": canary.settings.get("plan"), "reason": canary.reason}
+    return CanaryStart(canary_id=canary.canary_id, split_pct=canary.split_pct, control=canary.control_hash,
+                       treatment=canary.treatment_hash, plan=canary.settings.get("plan"), reason=canary.reason)
 
 
 @task(name="finish-deployment", cache_policy=NO_CACHE)
@@ -184,15 +185,15 @@ def finish_deployment(config_path: str, pipeline: str, store_path: str | None, p
 # -- canary -----------------------------------------------------------------------------------------------------
 
 @task(name="find-canary", cache_policy=NO_CACHE)
-def find_canary(config_path: str, pipeline: str, store_path: str | None) -> dict[str, Any]:
+def find_canary(config_path: str, pipeline: str, store_path: str | None) -> RunningCanary:
     """The pipeline's running canary (id, arms, split, settings); `DeploymentError` when none runs."""
     ctx = load_pipeline(config_path, pipeline, store=store_path)
     canary = MetricsStore(ctx.store_path).active_canary(pipeline)
     if canary is None:
         raise DeploymentError(f"pipeline {pipeline!r} has no running canary; start one with "
                               f"`promptcycle deploy --pipeline {pipeline} --canary`")
-    return {"canary_id": canary.canary_id, "control": canary.control_hash, "treatment": canary.treatment_hash,
-            "split_pct": canary.split_pct, "looks": canary.looks, "settings": canary.settings}
+    return RunningCanary(canary_id=canary.canary_id, control=canary.control_hash, treatment=canary.treatment_hash,
+                         split_pct=canary.split_pct, looks=canary.looks, settings=canary.settings)
 
 
 @task(name="send-simulated-traffic", cache_policy=NO_CACHE)
@@ -207,13 +208,13 @@ async def send_simulated_traffic(config_path: str, pipeline: str, store_path: st
 
 
 @task(name="ingest-outcomes", cache_policy=NO_CACHE)
-def ingest_outcomes(config_path: str, pipeline: str, store_path: str | None, path: str) -> dict[str, Any]:
+def ingest_outcomes(config_path: str, pipeline: str, store_path: str | None, path: str) -> IngestedOutcomes:
     """Record the production outcomes of a JSONL file (all or nothing; a request id is recorded once)."""
     from promptcycle.deploy.serving import ingest_production_results
 
     ctx = load_pipeline(config_path, pipeline, store=store_path)
     report = ingest_production_results(ctx.config.resolve_path(path), pipeline=pipeline, store=ctx.store_path)
-    return {"path": report.path, "lines": report.lines, "new": report.new, "duplicates": report.duplicates}
+    return IngestedOutcomes(path=report.path, lines=report.lines, new=report.new, duplicates=report.duplicates)
 
 
 @task(name="look-canary", task_run_name="look at {canary_id}", cache_policy=NO_CACHE, retries=2,
@@ -229,7 +230,7 @@ def look_canary(config_path: str, pipeline: str, store_path: str | None, canary_
 
 @task(name="conclude-canary", cache_policy=NO_CACHE)
 def conclude_canary_task(config_path: str, pipeline: str, store_path: str | None, look: CanaryLook,
-                         actor: str) -> dict[str, Any]:
+                         actor: str) -> CanaryConclusion:
     """Promote (targets, then labels) or roll back (production restored on every target)."""
     ctx = load_pipeline(config_path, pipeline, store=store_path)
     store = MetricsStore(ctx.store_path)
@@ -241,8 +242,8 @@ def conclude_canary_task(config_path: str, pipeline: str, store_path: str | None
         "canary_id": look.canary_id, "deployment_id": record.deployment_id, "status": record.status,
         "control": canary.control_hash, "treatment": canary.treatment_hash, "production": record.to_hash,
         "reason": look.reason, "looks": look.look})
-    return {"deployment_id": record.deployment_id, "kind": record.kind, "status": record.status,
-            "version": record.to_hash, "targets": record.targets}
+    return CanaryConclusion(deployment_id=record.deployment_id, kind=record.kind, status=record.status,
+                            version=record.to_hash, targets=record.targets)
 
 
 def _look_row(look: dict[str, Any]) -> dict[str, Any]:
