@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 
 from promptcycle.errors import ConfigError, RunFailedError
 from promptcycle.evaluation import progress
-from promptcycle.evaluation.context import load_pipeline
+from promptcycle.evaluation.context import PipelineRef
 from promptcycle.evaluation.heap import freeze_startup_objects
 from promptcycle.evaluation.lease import release_pipeline
 from promptcycle.evaluation.pool import close_providers
@@ -45,8 +45,9 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
     """
     logger = get_run_logger()
     await tag_flow_run(pipeline, "baseline", is_simulated(config_path, pipeline))
-    await check_providers(config_path, pipeline, store_path, limit)  # before anything is recorded or paid
-    plan = prepare_baseline(config_path, pipeline, store_path, repeats, limit, flow_run.get_id())
+    ref = PipelineRef(config_path=config_path, pipeline=pipeline, store_path=store_path, limit=limit)
+    await check_providers(ref)  # before anything is recorded or paid
+    plan = prepare_baseline(ref, repeats, flow_run.get_id())
     logger.info(plan.announcement())
     progress.report_note(plan.announcement())
     freeze_startup_objects()
@@ -55,8 +56,7 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
                                                  description=f"Cells finished in run {plan.run_id}")
 
     async def cell(model: str, spectrum: str) -> dict:
-        return await evaluate_cell_task(config_path, pipeline, store_path, plan.run_id, model, spectrum,
-                                        plan.repeats, limit)
+        return await evaluate_cell_task(ref, plan.run_id, model, spectrum, plan.repeats)
 
     outcomes: list[dict] = []
     failures: list[Exception] = []
@@ -73,13 +73,12 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
     if failures:
         first = failures[0]
         reason = f"{len(failures)} of {len(plan.cells)} cells failed; first: {type(first).__name__}: {first}"
-        fail_run(config_path, pipeline, store_path, plan.run_id, reason)
+        fail_run(ref, plan.run_id, reason)
         bad_input = next((f for f in failures if isinstance(f, ConfigError)), None)
         if bad_input is not None:
             raise bad_input  # fix the configuration first: re-running as it is would fail again
         raise RunFailedError(reason + " — re-run the same command to resume")
-    check_results(config_path, pipeline, store_path, plan.run_id, plan.repeats, limit)
-    summary = summarize_run(config_path, pipeline, store_path, plan, outcomes)
-    ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
-    publish_baseline_report(summary, ctx.pipeline.thresholds)
+    check_results(ref, plan.run_id, plan.repeats)
+    summary = summarize_run(ref, plan, outcomes)
+    publish_baseline_report(summary, ref.load().pipeline.thresholds)
     return summary

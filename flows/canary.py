@@ -26,6 +26,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed
 
 from promptcycle.deploy.results import CanaryResult
+from promptcycle.evaluation.context import PipelineRef
 from promptcycle_tasks.deployment import (
     conclude_canary_task,
     find_canary,
@@ -63,10 +64,11 @@ async def canary(pipeline: str = "customer-insights", config_path: str = "pipeli
     """
     actor = actor or flow_actor("canary")
     await tag_flow_run(pipeline, "canary", bool(simulate_traffic) or is_simulated(config_path, pipeline))
-    running = find_canary(config_path, pipeline, store_path)
+    ref = PipelineRef(config_path=config_path, pipeline=pipeline, store_path=store_path)
+    running = find_canary(ref)
     settings = running.settings
     canary_id = running.canary_id
-    ingested = ingest_outcomes(config_path, pipeline, store_path, ingest_path) if ingest_path else None
+    ingested = ingest_outcomes(ref, ingest_path) if ingest_path else None
     progress_id = await create_progress_artifact(progress=0.0, key=artifact_key("canary-progress", pipeline),
                                                  description=f"Share of the horizon observed by canary {canary_id}")
     sent, looks, last, outcome = 0, 0, None, None
@@ -75,20 +77,19 @@ async def canary(pipeline: str = "customer-insights", config_path: str = "pipeli
             batch = min(settings["look_size"], simulate_traffic - sent)
             if batch <= 0:
                 break
-            await send_simulated_traffic(config_path, pipeline, store_path, batch, seed * 100_003 + running.looks + i,
-                                         error_rates)
+            await send_simulated_traffic(ref, batch, seed * 100_003 + running.looks + i, error_rates)
             sent += batch
         elif i > 0:
             if not watch:
                 break
             await asyncio.sleep(settings["look_interval_seconds"])
-        last = look_canary(config_path, pipeline, store_path, canary_id)
+        last = look_canary(ref, canary_id)
         looks += 1
         fraction = last.decision.information_fraction or 0.0
         await update_progress_artifact(progress_id, progress=100.0 if last.action != "continue"
                                        else min(99.0, 100.0 * fraction))
         if last.action != "continue":
-            outcome = conclude_canary_task(config_path, pipeline, store_path, last, actor)
+            outcome = conclude_canary_task(ref, last, actor)
             break
     result = CanaryResult(canary_id=canary_id, pipeline=pipeline, control=running.control, simulated=bool(sent),
                           treatment=running.treatment, looks=looks, simulated_requests=sent,

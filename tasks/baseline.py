@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from promptcycle.errors import DataQualityError
 from promptcycle.evaluation.cells import CellSpec
-from promptcycle.evaluation.context import fingerprint, load_pipeline
+from promptcycle.evaluation.context import PipelineRef, fingerprint
 from promptcycle.evaluation.lease import hold_pipeline, release_pipeline
 from promptcycle.evaluation.runs import gate_dataset, new_run_id
 from promptcycle.evaluation.summary import RunSummary, summarize_stored_run
@@ -53,23 +53,22 @@ class BaselinePlan(BaseModel):
 
 
 @task(name="prepare-baseline", cache_policy=NO_CACHE)
-def prepare_baseline(config_path: str, pipeline: str, store_path: str | None, repeats: int | None,
-                     limit: int | None, flow_run_id: str | None = None) -> BaselinePlan:
+def prepare_baseline(ref: PipelineRef, repeats: int | None, flow_run_id: str | None = None) -> BaselinePlan:
     """Load and check everything before any model call: config, keys, dataset suite, run record.
 
     Takes the pipeline's lease first (promptcycle/evaluation/lease.py): a second process running the
     pipeline meanwhile is refused here; the flow releases the lease when it ends."""
     warm_up(gx=False)
-    ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
+    ctx = ref.load()
     for provider in ctx.providers_used():
         resolve_api_key(ctx.config, provider)  # a missing key fails here, before spending
     check_provider_limits(ctx.config, ctx.providers_used())  # and a missing concurrency limit
     store = open_store(ctx.store_path)
-    hold_pipeline(store, pipeline, "baseline")
+    hold_pipeline(store, ref.pipeline, "baseline")
     try:
-        return _prepare_baseline(ctx, store, pipeline, repeats, limit, flow_run_id)
+        return _prepare_baseline(ctx, store, ref.pipeline, repeats, ref.limit, flow_run_id)
     except BaseException:
-        release_pipeline(pipeline)
+        release_pipeline(ref.pipeline)
         raise
 
 
@@ -109,12 +108,11 @@ def _prepare_baseline(ctx, store, pipeline: str, repeats: int | None, limit: int
 @task(name="evaluate-cell", task_run_name="{model} × {spectrum}", cache_policy=NO_CACHE,
       retries=CELL_RETRIES, retry_delay_seconds=BACKOFF, retry_jitter_factor=0.5,
       retry_condition_fn=retry_if_transient)
-async def evaluate_cell_task(config_path: str, pipeline: str, store_path: str | None, run_id: str, model: str,
-                             spectrum: str, repeats: int, limit: int | None) -> dict:
+async def evaluate_cell_task(ref: PipelineRef, run_id: str, model: str, spectrum: str, repeats: int) -> dict:
     """Evaluate one model on one spectrum: every case and repeat not yet recorded for the run."""
-    ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
+    ctx = ref.load()
     prompt = ctx.prompt
-    spec = CellSpec(run_id=run_id, pipeline=pipeline, model_name=model, model=ctx.config.models[model],
+    spec = CellSpec(run_id=run_id, pipeline=ref.pipeline, model_name=model, model=ctx.config.models[model],
                     spectrum=spectrum, prompt=prompt, cases=ctx.cases_of(spectrum), splits=ctx.splits,
                     repeats=repeats, weights=ctx.weights, render_case=functools.partial(ctx.messages, prompt))
     outcome = await run_cell(ctx, spec, retries=CELL_RETRIES)
@@ -122,11 +120,10 @@ async def evaluate_cell_task(config_path: str, pipeline: str, store_path: str | 
 
 
 @task(name="check-results", cache_policy=NO_CACHE)
-def check_results(config_path: str, pipeline: str, store_path: str | None, run_id: str, repeats: int,
-                  limit: int | None) -> dict:
+def check_results(ref: PipelineRef, run_id: str, repeats: int) -> dict:
     """The results suite: every model x case x repeat present, scores in range, errors under the ceiling,
     answers in the expected format (JSON pipelines) and the pipeline's own `quality.results_expectations`."""
-    ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
+    ctx = ref.load()
     store = open_store(ctx.store_path)
     report = validate_run_results(ctx.store_path, run_id, scorer_names=list(ctx.pipeline.scorers),
                                   expected_models=list(ctx.pipeline.models),
@@ -141,15 +138,14 @@ def check_results(config_path: str, pipeline: str, store_path: str | None, run_i
 
 
 @task(name="summarize-run", cache_policy=NO_CACHE)
-def summarize_run(config_path: str, pipeline: str, store_path: str | None, plan: BaselinePlan,
-                  outcomes: list[dict]) -> RunSummary:
+def summarize_run(ref: PipelineRef, plan: BaselinePlan, outcomes: list[dict]) -> RunSummary:
     """Rank models and spectrums against the thresholds, and close the run."""
-    ctx = load_pipeline(config_path, pipeline, limit=plan.limit, store=store_path)
+    ctx = ref.load()
     store = open_store(ctx.store_path)
     run = store.get_run(plan.run_id)
     summary = summarize_stored_run(
         ctx.store_path, plan.run_id, scorers=list(ctx.pipeline.scorers), thresholds=ctx.pipeline.thresholds,
-        pipeline=pipeline,
+        pipeline=ref.pipeline,
         prompt_hash=plan.prompt_hash, status="completed", models=list(ctx.pipeline.models),
         spectrums=list(ctx.pipeline.dataset.spectrums), resumed=plan.resumed,
         # Every request this process sent (retries included), from the store: a cell's outcome counts
@@ -163,7 +159,6 @@ def summarize_run(config_path: str, pipeline: str, store_path: str | None, plan:
 
 
 @task(name="fail-run", cache_policy=NO_CACHE)
-def fail_run(config_path: str, pipeline: str, store_path: str | None, run_id: str, reason: str) -> None:
+def fail_run(ref: PipelineRef, run_id: str, reason: str) -> None:
     """Mark a run failed (it stays resumable: re-running the same command continues it)."""
-    ctx = load_pipeline(config_path, pipeline, store=store_path)
-    open_store(ctx.store_path).finish_run(run_id, "failed", {"reason": reason[:2000]})
+    open_store(ref.load().store_path).finish_run(run_id, "failed", {"reason": reason[:2000]})

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from promptcycle import dataworker
 from promptcycle.errors import BudgetExceededError
-from promptcycle.evaluation.context import PipelineContext, load_pipeline
+from promptcycle.evaluation.context import PipelineContext, PipelineRef
 from promptcycle.evaluation.ledger import ledgered_complete
 from promptcycle.evaluation.lease import hold_pipeline, release_pipeline
 from promptcycle.optimize import generation, learning, outcome, strategies
@@ -54,30 +54,29 @@ CELL_RETRIES = 3
 
 
 def _context(plan: OptimizationPlan) -> PipelineContext:
-    return load_pipeline(plan.config_path, plan.pipeline, limit=plan.limit, store=plan.store_path)
+    return plan.ref.load()
 
 
 # -- before any call ------------------------------------------------------------------------------
 
 @task(name="find-baseline", cache_policy=NO_CACHE)
-def find_baseline(config_path: str, pipeline: str, store_path: str | None, baseline_run_id: str | None,
-                  limit: int | None) -> str | None:
+def find_baseline(ref: PipelineRef, baseline_run_id: str | None) -> str | None:
     """The baseline run to optimize from: `baseline_run_id` (checked), else the latest completed baseline
     of the configured prompt that covers the models and cases; None when a baseline must be run first."""
-    ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
-    return find_baseline_run(ctx, open_store(ctx.store_path), baseline_run_id=baseline_run_id, limit=limit)
+    ctx = ref.load()
+    return find_baseline_run(ctx, open_store(ctx.store_path), baseline_run_id=baseline_run_id, limit=ref.limit)
 
 
 @task(name="prepare-optimization", cache_policy=NO_CACHE)
-def prepare_optimization(config_path: str, pipeline: str, store_path: str | None, baseline_run_id: str,
-                         strategy_names: list[str] | None, max_calls: int | None, max_cost_usd: float | None,
-                         limit: int | None, flow_run_id: str | None = None) -> OptimizationPlan:
+def prepare_optimization(ref: PipelineRef, baseline_run_id: str, strategy_names: list[str] | None,
+                         max_calls: int | None, max_cost_usd: float | None,
+                         flow_run_id: str | None = None) -> OptimizationPlan:
     """Check everything before any call (config, strategies, keys, dataset suite) and create or resume
     the optimization run.
 
     Takes the pipeline's lease first (promptcycle/evaluation/lease.py); the flow releases it when it ends."""
     warm_up()
-    ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
+    ctx = ref.load()
     names, auto = learning.resolve_strategies(strategy_names or ctx.pipeline.optimization.strategies,
                                               strategies.names())
     check_strategies(names)
@@ -85,14 +84,13 @@ def prepare_optimization(config_path: str, pipeline: str, store_path: str | None
         resolve_api_key(ctx.config, provider)
     check_provider_limits(ctx.config, ctx.providers_used())
     store = open_store(ctx.store_path)
-    hold_pipeline(store, pipeline, "optimization")
+    hold_pipeline(store, ref.pipeline, "optimization")
     try:
-        return open_optimization(ctx, store, config_path=config_path, store_path=store_path,
-                                 baseline_run_id=baseline_run_id, strategy_names=names, auto_strategies=auto,
-                                 max_calls=max_calls, max_cost_usd=max_cost_usd, limit=limit,
+        return open_optimization(ref, store, baseline_run_id=baseline_run_id, strategy_names=names,
+                                 auto_strategies=auto, max_calls=max_calls, max_cost_usd=max_cost_usd,
                                  flow_run_id=flow_run_id)
     except BaseException:
-        release_pipeline(pipeline)
+        release_pipeline(ref.pipeline)
         raise
 
 
@@ -143,14 +141,13 @@ def open_evaluations(plan: OptimizationPlan, kind: str, rows: list[CandidateRow]
 @task(name="evaluate-prompt", task_run_name="{kind} {prompt_hash} × {model}", cache_policy=NO_CACHE,
       retries=CELL_RETRIES, retry_delay_seconds=BACKOFF, retry_jitter_factor=0.5,
       retry_condition_fn=retry_if_transient)
-async def evaluate_prompt(config_path: str, pipeline: str, store_path: str | None, limit: int | None,
-                          optimization_run_id: str, run_id: str, kind: str, prompt_hash: str, model: str,
-                          split: str, repeats: int, max_calls: int | None, max_cost_usd: float | None,
+async def evaluate_prompt(ref: PipelineRef, optimization_run_id: str, run_id: str, kind: str, prompt_hash: str,
+                          model: str, split: str, repeats: int, max_calls: int | None, max_cost_usd: float | None,
                           cost_per_call: dict[str, float] | None = None) -> dict:
     """One prompt through one model on every case of a split: what the run has not recorded yet, paid
     calls within the optimization's budget. Reaching the cap is an outcome (`budget_exhausted`), not a
     failure."""
-    ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
+    ctx = ref.load()
     store = open_store(ctx.store_path)
     spec = arm_cell(ctx, store, run_id, prompt_hash, model, split, repeats)
     budget = budget_for(store, optimization_run_id, max_calls=max_calls, max_cost_usd=max_cost_usd,

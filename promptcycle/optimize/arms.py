@@ -17,7 +17,15 @@ from promptcycle import dataworker
 from promptcycle.evaluation.cells import CellSpec
 from promptcycle.evaluation.context import PipelineContext
 from promptcycle.optimize.plan import OptimizationPlan, arm_models, stored_prompt
-from promptcycle.optimize.search import CONFIRM, SCREEN, Arm, ArmCheck, CandidateRow, check_stored_arms, evaluation_run_id
+from promptcycle.optimize.search import (
+    CONFIRM,
+    SCREEN,
+    Arm,
+    ArmCheck,
+    CandidateRow,
+    check_stored_arms,
+    evaluation_run_id,
+)
 from promptcycle.quality.suites import results_expectations
 from promptcycle.store.records import RunRecord
 

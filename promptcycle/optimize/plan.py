@@ -2,7 +2,7 @@
 it records (or resumes), and what the search will pay from there.
 
     baseline_run_id = find_baseline_run(ctx, store, baseline_run_id=None, limit=limit)   # None: run one first
-    plan = open_optimization(ctx, store, baseline_run_id=…, strategies=names, …)        # created or resumed
+    plan = open_optimization(ref, store, baseline_run_id=…, strategy_names=names, …)   # created or resumed
     estimate = estimate_search(ctx, store, plan, rows)                                   # ledger hits are free
 
 A re-run of the same command finds the same fingerprint and resumes the run; the caps are not part of the
@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from promptcycle import dataworker
 from promptcycle.errors import ConfigError, RunFailedError
-from promptcycle.evaluation.context import PipelineContext, fingerprint
+from promptcycle.evaluation.context import PipelineContext, PipelineRef, fingerprint
 from promptcycle.evaluation.ledger import call_keys
 from promptcycle.evaluation.runs import gate_dataset, new_run_id
 from promptcycle.optimize import strategies
@@ -43,10 +43,7 @@ class OptimizationPlan(BaseModel):
     """One optimization, as its tasks receive it: names, ids and caps (never a live client)."""
 
     run_id: str
-    pipeline: str
-    config_path: str
-    store_path: str | None
-    limit: int | None
+    ref: PipelineRef  # the pipeline, its store and the case limit
     resumed: bool
     baseline_run_id: str
     current_hash: str
@@ -59,6 +56,14 @@ class OptimizationPlan(BaseModel):
     simulated: bool
     started_at: datetime | None = None
     auto_strategies: bool = False  # `strategies: auto`: the candidate budget is spent by the learned posteriors
+
+    @property
+    def pipeline(self) -> str:
+        return self.ref.pipeline
+
+    @property
+    def limit(self) -> int | None:
+        return self.ref.limit
 
 
 def find_baseline_run(ctx: PipelineContext, store, *, baseline_run_id: str | None, limit: int | None) -> str | None:
@@ -108,13 +113,12 @@ def optimization_fingerprint(ctx: PipelineContext, baseline_run_id: str, current
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def open_optimization(ctx: PipelineContext, store, *, config_path: str, store_path: str | None,
-                      baseline_run_id: str, strategy_names: list[str], auto_strategies: bool = False,
-                      max_calls: int | None, max_cost_usd: float | None, limit: int | None,
+def open_optimization(ref: PipelineRef, store, *, baseline_run_id: str, strategy_names: list[str],
+                      auto_strategies: bool = False, max_calls: int | None, max_cost_usd: float | None,
                       flow_run_id: str | None = None) -> OptimizationPlan:
     """Create the optimization run, or resume the unfinished one with the same fingerprint; then the dataset
     suite (which closes the run and raises on failure). Caps default to the pipeline's `optimization`."""
-    pipeline = ctx.name
+    ctx, pipeline, limit = ref.load(), ref.pipeline, ref.limit
     opt = ctx.pipeline.optimization
     baseline = store.get_run(baseline_run_id)
     current_hash = baseline.prompt_hash or ctx.prompt.hash
@@ -141,8 +145,7 @@ def open_optimization(ctx: PipelineContext, store, *, config_path: str, store_pa
             flow_run_id=flow_run_id, started_at=started_at))
     gate_dataset(ctx, store, run_id)
     scopes: list[str | None] = list(ctx.pipeline.models) if opt.per_model_prompts else [None]
-    return OptimizationPlan(run_id=run_id, pipeline=pipeline, config_path=config_path, store_path=store_path,
-                            limit=limit, resumed=previous is not None, baseline_run_id=baseline_run_id,
+    return OptimizationPlan(run_id=run_id, ref=ref, resumed=previous is not None, baseline_run_id=baseline_run_id,
                             current_hash=current_hash, strategies=strategy_names,
                             per_model_prompts=opt.per_model_prompts, models=list(ctx.pipeline.models), scopes=scopes,
                             max_calls=max_calls, max_cost_usd=max_cost_usd, simulated=simulated,
