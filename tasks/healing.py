@@ -16,7 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from promptcycle.errors import ConfigError
-from promptcycle.evaluation.context import load_pipeline
+from promptcycle.evaluation.context import PipelineRef
 from promptcycle.monitor.healing import HEALING_LIMIT_NAME
 from promptcycle.monitor.response import close_incident, record_canary, record_deployment, record_optimization
 from promptcycle.store.remote import open_store
@@ -25,8 +25,8 @@ __all__ = ["healing_slot", "ensure_healing_limit", "note_optimization", "note_de
            "end_healing"]
 
 
-def _store(config_path: str, pipeline: str, store_path: str | None):
-    return open_store(load_pipeline(config_path, pipeline, store=store_path).store_path)
+def _store(ref: PipelineRef):
+    return open_store(ref.load().store_path)
 
 
 async def ensure_healing_limit(max_concurrent: int) -> None:
@@ -62,30 +62,27 @@ async def healing_slot(max_concurrent: int, timeout_seconds: float = 60.0) -> As
 
 
 @task(name="note-optimization", cache_policy=NO_CACHE)
-def note_optimization(config_path: str, pipeline: str, store_path: str | None, incident_id: str, summary,
-                      now: datetime) -> None:
-    record_optimization(_store(config_path, pipeline, store_path), incident_id, summary, now)
+def note_optimization(ref: PipelineRef, incident_id: str, summary, now: datetime) -> None:
+    record_optimization(_store(ref), incident_id, summary, now)
 
 
 @task(name="note-deployment", cache_policy=NO_CACHE)
-def note_deployment(config_path: str, pipeline: str, store_path: str | None, incident_id: str, outcome: dict | None,
-                    error: str | None, now: datetime) -> None:
-    record_deployment(_store(config_path, pipeline, store_path), incident_id, outcome, error, now)
+def note_deployment(ref: PipelineRef, incident_id: str, outcome: dict | None, error: str | None,
+                    now: datetime) -> None:
+    record_deployment(_store(ref), incident_id, outcome, error, now)
 
 
 @task(name="note-canary", cache_policy=NO_CACHE)
-def note_canary(config_path: str, pipeline: str, store_path: str | None, incident_id: str, canary: dict | None,
-                now: datetime) -> None:
-    record_canary(_store(config_path, pipeline, store_path), incident_id, canary, now)
+def note_canary(ref: PipelineRef, incident_id: str, canary: dict | None, now: datetime) -> None:
+    record_canary(_store(ref), incident_id, canary, now)
 
 
 @task(name="end-healing", cache_policy=NO_CACHE)
-def end_healing(config_path: str, pipeline: str, store_path: str | None, decision_id: str, incident_id: str,
-                outcome: str, summary: str, calls: int, cost_usd: float, now: datetime,
-                alert_id: int | None = None) -> None:
+def end_healing(ref: PipelineRef, decision_id: str, incident_id: str, outcome: str, summary: str, calls: int,
+                cost_usd: float, now: datetime, alert_id: int | None = None) -> None:
     """Close the healing decision with its spend; close the incident (resolved or escalated) — an escalated
     one escalates its alert too (one severity up, paged to the escalation channels)."""
-    store = _store(config_path, pipeline, store_path)
+    store = _store(ref)
     store.finish_healing(decision_id, outcome, now, calls=calls, cost_usd=cost_usd)
     if outcome == "healed":
         close_incident(store, incident_id, "resolved", summary, now)
@@ -96,7 +93,7 @@ def end_healing(config_path: str, pipeline: str, store_path: str | None, decisio
 
             alert = store.get_alert(alert_id)
             if alert.status != "resolved":
-                escalate_alert(store, load_config(config_path), alert_id, summary[:300], actor="healing", now=now)
+                escalate_alert(store, load_config(ref.config_path), alert_id, summary[:300], actor="healing", now=now)
         close_incident(store, incident_id, "escalated", summary, now)
     elif outcome == "deferred":  # no slot: the incident waits for the next monitor run's decision
         store.add_incident_event(incident_id, "note", now, summary, status="open")
