@@ -7,6 +7,7 @@ and publishes it as an artifact. Clients and locks are never passed between task
 from __future__ import annotations
 
 import getpass
+from datetime import datetime, timezone
 from typing import Any
 
 from prefect import task
@@ -30,6 +31,7 @@ from promptcycle.deploy.stages import run_stage
 from promptcycle.deploy.validation import StageReport
 from promptcycle.errors import ConfigError
 from promptcycle.evaluation.context import load_pipeline
+from promptcycle.monitor.repair import after_canary
 from promptcycle.store import MetricsStore
 from promptcycle_tasks.reports import artifact_key
 from promptcycle_tasks.retry import BACKOFF, retry_if_transient
@@ -234,6 +236,7 @@ def conclude_canary_task(config_path: str, pipeline: str, store_path: str | None
     ctx = load_pipeline(config_path, pipeline, store=store_path)
     store = MetricsStore(ctx.store_path)
     record = conclude_canary(ctx.config, store, look, actor=actor, block_secret=block_secret)
+    after_canary(store, ctx.config, look.canary_id, datetime.now(timezone.utc))  # learning; a healing's incident
     _publish_looks(store, pipeline, look.canary_id)
     canary = store.get_canary(look.canary_id)
     outcome = "promoted" if record.kind == "promote" else "rolled_back"

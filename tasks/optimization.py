@@ -99,6 +99,7 @@ class OptimizationPlan(BaseModel):
     simulated: bool
     started_at: datetime | None = None
     auto_strategies: bool = False  # `strategies: auto`: the candidate budget is spent by the learned posteriors
+    epoch: str = ""  # the ledger epoch of its evaluations (a healing's own: nothing paid before it is reused)
 
 
 class Screening(BaseModel):
@@ -176,27 +177,33 @@ def _check_strategies(names: list[str]) -> None:
 
 
 def _optimization_fingerprint(ctx: PipelineContext, baseline_run_id: str, current_hash: str, names: list[str],
-                              limit: int | None) -> str:
+                              limit: int | None, model: str | None = None, epoch: str = "") -> str:
     """What makes two optimizations the same work. The caps are left out on purpose: re-running with
     a higher cap continues the same optimization, and its spend so far counts against the new cap."""
     opt = ctx.pipeline.optimization.model_dump(exclude={"max_calls", "max_cost_usd", "strategies"})
     base = fingerprint(ctx, kind="optimization", repeats=opt["confirm_repeats"], limit=limit, prompt_hash=current_hash)
-    payload = json.dumps({"base": base, "baseline_run": baseline_run_id, "strategies": names, "optimization": opt},
-                         sort_keys=True, default=str)
+    focus = {"model": model, "epoch": epoch} if model or epoch else {}
+    payload = json.dumps({"base": base, "baseline_run": baseline_run_id, "strategies": names, "optimization": opt,
+                          **focus}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 @task(name="prepare-optimization", cache_policy=NO_CACHE)
 def prepare_optimization(config_path: str, pipeline: str, store_path: str | None, baseline_run_id: str,
                          strategy_names: list[str] | None, max_calls: int | None, max_cost_usd: float | None,
-                         limit: int | None, flow_run_id: str | None = None) -> OptimizationPlan:
+                         limit: int | None, flow_run_id: str | None = None, model: str | None = None,
+                         epoch: str = "") -> OptimizationPlan:
     """Check everything before any call (config, strategies, keys, dataset suite) and create or resume
-    the optimization run."""
+    the optimization run. With `model`, the search is for a prompt of that model alone (evaluated on it
+    only); with `epoch`, its calls are keyed in that ledger epoch."""
     warm_up()
     ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
     opt = ctx.pipeline.optimization
     names, auto = learning.resolve_strategies(strategy_names or opt.strategies, strategies.names())
     _check_strategies(names)
+    if model is not None and model not in ctx.pipeline.models:
+        raise ConfigError(f"model {model!r} is not one of pipeline {pipeline!r}'s models", path="--model",
+                          found=model, expected=f"one of {', '.join(ctx.pipeline.models)}")
     for provider in ctx.providers_used():
         resolve_api_key(ctx.config, provider)
     check_provider_limits(ctx.config, ctx.providers_used())
@@ -204,8 +211,8 @@ def prepare_optimization(config_path: str, pipeline: str, store_path: str | None
     hold_pipeline(store, pipeline, "optimization")  # released by the flow when it ends
     try:
         plan = _prepare_optimization(ctx, store, pipeline, config_path, store_path, baseline_run_id, names,
-                                     max_calls, max_cost_usd, limit, flow_run_id)
-        return plan.model_copy(update={"auto_strategies": auto})
+                                     max_calls, max_cost_usd, limit, flow_run_id, model, epoch)
+        return plan.model_copy(update={"auto_strategies": auto, "epoch": epoch})
     except BaseException:
         release_pipeline(pipeline)
         raise
@@ -214,7 +221,7 @@ def prepare_optimization(config_path: str, pipeline: str, store_path: str | None
 def _prepare_optimization(ctx, store, pipeline: str, config_path: str, store_path: str | None,
                           baseline_run_id: str, names: list[str], max_calls: int | None,
                           max_cost_usd: float | None, limit: int | None,
-                          flow_run_id: str | None) -> OptimizationPlan:
+                          flow_run_id: str | None, model: str | None = None, epoch: str = "") -> OptimizationPlan:
     opt = ctx.pipeline.optimization
     baseline = store.get_run(baseline_run_id)
     current_hash = baseline.prompt_hash or ctx.prompt.hash
@@ -223,7 +230,8 @@ def _prepare_optimization(ctx, store, pipeline: str, config_path: str, store_pat
                              "registry; run `promptcycle baseline` again to record it")
     max_calls = max_calls if max_calls is not None else opt.max_calls
     max_cost_usd = max_cost_usd if max_cost_usd is not None else opt.max_cost_usd
-    fp = _optimization_fingerprint(ctx, baseline_run_id, current_hash, names, limit)
+    fp = _optimization_fingerprint(ctx, baseline_run_id, current_hash, names, limit, model, epoch)
+    models = [model] if model else list(ctx.pipeline.models)
     previous = store.find_resumable_run(pipeline, "optimization", fp)
     run_id = previous.run_id if previous else new_run_id("optimization", pipeline)
     simulated = _simulated(ctx)
@@ -234,17 +242,17 @@ def _prepare_optimization(ctx, store, pipeline: str, config_path: str, store_pat
         started_at = datetime.now(timezone.utc)
         store.create_run(RunRecord(
             run_id=run_id, pipeline=pipeline, kind="optimization", fingerprint=fp, status="running",
-            prompt_hash=current_hash, dataset_hash=ctx.dataset_hash, models=list(ctx.pipeline.models),
+            prompt_hash=current_hash, dataset_hash=ctx.dataset_hash, models=models,
             repeats=opt.confirm_repeats, case_limit=limit, simulated=simulated,
             config_json=json.dumps({"pipeline": json.loads(ctx.pipeline.model_dump_json()), "strategies": names,
                                     "baseline_run_id": baseline_run_id}),
             flow_run_id=flow_run_id, started_at=started_at))
     gate_dataset(ctx, store, run_id)
-    scopes: list[str | None] = list(ctx.pipeline.models) if opt.per_model_prompts else [None]
+    scopes: list[str | None] = [model] if model else list(models) if opt.per_model_prompts else [None]
     return OptimizationPlan(run_id=run_id, pipeline=pipeline, config_path=config_path, store_path=store_path,
                             limit=limit, resumed=previous is not None, baseline_run_id=baseline_run_id,
                             current_hash=current_hash, strategies=names, per_model_prompts=opt.per_model_prompts,
-                            models=list(ctx.pipeline.models), scopes=scopes, max_calls=max_calls,
+                            models=models, scopes=scopes, max_calls=max_calls,
                             max_cost_usd=max_cost_usd, simulated=simulated, started_at=started_at)
 
 
@@ -255,7 +263,7 @@ def diagnose_baseline(plan: OptimizationPlan) -> str:
     """Where the current prompt fails, from the baseline's results; stored with the run. Returns the report."""
     ctx = _context(plan)
     return dataworker.call(diagnose_stored_run, str(ctx.store_path), plan.run_id, plan.baseline_run_id,
-                           thresholds=ctx.pipeline.thresholds, cases=ctx.all_cases, models=list(ctx.pipeline.models),
+                           thresholds=ctx.pipeline.thresholds, cases=ctx.all_cases, models=list(plan.models),
                            scorers=list(ctx.pipeline.scorers))
 
 
@@ -373,14 +381,14 @@ def _arm_models(plan: OptimizationPlan, scope: str | None) -> list[str]:
 
 
 def _planned(ctx: PipelineContext, store, stage: str, prompt: PromptTemplate, models: list[str],
-             split: str, repeats: int, current: PromptTemplate) -> list[PlannedEvaluation]:
+             split: str, repeats: int, current: PromptTemplate, epoch: str = "") -> list[PlannedEvaluation]:
     cases = [c for c in ctx.cases if ctx.splits.get(c.id) == split]
     extra = len(prompt.system) + len(prompt.template) - len(current.system) - len(current.template)
     keys: dict[str, list[str]] = {}
     for model in models:
         mconf = ctx.config.models[model]
         keys[model] = [key for c in cases
-                       for key in call_keys(mconf.provider, mconf, ctx.messages(prompt, c), range(repeats))]
+                       for key in call_keys(mconf.provider, mconf, ctx.messages(prompt, c), range(repeats), epoch)]
     paid = store.get_responses([k for ks in keys.values() for k in ks])
     return [PlannedEvaluation(stage=stage, model=m, calls=len(ks), reused=sum(k in paid for k in ks),
                               extra_input_chars=extra) for m, ks in keys.items()]
@@ -399,18 +407,21 @@ def estimate_budget(plan: OptimizationPlan, rows: list[CandidateRow]) -> BudgetE
     kept = [r for r in rows if r.status == "unscreened"]
     planned: list[PlannedEvaluation] = []
     if kept:
-        planned += _planned(ctx, store, SCREEN, current, list(plan.models), "dev", opt.screen_repeats, current)
+        planned += _planned(ctx, store, SCREEN, current, list(plan.models), "dev", opt.screen_repeats, current,
+                            plan.epoch)
         scopes = list(dict.fromkeys(r.scope for r in kept))
         confirm_models = list(plan.models) if None in scopes else [m for m in plan.models if m in scopes]
-        planned += _planned(ctx, store, CONFIRM, current, confirm_models, "test", opt.confirm_repeats, current)
+        planned += _planned(ctx, store, CONFIRM, current, confirm_models, "test", opt.confirm_repeats, current,
+                            plan.epoch)
     for scope in dict.fromkeys(r.scope for r in kept):
         per_candidate: dict[str, list[PlannedEvaluation]] = {}
         for row in (r for r in kept if r.scope == scope):
             prompt = _prompt(store, row.hash)
             models = _arm_models(plan, scope)
-            planned += _planned(ctx, store, SCREEN, prompt, models, "dev", opt.screen_repeats, current)
+            planned += _planned(ctx, store, SCREEN, prompt, models, "dev", opt.screen_repeats, current,
+                                plan.epoch)
             per_candidate[row.hash] = _planned(ctx, store, CONFIRM, prompt, models, "test", opt.confirm_repeats,
-                                               current)
+                                               current, plan.epoch)
         planned += worst_confirmation(per_candidate, opt.confirm_top)
     profile = dataworker.call(TokenProfile.from_stored_run, str(ctx.store_path), plan.baseline_run_id)
     estimate = estimate_spend(planned, profile=profile, pricing=ctx.config.models,
@@ -455,7 +466,7 @@ def open_evaluations(plan: OptimizationPlan, kind: str, rows: list[CandidateRow]
 async def evaluate_prompt(config_path: str, pipeline: str, store_path: str | None, limit: int | None,
                           optimization_run_id: str, run_id: str, kind: str, prompt_hash: str, model: str,
                           split: str, repeats: int, max_calls: int | None, max_cost_usd: float | None,
-                          cost_per_call: dict[str, float] | None = None) -> dict:
+                          cost_per_call: dict[str, float] | None = None, epoch: str = "") -> dict:
     """One prompt through one model on every case of a split: what the run has not recorded yet, paid
     calls within the optimization's budget. Reaching the cap is an outcome (`budget_exhausted`), not a
     failure."""
@@ -465,7 +476,7 @@ async def evaluate_prompt(config_path: str, pipeline: str, store_path: str | Non
     spec = CellSpec(run_id=run_id, pipeline=pipeline, model_name=model, model=ctx.config.models[model],
                     spectrum=split, prompt=prompt, splits=ctx.splits, repeats=repeats, weights=ctx.weights,
                     cases=[c for c in ctx.cases if ctx.splits.get(c.id) == split],
-                    render_case=functools.partial(ctx.messages, prompt))
+                    render_case=functools.partial(ctx.messages, prompt), epoch=epoch)
     budget = budget_for(store, optimization_run_id, max_calls=max_calls, max_cost_usd=max_cost_usd,
                         cost_per_call=cost_per_call)
     try:

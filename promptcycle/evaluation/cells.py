@@ -46,19 +46,22 @@ if TYPE_CHECKING:
 
 __all__ = ["CellSpec", "CellOutcome", "call_key", "call_keys", "evaluate_cell", "RetryCellError"]
 
-def call_key(provider: str, model: ModelConfig, messages: list[dict[str, str]], repeat: int) -> str:
+def call_key(provider: str, model: ModelConfig, messages: list[dict[str, str]], repeat: int,
+             epoch: str = "") -> str:
     """The identity of a paid call: same key, same call — never paid for twice."""
-    return call_keys(provider, model, messages, [repeat])[0]
+    return call_keys(provider, model, messages, [repeat], epoch)[0]
 
 
 def call_keys(provider: str, model: ModelConfig, messages: list[dict[str, str]],
-              repeats: Sequence[int]) -> list[str]:
+              repeats: Sequence[int], epoch: str = "") -> list[str]:
     """`call_key` of each repeat of one call, encoding the messages once.
 
     A key hashes the compact JSON of [provider, model id, temperature, max_tokens, repeat, messages];
-    ledgers in existing stores depend on these exact bytes.
+    ledgers in existing stores depend on these exact bytes. A non-empty `epoch` joins the head: the
+    same call in another epoch is another call. A healing evaluates in its own epoch, because answers
+    paid before a drift are not evidence about the drifted world (docs/monitoring.md, Healing).
     """
-    head = json.dumps([provider, model.model, model.temperature, model.max_tokens],
+    head = json.dumps([provider, model.model, model.temperature, model.max_tokens] + ([epoch] if epoch else []),
                       separators=(",", ":"), ensure_ascii=False)[:-1]
     tail = json.dumps(messages, separators=(",", ":"), ensure_ascii=False)
     return [hashlib.sha256(f"{head},{int(r)},{tail}]".encode()).hexdigest()[:32] for r in repeats]
@@ -82,6 +85,8 @@ class CellSpec:
     # Repeats run first_repeat … first_repeat + repeats - 1: a monitor probe numbers its repeats by its
     # period, so each period makes new calls (promptcycle/monitor/observations.py).
     first_repeat: int = 0
+    # The ledger epoch of the cell's calls (see `call_keys`): "" shares the ledger with every run.
+    epoch: str = ""
 
 
 @dataclass
@@ -136,7 +141,7 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
         if not repeats:
             continue
         messages = spec.render_case(case) if spec.render_case is not None else spec.prompt.render(case.inputs)
-        keys = call_keys(provider_name, spec.model, messages, repeats)
+        keys = call_keys(provider_name, spec.model, messages, repeats, spec.epoch)
         todo.extend((case, repeat, messages, key) for repeat, key in zip(repeats, keys))
     if newly_skipped:
         progress.report_done(newly_skipped)
