@@ -114,6 +114,7 @@ def test_a_healing_plans_a_prompt_for_the_degraded_model_against_the_one_serving
         call_keys("simulator", mconf, messages, [0], "healing:heal-2")
 
 
+@pytest.mark.slow
 def test_a_models_first_own_prompt_canaries_against_the_pipeline_prompt_and_promotes_for_that_model(tmp_path):
     config, store, first = deployed(tmp_path)
     cfg = load_config(config)
@@ -177,6 +178,7 @@ def hand_over(tmp_path, prompt_of):
     return config, store, start, canary
 
 
+@pytest.mark.slow
 def test_a_handed_over_canary_that_rolls_back_ends_its_incident_escalated_and_learning_hears_it(tmp_path):
     config, store, start, canary = hand_over(tmp_path, better_prompt)
     cfg = load_config(config)
@@ -200,6 +202,7 @@ def test_a_handed_over_canary_that_rolls_back_ends_its_incident_escalated_and_le
 
 
 @pytest.mark.engine
+@pytest.mark.slow
 def test_promptcycle_canary_concludes_a_healings_canary_and_resolves_its_incident(prefect_harness, tmp_path, capsys):
     from promptcycle_cli.main import main
 
