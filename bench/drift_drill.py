@@ -66,6 +66,13 @@ INTERVAL = 30
 
 
 DEFAULT_KIND = {"repairable": "field_omission", "unrepairable": "skill_loss"}
+# The optimized prompt a scenario starts from. Unrepairable: every strategy, so a healing has nothing left to find
+# but a repair of the drift (and a skill loss has none). Repairable: the levers that do not name fields, so the
+# field_omission drift (a model that stops reporting fields the instructions do not name) meets a production
+# prompt that does not name them — as a prompt optimized before the model changed would not need to.
+DEFAULT_SETUP = {"repairable": ["format_spec", "grounding", "few_shot", "step_structure", "shorten"],
+                 "unrepairable": None}
+DEFAULT_SIZE = {"repairable": 8.0, "unrepairable": 12.0}  # the optimized prompt halves a skill loss's cost
 
 
 def write_config(root: Path, args, drift_start: datetime | None) -> Path:
@@ -91,18 +98,18 @@ def write_config(root: Path, args, drift_start: datetime | None) -> Path:
     return path
 
 
-def optimize_and_deploy(config_path: Path) -> dict:
+def optimize_and_deploy(config_path: Path, strategies: list[str] | None) -> dict:
     """The drill's starting point, as a team would reach it: the optimization flow on the configured prompt (in the
     undrifted world), then the deployment flow puts its winner in production (the pipeline's first deployment)."""
     from promptcycle_flows.deployment import deployment
     from promptcycle_flows.optimization import optimization
 
-    summary = asyncio.run(optimization(pipeline=PIPE, config_path=str(config_path)))
+    summary = asyncio.run(optimization(pipeline=PIPE, config_path=str(config_path), strategies=strategies))
     version = summary.candidate_hash if summary.outcome == "candidate_found" else None
     outcome = asyncio.run(deployment(pipeline=PIPE, config_path=str(config_path), version=version,
                                      actor="drift drill (setup)"))
     spend = summary.spend or {}
-    return {"setup_optimization": summary.outcome, "setup_effect_points": None if summary.effect is None
+    return {"setup_strategies": strategies or "optimization.strategies", "setup_optimization": summary.outcome, "setup_effect_points": None if summary.effect is None
             else round(100 * summary.effect, 2), "setup_calls": int(spend.get("calls", 0)),
             "production_version": outcome["version"], "setup_deployment": outcome["deployment_id"]}
 
@@ -160,7 +167,7 @@ def run(args) -> dict:
         return t0 + timedelta(minutes=INTERVAL * i)
 
     started = time.perf_counter()
-    setup = optimize_and_deploy(write_config(root, args, None))  # production is already optimized
+    setup = optimize_and_deploy(write_config(root, args, None), args.setup_strategies)  # production is optimized
     drift_start = period_time(args.stable + 1) - timedelta(seconds=1)
     config_path = write_config(root, args, drift_start)
     config = load_config(config_path)
@@ -211,6 +218,7 @@ def run(args) -> dict:
     after_q = sum(after) / len(after) if after else None
     promoted = [c for c in store.canaries(PIPE) if c.status == "promoted"]
     worse = int(bool(promoted) and after_q is not None and during_q is not None and after_q < during_q)
+    drift_cost = round(before_q - during_q, 2) if during_q is not None else None
     first_page = next((j for j, _, _ in pages if j > args.stable), None)
     deployed = [d for d in store.deployments(PIPE) if d.deployment_id not in setup_deployments]
     incidents = store.incidents(PIPE)
@@ -225,7 +233,7 @@ def run(args) -> dict:
         "escalations": store.get_alert(alert_id).escalations if alert_id is not None else 0,
         "recovery_notice": recovered,
         "quality_before": round(before_q, 2), "quality_during": None if during_q is None else round(during_q, 2),
-        "quality_after": None if after_q is None else round(after_q, 2),
+        "quality_after": None if after_q is None else round(after_q, 2), "drift_cost_points": drift_cost,
         "worse_promotions": worse,
         "healing_calls": healing_result.calls if healing_result else 0,
         "healing_cost_usd": round(healing_result.cost_usd, 4) if healing_result else 0.0,
@@ -249,7 +257,11 @@ def main() -> None:
     p.add_argument("--spectrum", default="credit_analysis", help="the spectrum that drifts")
     p.add_argument("--kind", default=None, help="the drift's kind (default: field_omission for repairable, "
                    "skill_loss for unrepairable; also latency, error_rate)")
-    p.add_argument("--size", type=float, default=8.0, help="drift size (points for skill_loss and field_omission)")
+    p.add_argument("--size", type=float, default=None, help="drift size (about that many points on the configured "
+                   "prompt for skill_loss and field_omission; default 8 repairable, 12 unrepairable)")
+    p.add_argument("--setup-strategies", default=None, help="strategies of the optimization production starts from "
+                   "(comma-separated; default: the levers that do not name fields for repairable, all for "
+                   "unrepairable)")
     p.add_argument("--stable", type=int, default=50)
     p.add_argument("--after", type=int, default=10)
     p.add_argument("--max-drift-periods", type=int, default=15)
@@ -259,6 +271,9 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     args.kind = args.kind or DEFAULT_KIND[args.scenario]
+    args.size = args.size if args.size is not None else DEFAULT_SIZE[args.scenario]
+    args.setup_strategies = (args.setup_strategies.split(",") if args.setup_strategies
+                             else DEFAULT_SETUP[args.scenario])
     result = run(args)
     if args.json:
         print(json.dumps(result))
