@@ -10,8 +10,9 @@ What it runs (everything simulated — the built-in simulator, in process):
    (default: the serving model alone) and served by one model (`--model`), its first `--spectrums` spectrums (the
    drifted one included), `monitor.probe_cases = --cases`;
 2. **production is already optimized**: the `optimization` flow runs on the configured prompt in the undrifted
-   world and its winner goes out with the `deployment` flow (the pipeline's first deployment); so whatever a later
-   healing finds, it must find against a prompt that is already as good as the optimization can make it;
+   world and its winner goes out with the `deployment` flow (the pipeline's first deployment). `unrepairable` runs
+   every strategy, so a later healing has nothing left to find but a repair; `repairable` runs the levers that do not
+   name fields (`--setup-strategies` to choose), so the field_omission drift meets a prompt that does not name them;
 3. `--stable` monitor periods (30 simulated minutes apart, the clock ending near the real time) with no drift: each
    period is the monitor's own steps (promptcycle/monitor/watch.py: plan, the probe through the cell evaluation,
    observations, assessment from stored state, the alert policy, incidents and healing decisions);
@@ -69,8 +70,9 @@ DEFAULT_KIND = {"repairable": "field_omission", "unrepairable": "skill_loss"}
 # The optimized prompt a scenario starts from. Unrepairable: every strategy, so a healing has nothing left to find
 # but a repair of the drift (and a skill loss has none). Repairable: the levers that do not name fields, so the
 # field_omission drift (a model that stops reporting fields the instructions do not name) meets a production
-# prompt that does not name them — as a prompt optimized before the model changed would not need to.
-DEFAULT_SETUP = {"repairable": ["format_spec", "grounding", "few_shot", "step_structure", "shorten"],
+# prompt that does not name them — as a prompt optimized before the model changed would not need to. (few_shot
+# names fields too: its examples list them.)
+DEFAULT_SETUP = {"repairable": ["format_spec", "grounding", "step_structure", "shorten"],
                  "unrepairable": None}
 DEFAULT_SIZE = {"repairable": 8.0, "unrepairable": 12.0}  # the optimized prompt halves a skill loss's cost
 
