@@ -33,7 +33,8 @@ __all__ = ["baseline"]
 @flow(name="baseline", flow_run_name=run_name("baseline"))
 async def baseline(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
                    store_path: str | None = None, repeats: int | None = None,
-                   limit: int | None = None) -> RunSummary:
+                   limit: int | None = None, version: str | None = None, models: list[str] | None = None,
+                   epoch: str = "") -> RunSummary:
     """Evaluate the pipeline's prompt across its models x spectrums and store every result.
 
     Args:
@@ -42,12 +43,16 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
         store_path: the DuckDB file (default: the config's `store`).
         repeats: calls per model x case (default: the pipeline's `repeats`).
         limit: evaluate only the first N cases of each spectrum.
+        version: evaluate this prompt version of the registry instead of the configured prompt (e.g. the one
+            in production).
+        models: evaluate only these of the pipeline's models.
+        epoch: a ledger epoch of its own: no answer paid outside it is reused (a healing after a drift).
     """
     logger = get_run_logger()
     await tag_flow_run(pipeline, "baseline", is_simulated(config_path, pipeline))
     ref = PipelineRef(config_path=config_path, pipeline=pipeline, store_path=store_path, limit=limit)
     await check_providers(ref)  # before anything is recorded or paid
-    plan = prepare_baseline(ref, repeats, flow_run.get_id())
+    plan = prepare_baseline(ref, repeats, flow_run.get_id(), version=version, models=models, epoch=epoch)
     logger.info(plan.announcement())
     progress.report_note(plan.announcement())
     freeze_startup_objects()
@@ -56,7 +61,7 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
                                                  description=f"Cells finished in run {plan.run_id}")
 
     async def cell(model: str, spectrum: str) -> dict:
-        return await evaluate_cell_task(ref, plan.run_id, model, spectrum, plan.repeats)
+        return await evaluate_cell_task(ref, plan.run_id, model, spectrum, plan.repeats, version, epoch)
 
     outcomes: list[dict] = []
     failures: list[Exception] = []
@@ -78,7 +83,7 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
         if bad_input is not None:
             raise bad_input  # fix the configuration first: re-running as it is would fail again
         raise RunFailedError(reason + " — re-run the same command to resume")
-    check_results(ref, plan.run_id, plan.repeats)
+    check_results(ref, plan.run_id, plan.repeats, plan.models)
     summary = summarize_run(ref, plan, outcomes)
     publish_baseline_report(summary, ref.load().pipeline.thresholds)
     return summary

@@ -56,7 +56,8 @@ __all__ = ["optimization"]
 async def optimization(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
                        store_path: str | None = None, baseline_run_id: str | None = None,
                        strategies: list[str] | None = None, max_calls: int | None = None,
-                       max_cost_usd: float | None = None, limit: int | None = None) -> OptimizationSummary:
+                       max_cost_usd: float | None = None, limit: int | None = None, model: str | None = None,
+                       epoch: str = "") -> OptimizationSummary:
     """Search for a prompt that beats the pipeline's current one, and label it `candidate` if one does.
 
     Args:
@@ -69,6 +70,8 @@ async def optimization(pipeline: str = "customer-insights", config_path: str = "
         max_calls: hard cap on paid calls (default: `optimization.max_calls`).
         max_cost_usd: hard cap on cost in USD (default: `optimization.max_cost_usd`).
         limit: use only the first N cases of each spectrum (a quick, smaller search).
+        model: search for a prompt of this model alone (a model-scoped candidate, evaluated on it only).
+        epoch: a ledger epoch of its own: no answer paid outside it is reused (a healing after a drift).
     """
     logger = get_run_logger()
     await tag_flow_run(pipeline, "optimization", is_simulated(config_path, pipeline))
@@ -79,7 +82,8 @@ async def optimization(pipeline: str = "customer-insights", config_path: str = "
         logger.info("no baseline run of the configured prompt yet: running one first")
         baseline_run_id = (await baseline(pipeline=pipeline, config_path=config_path, store_path=store_path,
                                           limit=limit)).run_id
-    plan = prepare_optimization(ref, baseline_run_id, strategies, max_calls, max_cost_usd, flow_run.get_id())
+    plan = prepare_optimization(ref, baseline_run_id, strategies, max_calls, max_cost_usd, flow_run.get_id(),
+                                model=model, epoch=epoch)
     logger.info("%s optimization %s from baseline %s", "resuming" if plan.resumed else "starting", plan.run_id,
                 baseline_run_id)
     progress.report_note(f"{'resuming' if plan.resumed else 'starting'} optimization {plan.run_id} from baseline "
@@ -132,7 +136,7 @@ async def _evaluate(plan: OptimizationPlan, arms: list[Arm], estimate: BudgetEst
     for done, arm in enumerate(arms):
         outcomes = await asyncio.gather(*(
             evaluate_prompt(plan.ref, plan.run_id, arm.run_id, arm.kind, arm.prompt_hash, model, arm.split,
-                            arm.repeats, plan.max_calls, plan.max_cost_usd, estimate.cost_per_call)
+                            arm.repeats, plan.max_calls, plan.max_cost_usd, estimate.cost_per_call, plan.epoch)
             for model in arm.models), return_exceptions=True)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         bad_input = next((f for f in failures if isinstance(f, ConfigError)), None)

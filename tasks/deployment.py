@@ -7,6 +7,7 @@ what it found and publishes it as an artifact. Clients and locks are never passe
 from __future__ import annotations
 
 import getpass
+from datetime import datetime, timezone
 from typing import Any
 
 from prefect import task
@@ -31,6 +32,7 @@ from promptcycle.deploy.stages import run_stage
 from promptcycle.deploy.validation import StageReport
 from promptcycle.errors import ConfigError
 from promptcycle.evaluation.context import PipelineRef
+from promptcycle.monitor.repair import after_canary
 from promptcycle.store import MetricsStore
 from promptcycle_tasks.reports import artifact_key
 from promptcycle_tasks.retry import BACKOFF, retry_if_transient
@@ -230,6 +232,7 @@ def conclude_canary_task(ref: PipelineRef, look: CanaryLook, actor: str) -> Cana
     ctx = ref.load()
     store = MetricsStore(ctx.store_path)
     record = conclude_canary(ctx.config, store, look, actor=actor, block_secret=block_secret)
+    after_canary(store, ctx.config, look.canary_id, datetime.now(timezone.utc))  # learning; a healing's incident
     _publish_looks(store, ref.pipeline, look.canary_id)
     canary = store.get_canary(look.canary_id)
     outcome = "promoted" if record.kind == "promote" else "rolled_back"

@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from promptcycle import dataworker
-from promptcycle.errors import BudgetExceededError
+from promptcycle.errors import BudgetExceededError, ConfigError
 from promptcycle.evaluation.context import PipelineContext, PipelineRef
 from promptcycle.evaluation.ledger import ledgered_complete
 from promptcycle.evaluation.lease import hold_pipeline, release_pipeline
@@ -69,10 +69,11 @@ def find_baseline(ref: PipelineRef, baseline_run_id: str | None) -> str | None:
 
 @task(name="prepare-optimization", cache_policy=NO_CACHE)
 def prepare_optimization(ref: PipelineRef, baseline_run_id: str, strategy_names: list[str] | None,
-                         max_calls: int | None, max_cost_usd: float | None,
-                         flow_run_id: str | None = None) -> OptimizationPlan:
+                         max_calls: int | None, max_cost_usd: float | None, flow_run_id: str | None = None,
+                         model: str | None = None, epoch: str = "") -> OptimizationPlan:
     """Check everything before any call (config, strategies, keys, dataset suite) and create or resume
-    the optimization run.
+    the optimization run. With `model`, the search is for a prompt of that model alone (evaluated on it
+    only); with `epoch`, its calls are keyed in that ledger epoch.
 
     Takes the pipeline's lease first (promptcycle/evaluation/lease.py); the flow releases it when it ends."""
     warm_up()
@@ -80,6 +81,9 @@ def prepare_optimization(ref: PipelineRef, baseline_run_id: str, strategy_names:
     names, auto = learning.resolve_strategies(strategy_names or ctx.pipeline.optimization.strategies,
                                               strategies.names())
     check_strategies(names)
+    if model is not None and model not in ctx.pipeline.models:
+        raise ConfigError(f"model {model!r} is not one of pipeline {ref.pipeline!r}'s models", path="--model",
+                          found=model, expected=f"one of {', '.join(ctx.pipeline.models)}")
     for provider in ctx.providers_used():
         resolve_api_key(ctx.config, provider)
     check_provider_limits(ctx.config, ctx.providers_used())
@@ -88,7 +92,7 @@ def prepare_optimization(ref: PipelineRef, baseline_run_id: str, strategy_names:
     try:
         return open_optimization(ref, store, baseline_run_id=baseline_run_id, strategy_names=names,
                                  auto_strategies=auto, max_calls=max_calls, max_cost_usd=max_cost_usd,
-                                 flow_run_id=flow_run_id)
+                                 flow_run_id=flow_run_id, model=model, epoch=epoch)
     except BaseException:
         release_pipeline(ref.pipeline)
         raise
@@ -101,7 +105,7 @@ def diagnose_baseline(plan: OptimizationPlan) -> str:
     """Where the current prompt fails, from the baseline's results; stored with the run. Returns the report."""
     ctx = _context(plan)
     return dataworker.call(diagnose_stored_run, str(ctx.store_path), plan.run_id, plan.baseline_run_id,
-                           thresholds=ctx.pipeline.thresholds, cases=ctx.all_cases, models=list(ctx.pipeline.models),
+                           thresholds=ctx.pipeline.thresholds, cases=ctx.all_cases, models=list(plan.models),
                            scorers=list(ctx.pipeline.scorers))
 
 
@@ -143,13 +147,13 @@ def open_evaluations(plan: OptimizationPlan, kind: str, rows: list[CandidateRow]
       retry_condition_fn=retry_if_transient)
 async def evaluate_prompt(ref: PipelineRef, optimization_run_id: str, run_id: str, kind: str, prompt_hash: str,
                           model: str, split: str, repeats: int, max_calls: int | None, max_cost_usd: float | None,
-                          cost_per_call: dict[str, float] | None = None) -> dict:
+                          cost_per_call: dict[str, float] | None = None, epoch: str = "") -> dict:
     """One prompt through one model on every case of a split: what the run has not recorded yet, paid
     calls within the optimization's budget. Reaching the cap is an outcome (`budget_exhausted`), not a
-    failure."""
+    failure. `epoch`: the ledger epoch of its calls (the optimization's)."""
     ctx = ref.load()
     store = open_store(ctx.store_path)
-    spec = arm_cell(ctx, store, run_id, prompt_hash, model, split, repeats)
+    spec = arm_cell(ctx, store, run_id, prompt_hash, model, split, repeats, epoch)
     budget = budget_for(store, optimization_run_id, max_calls=max_calls, max_cost_usd=max_cost_usd,
                         cost_per_call=cost_per_call)
     try:

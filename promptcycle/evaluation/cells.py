@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CellSpec", "CellOutcome", "call_key", "call_keys", "evaluate_cell", "RetryCellError"]
 
+
 @dataclass(frozen=True)
 class CellSpec:
     run_id: str
@@ -64,6 +65,8 @@ class CellSpec:
     # Repeats run first_repeat … first_repeat + repeats - 1: a monitor probe numbers its repeats by its
     # period, so each period makes new calls (promptcycle/monitor/observations.py).
     first_repeat: int = 0
+    # The ledger epoch of the cell's calls (see `call_keys`): "" shares the ledger with every run.
+    epoch: str = ""
 
 
 @dataclass
@@ -118,7 +121,7 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
         if not repeats:
             continue
         messages = spec.render_case(case) if spec.render_case is not None else spec.prompt.render(case.inputs)
-        keys = call_keys(provider_name, spec.model, messages, repeats)
+        keys = call_keys(provider_name, spec.model, messages, repeats, spec.epoch)
         todo.extend((case, repeat, messages, key) for repeat, key in zip(repeats, keys))
     if newly_skipped:
         progress.report_done(newly_skipped)

@@ -1,7 +1,7 @@
 """The paid-call ledger: an identical call is paid for once, in any run or phase.
 
-A call is identified by its key (`call_key`: provider, model id, sampling, repeat and messages); the
-ledger is the store's `responses` table. Before a call is paid its key is looked up: an entry found is
+A call is identified by its key (`call_key`: provider, model id, sampling, repeat, messages and, for a
+healing, its ledger epoch); the ledger is the store's `responses` table. Before a call is paid its key is looked up: an entry found is
 the answer, reused for free (a budget is never asked for it); otherwise the call is paid — granted by
 the budget first, given back when it fails, settled when it is answered — and its entry recorded.
 
@@ -37,19 +37,22 @@ if TYPE_CHECKING:
 __all__ = ["call_key", "call_keys", "reused", "pay", "ledger_entry", "ledgered_complete"]
 
 
-def call_key(provider: str, model: ModelConfig, messages: list[dict[str, str]], repeat: int) -> str:
+def call_key(provider: str, model: ModelConfig, messages: list[dict[str, str]], repeat: int,
+             epoch: str = "") -> str:
     """The identity of a paid call: same key, same call — never paid for twice."""
-    return call_keys(provider, model, messages, [repeat])[0]
+    return call_keys(provider, model, messages, [repeat], epoch)[0]
 
 
 def call_keys(provider: str, model: ModelConfig, messages: list[dict[str, str]],
-              repeats: Sequence[int]) -> list[str]:
+              repeats: Sequence[int], epoch: str = "") -> list[str]:
     """`call_key` of each repeat of one call, encoding the messages once.
 
     A key hashes the compact JSON of [provider, model id, temperature, max_tokens, repeat, messages];
-    ledgers in existing stores depend on these exact bytes.
+    ledgers in existing stores depend on these exact bytes. A non-empty `epoch` joins the head: the
+    same call in another epoch is another call. A healing evaluates in its own epoch, because answers
+    paid before a drift are not evidence about the drifted world (docs/monitoring.md, Healing).
     """
-    head = json.dumps([provider, model.model, model.temperature, model.max_tokens],
+    head = json.dumps([provider, model.model, model.temperature, model.max_tokens] + ([epoch] if epoch else []),
                       separators=(",", ":"), ensure_ascii=False)[:-1]
     tail = json.dumps(messages, separators=(",", ":"), ensure_ascii=False)
     return [hashlib.sha256(f"{head},{int(r)},{tail}]".encode()).hexdigest()[:32] for r in repeats]

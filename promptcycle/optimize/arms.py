@@ -60,13 +60,14 @@ def open_arms(ctx: PipelineContext, store, plan: OptimizationPlan, kind: str,
 
 
 def arm_cell(ctx: PipelineContext, store, run_id: str, prompt_hash: str, model: str, split: str,
-             repeats: int) -> CellSpec:
-    """One prompt through one model on every case of a split: the cell an arm's model evaluates."""
+             repeats: int, epoch: str = "") -> CellSpec:
+    """One prompt through one model on every case of a split: the cell an arm's model evaluates, its calls
+    keyed in the ledger `epoch` (the optimization's; "" shares the ledger with every run)."""
     prompt = stored_prompt(store, prompt_hash)
     return CellSpec(run_id=run_id, pipeline=ctx.name, model_name=model, model=ctx.config.models[model],
                     spectrum=split, prompt=prompt, splits=ctx.splits, repeats=repeats, weights=ctx.weights,
                     cases=[c for c in ctx.cases if ctx.splits.get(c.id) == split],
-                    render_case=functools.partial(ctx.messages, prompt))
+                    render_case=functools.partial(ctx.messages, prompt), epoch=epoch)
 
 
 def check_arms(ctx: PipelineContext, arms: Sequence[Arm],

@@ -56,6 +56,7 @@ class OptimizationPlan(BaseModel):
     simulated: bool
     started_at: datetime | None = None
     auto_strategies: bool = False  # `strategies: auto`: the candidate budget is spent by the learned posteriors
+    epoch: str = ""  # the ledger epoch of its evaluations (a healing's own: nothing paid before it is reused)
 
     @property
     def pipeline(self) -> str:
@@ -103,21 +104,27 @@ def check_strategies(names: Sequence[str]) -> None:
 
 
 def optimization_fingerprint(ctx: PipelineContext, baseline_run_id: str, current_hash: str, names: list[str],
-                             limit: int | None) -> str:
+                             limit: int | None, model: str | None = None, epoch: str = "") -> str:
     """What makes two optimizations the same work. The caps are left out on purpose: re-running with
-    a higher cap continues the same optimization, and its spend so far counts against the new cap."""
+    a higher cap continues the same optimization, and its spend so far counts against the new cap. A
+    model-scoped or epoch-keyed search (a healing's) is other work than the pipeline's own."""
     opt = ctx.pipeline.optimization.model_dump(exclude={"max_calls", "max_cost_usd", "strategies"})
     base = fingerprint(ctx, kind="optimization", repeats=opt["confirm_repeats"], limit=limit, prompt_hash=current_hash)
-    payload = json.dumps({"base": base, "baseline_run": baseline_run_id, "strategies": names, "optimization": opt},
-                         sort_keys=True, default=str)
+    focus = {"model": model, "epoch": epoch} if model or epoch else {}
+    payload = json.dumps({"base": base, "baseline_run": baseline_run_id, "strategies": names, "optimization": opt,
+                          **focus}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def open_optimization(ref: PipelineRef, store, *, baseline_run_id: str, strategy_names: list[str],
                       auto_strategies: bool = False, max_calls: int | None, max_cost_usd: float | None,
-                      flow_run_id: str | None = None) -> OptimizationPlan:
+                      flow_run_id: str | None = None, model: str | None = None,
+                      epoch: str = "") -> OptimizationPlan:
     """Create the optimization run, or resume the unfinished one with the same fingerprint; then the dataset
-    suite (which closes the run and raises on failure). Caps default to the pipeline's `optimization`."""
+    suite (which closes the run and raises on failure). Caps default to the pipeline's `optimization`.
+
+    With `model` (one of the pipeline's: the caller checks), the search is for a prompt of that model alone,
+    evaluated on it only; with `epoch`, its evaluations are keyed in that ledger epoch."""
     ctx, pipeline, limit = ref.load(), ref.pipeline, ref.limit
     opt = ctx.pipeline.optimization
     baseline = store.get_run(baseline_run_id)
@@ -127,7 +134,8 @@ def open_optimization(ref: PipelineRef, store, *, baseline_run_id: str, strategy
                              "registry; run `promptcycle baseline` again to record it")
     max_calls = max_calls if max_calls is not None else opt.max_calls
     max_cost_usd = max_cost_usd if max_cost_usd is not None else opt.max_cost_usd
-    fp = optimization_fingerprint(ctx, baseline_run_id, current_hash, strategy_names, limit)
+    fp = optimization_fingerprint(ctx, baseline_run_id, current_hash, strategy_names, limit, model, epoch)
+    models = [model] if model else list(ctx.pipeline.models)
     previous = store.find_resumable_run(pipeline, "optimization", fp)
     run_id = previous.run_id if previous else new_run_id("optimization", pipeline)
     simulated = ctx.simulated
@@ -138,18 +146,18 @@ def open_optimization(ref: PipelineRef, store, *, baseline_run_id: str, strategy
         started_at = datetime.now(timezone.utc)
         store.create_run(RunRecord(
             run_id=run_id, pipeline=pipeline, kind="optimization", fingerprint=fp, status="running",
-            prompt_hash=current_hash, dataset_hash=ctx.dataset_hash, models=list(ctx.pipeline.models),
+            prompt_hash=current_hash, dataset_hash=ctx.dataset_hash, models=models,
             repeats=opt.confirm_repeats, case_limit=limit, simulated=simulated,
             config_json=json.dumps({"pipeline": json.loads(ctx.pipeline.model_dump_json()),
                                     "strategies": strategy_names, "baseline_run_id": baseline_run_id}),
             flow_run_id=flow_run_id, started_at=started_at))
     gate_dataset(ctx, store, run_id)
-    scopes: list[str | None] = list(ctx.pipeline.models) if opt.per_model_prompts else [None]
+    scopes: list[str | None] = [model] if model else models if opt.per_model_prompts else [None]
     return OptimizationPlan(run_id=run_id, ref=ref, resumed=previous is not None, baseline_run_id=baseline_run_id,
                             current_hash=current_hash, strategies=strategy_names,
-                            per_model_prompts=opt.per_model_prompts, models=list(ctx.pipeline.models), scopes=scopes,
+                            per_model_prompts=opt.per_model_prompts, models=models, scopes=scopes,
                             max_calls=max_calls, max_cost_usd=max_cost_usd, simulated=simulated,
-                            started_at=started_at, auto_strategies=auto_strategies)
+                            started_at=started_at, auto_strategies=auto_strategies, epoch=epoch)
 
 
 def arm_models(plan: OptimizationPlan, scope: str | None) -> list[str]:
@@ -166,14 +174,14 @@ def stored_prompt(store, prompt_hash: str) -> PromptTemplate:
 
 
 def _planned(ctx: PipelineContext, store, stage: str, prompt: PromptTemplate, models: list[str],
-             split: str, repeats: int, current: PromptTemplate) -> list[PlannedEvaluation]:
+             split: str, repeats: int, current: PromptTemplate, epoch: str = "") -> list[PlannedEvaluation]:
     cases = [c for c in ctx.cases if ctx.splits.get(c.id) == split]
     extra = len(prompt.system) + len(prompt.template) - len(current.system) - len(current.template)
     keys: dict[str, list[str]] = {}
     for model in models:
         mconf = ctx.config.models[model]
         keys[model] = [key for c in cases
-                       for key in call_keys(mconf.provider, mconf, ctx.messages(prompt, c), range(repeats))]
+                       for key in call_keys(mconf.provider, mconf, ctx.messages(prompt, c), range(repeats), epoch)]
     paid = store.get_responses([k for ks in keys.values() for k in ks])
     return [PlannedEvaluation(stage=stage, model=m, calls=len(ks), reused=sum(k in paid for k in ks),
                               extra_input_chars=extra) for m, ks in keys.items()]
@@ -190,18 +198,21 @@ def estimate_search(ctx: PipelineContext, store, plan: OptimizationPlan,
     kept = [r for r in rows if r.status == "unscreened"]
     planned: list[PlannedEvaluation] = []
     if kept:
-        planned += _planned(ctx, store, SCREEN, current, list(plan.models), "dev", opt.screen_repeats, current)
+        planned += _planned(ctx, store, SCREEN, current, list(plan.models), "dev", opt.screen_repeats, current,
+                            plan.epoch)
         scopes = list(dict.fromkeys(r.scope for r in kept))
         confirm_models = list(plan.models) if None in scopes else [m for m in plan.models if m in scopes]
-        planned += _planned(ctx, store, CONFIRM, current, confirm_models, "test", opt.confirm_repeats, current)
+        planned += _planned(ctx, store, CONFIRM, current, confirm_models, "test", opt.confirm_repeats, current,
+                            plan.epoch)
     for scope in dict.fromkeys(r.scope for r in kept):
         per_candidate: dict[str, list[PlannedEvaluation]] = {}
         for row in (r for r in kept if r.scope == scope):
             prompt = stored_prompt(store, row.hash)
             models = arm_models(plan, scope)
-            planned += _planned(ctx, store, SCREEN, prompt, models, "dev", opt.screen_repeats, current)
+            planned += _planned(ctx, store, SCREEN, prompt, models, "dev", opt.screen_repeats, current,
+                                plan.epoch)
             per_candidate[row.hash] = _planned(ctx, store, CONFIRM, prompt, models, "test", opt.confirm_repeats,
-                                               current)
+                                               current, plan.epoch)
         planned += worst_confirmation(per_candidate, opt.confirm_top)
     profile = dataworker.call(TokenProfile.from_stored_run, str(ctx.store_path), plan.baseline_run_id)
     return estimate_spend(planned, profile=profile, pricing=ctx.config.models, spent=store.spend(plan.run_id),
