@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 
 from promptcycle.errors import ConfigError, RunFailedError
 from promptcycle.evaluation import progress
-from promptcycle.evaluation.context import load_pipeline
+from promptcycle.evaluation.context import PipelineRef
 from promptcycle.evaluation.heap import freeze_startup_objects
 from promptcycle.evaluation.lease import release_pipeline
 from promptcycle.evaluation.pool import close_providers
@@ -36,7 +36,8 @@ __all__ = ["baseline"]
 @flow(name="baseline", flow_run_name=run_name("baseline"))
 async def baseline(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
                    store_path: str | None = None, repeats: int | None = None,
-                   limit: int | None = None, mirror_langsmith: bool | None = None) -> RunSummary:
+                   limit: int | None = None, mirror_langsmith: bool | None = None, version: str | None = None,
+                   models: list[str] | None = None, epoch: str = "") -> RunSummary:
     """Evaluate the pipeline's prompt across its models x spectrums and store every result.
 
     Args:
@@ -46,34 +47,39 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
         repeats: calls per model x case (default: the pipeline's `repeats`).
         limit: evaluate only the first N cases of each spectrum.
         mirror_langsmith: mirror the results to LangSmith as experiments (default: `langsmith.mirror_runs`).
+        version: evaluate this prompt version of the registry instead of the configured prompt (e.g. the one
+            in production).
+        models: evaluate only these of the pipeline's models.
+        epoch: a ledger epoch of its own: no answer paid outside it is reused (a healing after a drift).
     """
     logger = get_run_logger()
     await tag_flow_run(pipeline, "baseline", is_simulated(config_path, pipeline))
+    ref = PipelineRef(config_path=config_path, pipeline=pipeline, store_path=store_path, limit=limit)
     if reads_langsmith(config_path, pipeline):  # before the dataset is loaded by anything below
         await pull_langsmith_dataset(config_path, pipeline)
-    await check_providers(config_path, pipeline, store_path, limit)  # before anything is recorded or paid
+    await check_providers(ref)  # before anything is recorded or paid
     langsmith = await mirror_connection(config_path, pipeline, mirror_langsmith)  # None: not mirroring
-    plan = prepare_baseline(config_path, pipeline, store_path, repeats, limit, flow_run.get_id())
+    plan = prepare_baseline(ref, repeats, flow_run.get_id(), version=version, models=models, epoch=epoch)
     logger.info(plan.announcement())
     progress.report_note(plan.announcement())
     mirror = start_mirror(langsmith, config_path, pipeline, store_path, plan.run_id, limit)
     try:
-        summary = await _evaluate(config_path, pipeline, store_path, plan, limit)
+        summary = await _evaluate(ref, plan, version, epoch)
     finally:
         mirrored = stop_mirror(mirror)  # what LangSmith did not get is counted, never lost: DuckDB has it
     summary.langsmith = mirrored
     return summary
 
 
-async def _evaluate(config_path: str, pipeline: str, store_path: str | None, plan, limit: int | None) -> RunSummary:
+async def _evaluate(ref: PipelineRef, plan, version: str | None, epoch: str) -> RunSummary:
+    pipeline = ref.pipeline
     freeze_startup_objects()
     progress.report_total(plan.total_calls, phase="baseline")
     progress_id = await create_progress_artifact(progress=0.0, key=artifact_key("baseline-progress", pipeline),
                                                  description=f"Cells finished in run {plan.run_id}")
 
     async def cell(model: str, spectrum: str) -> dict:
-        return await evaluate_cell_task(config_path, pipeline, store_path, plan.run_id, model, spectrum,
-                                        plan.repeats, limit)
+        return await evaluate_cell_task(ref, plan.run_id, model, spectrum, plan.repeats, version, epoch)
 
     outcomes: list[dict] = []
     failures: list[Exception] = []
@@ -90,13 +96,12 @@ async def _evaluate(config_path: str, pipeline: str, store_path: str | None, pla
     if failures:
         first = failures[0]
         reason = f"{len(failures)} of {len(plan.cells)} cells failed; first: {type(first).__name__}: {first}"
-        fail_run(config_path, pipeline, store_path, plan.run_id, reason)
+        fail_run(ref, plan.run_id, reason)
         bad_input = next((f for f in failures if isinstance(f, ConfigError)), None)
         if bad_input is not None:
             raise bad_input  # fix the configuration first: re-running as it is would fail again
         raise RunFailedError(reason + " — re-run the same command to resume")
-    check_results(config_path, pipeline, store_path, plan.run_id, plan.repeats, limit)
-    summary = summarize_run(config_path, pipeline, store_path, plan, outcomes)
-    ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
-    publish_baseline_report(summary, ctx.pipeline.thresholds)
+    check_results(ref, plan.run_id, plan.repeats, plan.models)
+    summary = summarize_run(ref, plan, outcomes)
+    publish_baseline_report(summary, ref.load().pipeline.thresholds)
     return summary

@@ -26,6 +26,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed
 
 from promptcycle.errors import DeploymentError
+from promptcycle.deploy.results import CanaryResult
+from promptcycle.evaluation.context import PipelineRef
 from promptcycle_tasks.deployment import (
     conclude_canary_task,
     find_canary,
@@ -46,7 +48,7 @@ FINAL_STATES = {"promoted": "Promoted", "rolled_back": "RolledBack"}
 async def canary(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
                  store_path: str | None = None, simulate_traffic: int | None = None, seed: int = 0,
                  watch: bool = False, max_looks: int | None = None, error_rates: dict[str, float] | None = None,
-                 ingest_path: str | None = None, actor: str | None = None, if_running: bool = False) -> dict:
+                 ingest_path: str | None = None, actor: str | None = None, if_running: bool = False) -> CanaryResult:
     """Look at the pipeline's running canary, and promote or roll it back when the test decides.
 
     Args:
@@ -65,16 +67,17 @@ async def canary(pipeline: str = "customer-insights", config_path: str = "pipeli
     """
     actor = actor or flow_actor("canary")
     await tag_flow_run(pipeline, "canary", bool(simulate_traffic) or is_simulated(config_path, pipeline))
+    ref = PipelineRef(config_path=config_path, pipeline=pipeline, store_path=store_path)
     if if_running:
         try:
-            state = find_canary.fn(config_path, pipeline, store_path)  # no task run: nothing to look at is no failure
+            running = find_canary.fn(ref)  # no task run: nothing to look at is no failure
         except DeploymentError as exc:
             return Completed(name="NoCanary", message=str(exc), data={"pipeline": pipeline, "status": "none"})
     else:
-        state = find_canary(config_path, pipeline, store_path)
-    settings = state["settings"]
-    canary_id = state["canary_id"]
-    ingested = ingest_outcomes(config_path, pipeline, store_path, ingest_path) if ingest_path else None
+        running = find_canary(ref)
+    settings = running.settings
+    canary_id = running.canary_id
+    ingested = ingest_outcomes(ref, ingest_path) if ingest_path else None
     progress_id = await create_progress_artifact(progress=0.0, key=artifact_key("canary-progress", pipeline),
                                                  description=f"Share of the horizon observed by canary {canary_id}")
     sent, looks, last, outcome = 0, 0, None, None
@@ -83,30 +86,28 @@ async def canary(pipeline: str = "customer-insights", config_path: str = "pipeli
             batch = min(settings["look_size"], simulate_traffic - sent)
             if batch <= 0:
                 break
-            await send_simulated_traffic(config_path, pipeline, store_path, batch, seed * 100_003 + state["looks"] + i,
-                                         error_rates)
+            await send_simulated_traffic(ref, batch, seed * 100_003 + running.looks + i, error_rates)
             sent += batch
         elif i > 0:
             if not watch:
                 break
             await asyncio.sleep(settings["look_interval_seconds"])
-        last = look_canary(config_path, pipeline, store_path, canary_id)
+        last = look_canary(ref, canary_id)
         looks += 1
         fraction = last.decision.information_fraction or 0.0
         await update_progress_artifact(progress_id, progress=100.0 if last.action != "continue"
                                        else min(99.0, 100.0 * fraction))
         if last.action != "continue":
-            outcome = conclude_canary_task(config_path, pipeline, store_path, last, actor)
+            outcome = conclude_canary_task(ref, last, actor)
             break
-    result = {"canary_id": canary_id, "pipeline": pipeline, "control": state["control"], "simulated": bool(sent),
-              "treatment": state["treatment"], "looks": looks, "simulated_requests": sent,
-              "action": last.action if last else None, "reason": last.reason if last else None,
-              "split_pct": last.next_split_pct if last else state["split_pct"],
-              "decision": last.decision.to_dict() if last else None, "outcome": outcome, "ingested": ingested,
-              "status": ("promoted" if outcome and outcome["kind"] == "promote" else
-                         "rolled_back" if outcome else "running")}
+    result = CanaryResult(canary_id=canary_id, pipeline=pipeline, control=running.control, simulated=bool(sent),
+                          treatment=running.treatment, looks=looks, simulated_requests=sent,
+                          action=last.action if last else None, reason=last.reason if last else None,
+                          split_pct=last.next_split_pct if last else running.split_pct,
+                          decision=last.decision.to_dict() if last else None, outcome=outcome, ingested=ingested,
+                          status=("promoted" if outcome and outcome.kind == "promote" else
+                                  "rolled_back" if outcome else "running"))
     # Automations tell the outcomes apart by the final state's name (and by the event conclude emits).
-    if result["status"] == "running":
+    if result.status == "running":
         return result
-    return Completed(name=FINAL_STATES[result["status"]], message=f"{result['status']}: {result['reason']}",
-                     data=result)
+    return Completed(name=FINAL_STATES[result.status], message=f"{result.status}: {result.reason}", data=result)

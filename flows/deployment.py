@@ -15,7 +15,9 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
+from promptcycle.deploy.results import DeploymentResult, StageOutcome
 from promptcycle.errors import GateError
+from promptcycle.evaluation.context import PipelineRef
 from promptcycle.store.records import STAGES
 from promptcycle_tasks.deployment import (
     finish_deployment,
@@ -35,7 +37,7 @@ __all__ = ["deployment"]
 async def deployment(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
                      store_path: str | None = None, version: str | None = None, canary: bool = False,
                      force: bool = False, simulate_traffic: int | None = None, traffic_seed: int = 0,
-                     actor: str | None = None) -> dict:
+                     actor: str | None = None) -> DeploymentResult:
     """Deploy a prompt version of the pipeline through the four validation stages and the gate.
 
     Args:
@@ -52,36 +54,38 @@ async def deployment(pipeline: str = "customer-insights", config_path: str = "pi
     """
     actor = actor or flow_actor("deployment")
     await tag_flow_run(pipeline, "deployment", is_simulated(config_path, pipeline))
-    plan = prepare_deployment(config_path, pipeline, store_path, version, canary, force, actor, flow_run.get_id())
+    ref = PipelineRef(config_path=config_path, pipeline=pipeline, store_path=store_path)
+    plan = prepare_deployment(ref, version, canary, force, actor, flow_run.get_id())
     error = None
     try:
         reports = []
         blocked_by = None
         for stage in STAGES:
             skip = f"not run: the {blocked_by} stage failed" if blocked_by else None
-            report = await validate_stage(config_path, pipeline, store_path, plan, stage, skip)
+            report = await validate_stage(ref, plan, stage, skip)
             reports.append(report)
             if report.status == "failed" and not force and blocked_by is None:
                 blocked_by = stage
-        gate = gate_deployment(config_path, pipeline, store_path, plan, reports)
+        gate = gate_deployment(ref, plan, reports)
         if gate.blocked:
             raise GateError(f"deployment of version {plan.version} to {pipeline!r} was {gate.reason} "
                             f"(deployment {plan.deployment_id}; `promptcycle status` shows the reports)")
         if plan.canary:
-            result = start_canary(config_path, pipeline, store_path, plan, gate)
+            done = start_canary(ref, plan, gate)
         else:
-            result = release_deployment(config_path, pipeline, store_path, plan, gate)
+            done = release_deployment(ref, plan, gate)
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        finish_deployment(config_path, pipeline, store_path, plan, error)
-    outcome = {"deployment_id": plan.deployment_id, "pipeline": pipeline, "kind": plan.kind, "version": plan.version,
-               "production_before": plan.production, "gate": gate.to_dict(),
-               "stages": {r.stage: {"status": r.status, "reason": r.reason} for r in reports}, **result}
+        finish_deployment(ref, plan, error)
+    result = DeploymentResult(deployment_id=plan.deployment_id, pipeline=pipeline, kind=plan.kind,
+                              version=plan.version, production_before=plan.production, gate=gate,
+                              stages={r.stage: StageOutcome(status=r.status, reason=r.reason) for r in reports},
+                              **done.model_dump(exclude={"deployment_id", "version"}))
     if plan.canary and simulate_traffic:
         from promptcycle_flows.canary import canary as canary_flow
 
-        outcome["canary"] = await canary_flow(pipeline=pipeline, config_path=config_path, store_path=store_path,
-                                              simulate_traffic=simulate_traffic, seed=traffic_seed, actor=actor)
-    return outcome
+        result.canary = await canary_flow(pipeline=pipeline, config_path=config_path, store_path=store_path,
+                                          simulate_traffic=simulate_traffic, seed=traffic_seed, actor=actor)
+    return result

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from promptcycle.evaluation.context import PipelineRef
 from promptcycle.evaluation.lease import release_pipeline
 from promptcycle.evaluation.pool import close_providers
 from promptcycle.monitor.report import MonitorSummary
@@ -53,25 +54,25 @@ async def monitor(pipeline: str = "customer-insights", config_path: str = "pipel
     """
     logger = get_run_logger()
     now = now or datetime.now(timezone.utc)
+    ref = PipelineRef(config_path=config_path, pipeline=pipeline, store_path=store_path)
     read_langsmith_feedback(config_path, pipeline, store_path, now)  # when observe.langsmith names a project
-    plan = prepare_monitor(config_path, pipeline, store_path, now, flow_run.get_id())
+    plan = prepare_monitor(ref, now, flow_run.get_id())
     await tag_flow_run(pipeline, "monitor", plan.simulated)
     logger.info("monitor period %s of %s: %d series from production, %d probed%s", plan.period, pipeline,
                 len(plan.production_points), len(plan.probe_cells), " (resumed)" if plan.resumed else "")
     probe_calls = 0
     if plan.probe_cells:
         try:
-            outcomes = await asyncio.gather(*(probe_cell(config_path, pipeline, store_path, plan, m, s)
-                                              for m, s in plan.probe_cells))
+            outcomes = await asyncio.gather(*(probe_cell(ref, plan, m, s) for m, s in plan.probe_cells))
             probe_calls = sum(o["called"] for o in outcomes)
         finally:
             await close_providers()
             release_pipeline(pipeline)
-    observations = record_observations(config_path, pipeline, store_path, plan)
-    series = assess_monitor(config_path, pipeline, store_path, plan)
-    events = record_alerts(config_path, pipeline, store_path, _findings(pipeline, series), now)
-    deliveries = deliver_alerts(config_path, pipeline, store_path, now)
-    starts = respond_to_findings(config_path, pipeline, store_path, series, now)
+    observations = record_observations(ref, plan)
+    series = assess_monitor(ref, plan)
+    events = record_alerts(ref, _findings(pipeline, series), now)
+    deliveries = deliver_alerts(ref, now)
+    starts = respond_to_findings(ref, series, now)
     summary = MonitorSummary(pipeline=pipeline, monitor_run_id=plan.monitor_run_id, period=plan.period, now=now,
                              resumed=plan.resumed, simulated=plan.simulated, observations=observations, series=series,
                              alert_events=[e.to_dict() for e in events], deliveries=deliveries,
@@ -90,8 +91,8 @@ async def monitor(pipeline: str = "customer-insights", config_path: str = "pipel
                 summary.healings.append(await healing(**params))
     else:
         summary.refused_healings = [s.model_dump() | {"note": "decided, not run (heal=False)"} for s in starts]
-    finish_monitor(config_path, pipeline, store_path, summary)
-    publish_monitor_report(config_path, pipeline, store_path, summary)
+    finish_monitor(ref, summary)
+    publish_monitor_report(ref, summary)
     return summary
 
 

@@ -21,16 +21,15 @@ from prefect.runtime import flow_run
 from promptcycle_flows.baseline import baseline
 from promptcycle.errors import ConfigError, RunFailedError
 from promptcycle.evaluation import progress
-from promptcycle.evaluation.context import load_pipeline
+from promptcycle.evaluation.context import PipelineRef
 from promptcycle.evaluation.heap import freeze_startup_objects
 from promptcycle.evaluation.lease import release_pipeline
 from promptcycle.evaluation.pool import close_providers
 from promptcycle.optimize.budget import BudgetEstimate
+from promptcycle.optimize.confirm import Confirmation, Screening
+from promptcycle.optimize.plan import OptimizationPlan
 from promptcycle.optimize.search import CONFIRM, SCREEN, Arm, OptimizationSummary
 from promptcycle_tasks.optimization import (
-    Confirmation,
-    OptimizationPlan,
-    Screening,
     confirm_on_test,
     diagnose_baseline,
     estimate_budget,
@@ -60,7 +59,8 @@ async def optimization(pipeline: str = "customer-insights", config_path: str = "
                        store_path: str | None = None, baseline_run_id: str | None = None,
                        strategies: list[str] | None = None, max_calls: int | None = None,
                        max_cost_usd: float | None = None, limit: int | None = None,
-                       mirror_langsmith: bool | None = None) -> OptimizationSummary:
+                       mirror_langsmith: bool | None = None, model: str | None = None,
+                       epoch: str = "") -> OptimizationSummary:
     """Search for a prompt that beats the pipeline's current one, and label it `candidate` if one does.
 
     Args:
@@ -75,20 +75,23 @@ async def optimization(pipeline: str = "customer-insights", config_path: str = "
         limit: use only the first N cases of each spectrum (a quick, smaller search).
         mirror_langsmith: mirror every arm (the current prompt and each candidate) to LangSmith as experiments,
             side by side over the same examples (default: `langsmith.mirror_runs`).
+        model: search for a prompt of this model alone (a model-scoped candidate, evaluated on it only).
+        epoch: a ledger epoch of its own: no answer paid outside it is reused (a healing after a drift).
     """
     logger = get_run_logger()
     await tag_flow_run(pipeline, "optimization", is_simulated(config_path, pipeline))
+    ref = PipelineRef(config_path=config_path, pipeline=pipeline, store_path=store_path, limit=limit)
     if reads_langsmith(config_path, pipeline):  # before the dataset is loaded by anything below
         await pull_langsmith_dataset(config_path, pipeline)
-    await check_providers(config_path, pipeline, store_path, limit)  # before anything is recorded or paid
+    await check_providers(ref)  # before anything is recorded or paid
     langsmith = await mirror_connection(config_path, pipeline, mirror_langsmith)  # None: not mirroring
-    baseline_run_id = find_baseline(config_path, pipeline, store_path, baseline_run_id, limit)
+    baseline_run_id = find_baseline(ref, baseline_run_id)
     if baseline_run_id is None:
         logger.info("no baseline run of the configured prompt yet: running one first")
         baseline_run_id = (await baseline(pipeline=pipeline, config_path=config_path, store_path=store_path,
                                           limit=limit, mirror_langsmith=mirror_langsmith)).run_id
-    plan = prepare_optimization(config_path, pipeline, store_path, baseline_run_id, strategies, max_calls,
-                                max_cost_usd, limit, flow_run.get_id())
+    plan = prepare_optimization(ref, baseline_run_id, strategies, max_calls, max_cost_usd, flow_run.get_id(),
+                                model=model, epoch=epoch)
     logger.info("%s optimization %s from baseline %s", "resuming" if plan.resumed else "starting", plan.run_id,
                 baseline_run_id)
     progress.report_note(f"{'resuming' if plan.resumed else 'starting'} optimization {plan.run_id} from baseline "
@@ -143,9 +146,8 @@ async def _evaluate(plan: OptimizationPlan, arms: list[Arm], estimate: BudgetEst
                                                  description=f"{stage.capitalize()} in run {plan.run_id}")
     for done, arm in enumerate(arms):
         outcomes = await asyncio.gather(*(
-            evaluate_prompt(plan.config_path, plan.pipeline, plan.store_path, plan.limit, plan.run_id, arm.run_id,
-                            arm.kind, arm.prompt_hash, model, arm.split, arm.repeats, plan.max_calls,
-                            plan.max_cost_usd, estimate.cost_per_call)
+            evaluate_prompt(plan.ref, plan.run_id, arm.run_id, arm.kind, arm.prompt_hash, model, arm.split,
+                            arm.repeats, plan.max_calls, plan.max_cost_usd, estimate.cost_per_call, plan.epoch)
             for model in arm.models), return_exceptions=True)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         bad_input = next((f for f in failures if isinstance(f, ConfigError)), None)
@@ -163,5 +165,5 @@ async def _evaluate(plan: OptimizationPlan, arms: list[Arm], estimate: BudgetEst
 
 
 def _cases(plan: OptimizationPlan, split: str) -> int:
-    ctx = load_pipeline(plan.config_path, plan.pipeline, limit=plan.limit, store=plan.store_path)
+    ctx = plan.ref.load()
     return sum(1 for c in ctx.cases if ctx.splits.get(c.id) == split)

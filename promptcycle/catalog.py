@@ -157,7 +157,7 @@ def check_names(cfg: PromptcycleConfig, file: str) -> None:
                     raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(strategies.names())}",
                                       file=file, path=f"pipelines.{pname}.optimization.strategies.{i}", found=name,
                                       expected="a registered strategy")
-        if pipe.healing.strategies:
+        if pipe.healing.strategies != "auto":
             strategies = strategy_registry()
             for i, name in enumerate(pipe.healing.strategies):
                 if name not in strategies:

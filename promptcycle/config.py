@@ -590,8 +590,10 @@ class HealingConfig(_Strict):
                                              "spend in 24 hours; none: no cap.")
     max_calls: int | None = Field(default=None, ge=1, description="Cap on one healing's optimization calls "
                                   "(default: optimization.max_calls).")
-    strategies: list[str] | None = Field(default=None, description="Strategies a healing's optimization runs "
-                                         "(default: optimization.strategies).")
+    strategies: list[str] | Literal["auto"] = Field(
+        default="auto", description="Strategies a healing's optimization runs: 'auto' (default) spends the "
+        "candidate budget by what past optimizations learned in the diagnosed context (see "
+        "optimization.strategies); or a list of strategy names.")
     canary_requests: int = Field(default=2000, ge=0, description="Simulated production requests the healing's "
                                  "canary looks at when the serving models are simulated (0: wait for real traffic "
                                  "and leave the canary to `promptcycle canary`).")

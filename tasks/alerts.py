@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from promptcycle.alerts import Finding, deliver_alerts as _deliver_alerts, process_findings
 from promptcycle.catalog import load_config
 from promptcycle.errors import AlertDeliveryError
-from promptcycle.evaluation.context import resolve_store_path
+from promptcycle.evaluation.context import PipelineRef, resolve_store_path
 from promptcycle.store.remote import open_store
 
 __all__ = ["PrefectChannelBridge", "record_alerts", "deliver_alerts"]
@@ -71,18 +71,17 @@ class PrefectChannelBridge:
 
 
 @task(name="record-alerts", cache_policy=NO_CACHE)
-def record_alerts(config_path: str, pipeline: str, store_path: str | None, findings: list[Finding],
-                  now: datetime | None = None) -> list:
+def record_alerts(ref: PipelineRef, findings: list[Finding], now: datetime | None = None) -> list:
     """Apply the alert policy to the monitor's findings; store alerts, events and pending deliveries."""
-    config = load_config(config_path)
-    store = open_store(resolve_store_path(config, store_path))
-    return process_findings(store, config, pipeline, findings, now)
+    config = load_config(ref.config_path)  # the config only: alerts need no dataset
+    store = open_store(resolve_store_path(config, ref.store_path))
+    return process_findings(store, config, ref.pipeline, findings, now)
 
 
 @task(name="deliver-alerts", cache_policy=NO_CACHE)
-def deliver_alerts(config_path: str, pipeline: str, store_path: str | None, now: datetime | None = None) -> dict:
+def deliver_alerts(ref: PipelineRef, now: datetime | None = None) -> dict:
     """Send the pipeline's due pages to its channels (retrying within the pass) and record each outcome."""
-    config = load_config(config_path)
-    store = open_store(resolve_store_path(config, store_path))
-    report = _deliver_alerts(store, config, pipeline, now, bridge=PrefectChannelBridge())
+    config = load_config(ref.config_path)
+    store = open_store(resolve_store_path(config, ref.store_path))
+    report = _deliver_alerts(store, config, ref.pipeline, now, bridge=PrefectChannelBridge())
     return report.to_dict() | {"summary": report.summary()}

@@ -6,7 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from promptcycle.evaluation.cells import CellOutcome, CellSpec, evaluate_cell
-from promptcycle.evaluation.context import PipelineContext, load_pipeline
+from promptcycle.evaluation.context import PipelineContext, PipelineRef
 from promptcycle.evaluation.pool import check_models, close_providers, get_provider
 from promptcycle.scoring import build_scorers
 from promptcycle.store.remote import open_store
@@ -18,13 +18,13 @@ __all__ = ["run_cell", "check_providers"]
 
 
 @task(name="check-providers", cache_policy=NO_CACHE)
-async def check_providers(config_path: str, pipeline: str, store_path: str | None, limit: int | None = None) -> None:
+async def check_providers(ref: PipelineRef) -> None:
     """Before any paid matrix: every model of the pipeline (and its judges) answers with this key.
 
     A wrong key, an unknown model id or an unreachable endpoint stops here with a `ProviderCheckError`
     naming provider, model, HTTP status and the provider's message.
     """
-    ctx = load_pipeline(config_path, pipeline, limit=limit, store=store_path)
+    ctx = ref.load()
     judges = [(opts or {}).get("model") for opts in ctx.pipeline.scorers.values()]
     models = [*ctx.pipeline.models, *(j for j in judges if j)]
     # Keys load the async way here: a credentials block's sync loader returns a coroutine in async code.

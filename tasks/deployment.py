@@ -1,12 +1,13 @@
 """Prefect tasks of the deployment and canary phases: thin wrappers over `promptcycle.deploy`.
 
-Each task loads the pipeline by name, does one unit of work in the domain, stores what it found
-and publishes it as an artifact. Clients and locks are never passed between tasks.
+Each task loads the pipeline from its reference (`PipelineRef`), does one unit of work in the domain, stores
+what it found and publishes it as an artifact. Clients and locks are never passed between tasks.
 """
 
 from __future__ import annotations
 
 import getpass
+from datetime import datetime, timezone
 from typing import Any
 
 from prefect import task
@@ -26,10 +27,12 @@ from promptcycle.deploy.release import (
     release_version,
     start_release_canary,
 )
+from promptcycle.deploy.results import CanaryConclusion, CanaryStart, IngestedOutcomes, ReleaseOutcome, RunningCanary
 from promptcycle.deploy.stages import run_stage
 from promptcycle.deploy.validation import StageReport
 from promptcycle.errors import ConfigError
-from promptcycle.evaluation.context import load_pipeline
+from promptcycle.evaluation.context import PipelineRef
+from promptcycle.monitor.repair import after_canary
 from promptcycle.store import MetricsStore
 from promptcycle_tasks.reports import artifact_key
 from promptcycle_tasks.retry import BACKOFF, retry_if_transient
@@ -65,24 +68,24 @@ def block_secret(name: str) -> SecretStr:
 
 
 @task(name="prepare-deployment", cache_policy=NO_CACHE)
-def prepare_deployment(config_path: str, pipeline: str, store_path: str | None, version: str | None, canary: bool,
-                       force: bool, actor: str, flow_run_id: str | None = None) -> ReleasePlan:
+def prepare_deployment(ref: PipelineRef, version: str | None, canary: bool, force: bool, actor: str,
+                       flow_run_id: str | None = None) -> ReleasePlan:
     """Take the pipeline's deployment lock, pick the version, and record the deployment."""
-    ctx = load_pipeline(config_path, pipeline, store=store_path)
-    return plan_release(ctx.config, pipeline, MetricsStore(ctx.store_path), version=version, canary=canary,
+    ctx = ref.load()
+    return plan_release(ctx.config, ref.pipeline, MetricsStore(ctx.store_path), version=version, canary=canary,
                         force=force, actor=actor, flow_run_id=flow_run_id)
 
 
 @task(name="validate-stage", task_run_name="{stage}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=BACKOFF,
       retry_jitter_factor=0.5, retry_condition_fn=retry_if_transient)
-async def validate_stage(config_path: str, pipeline: str, store_path: str | None, plan: ReleasePlan, stage: str,
+async def validate_stage(ref: PipelineRef, plan: ReleasePlan, stage: str,
                          skip_reason: str | None = None) -> StageReport:
     """Run one validation stage on the plan's version; store its report and publish it."""
     from promptcycle.evaluation.pool import close_providers
 
-    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    ctx = ref.load()
     store = MetricsStore(ctx.store_path)
-    renew_lock(store, pipeline, plan.deployment_id, plan.lease_seconds)
+    renew_lock(store, ref.pipeline, plan.deployment_id, plan.lease_seconds)
     # Only the integration stage calls models; its keys are loaded here, with Prefect's async block loader.
     calls_models = stage == "integration" and skip_reason is None and stage in plan.stages
     keys = await aresolve_api_keys(ctx.config, ctx.providers_used()) if calls_models else {}
@@ -90,26 +93,25 @@ async def validate_stage(config_path: str, pipeline: str, store_path: str | None
         report = await run_stage(ctx, store, plan, stage, key_of=keys.__getitem__, skip_reason=skip_reason)
     finally:
         await close_providers()
-    await create_markdown_artifact(key=artifact_key("deploy", pipeline, stage), markdown=report.to_markdown(),
+    await create_markdown_artifact(key=artifact_key("deploy", ref.pipeline, stage), markdown=report.to_markdown(),
                                    description=f"The {stage} stage of deployment {plan.deployment_id} "
                                                f"(version {plan.version})")
     return report
 
 
 @task(name="gate-deployment", cache_policy=NO_CACHE)
-def gate_deployment(config_path: str, pipeline: str, store_path: str | None, plan: ReleasePlan,
-                    reports: list[StageReport]) -> GateDecision:
+def gate_deployment(ref: PipelineRef, plan: ReleasePlan, reports: list[StageReport]) -> GateDecision:
     """Decide the gate over the four stage reports and store the decision with its evidence."""
-    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    ctx = ref.load()
     gate = decide_gate(reports, force=plan.force)
     record_gate(MetricsStore(ctx.store_path), plan, gate, reports)
-    lines = [f"# Gate — `{pipeline}` version `{plan.version}`", "",
+    lines = [f"# Gate — `{ref.pipeline}` version `{plan.version}`", "",
              f"**{gate.decision.upper()}** — {gate.reason}", "",
              f"Deployment `{plan.deployment_id}` ({plan.kind}), production now `{plan.production or 'none'}`.", "",
              "| stage | status | reason |", "|---|---|---|"]
     lines += [f"| {r.stage} | {r.status} | {r.reason.replace('|', '/')} |" for r in reports]
     lines += _version_markdown(MetricsStore(ctx.store_path), plan, reports)
-    create_markdown_artifact(key=artifact_key("deploy-gate", pipeline), markdown="\n".join(lines),
+    create_markdown_artifact(key=artifact_key("deploy-gate", ref.pipeline), markdown="\n".join(lines),
                              description=f"The gate decision of deployment {plan.deployment_id}")
     return gate
 
@@ -143,106 +145,103 @@ def _version_markdown(store: MetricsStore, plan: ReleasePlan, reports: list[Stag
 
 
 @task(name="release-deployment", cache_policy=NO_CACHE)
-def release_deployment(config_path: str, pipeline: str, store_path: str | None, plan: ReleasePlan,
-                       gate: GateDecision) -> dict[str, Any]:
+def release_deployment(ref: PipelineRef, plan: ReleasePlan, gate: GateDecision) -> ReleaseOutcome:
     """Write the version to every target (all or nothing) and move the labels."""
-    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    ctx = ref.load()
     store = MetricsStore(ctx.store_path)
-    renew_lock(store, pipeline, plan.deployment_id, plan.lease_seconds)
+    renew_lock(store, ref.pipeline, plan.deployment_id, plan.lease_seconds)
     record = release_version(ctx.config, store, plan, gate, block_secret=block_secret)
-    create_table_artifact(key=artifact_key("deploy-targets", pipeline), table=record.targets or
+    create_table_artifact(key=artifact_key("deploy-targets", ref.pipeline), table=record.targets or
                           [{"target": "(none)", "status": "no targets configured", "detail": "labels only"}],
                           description=f"Targets of deployment {plan.deployment_id}: version {plan.version}")
-    return {"deployment_id": record.deployment_id, "status": record.status, "targets": record.targets,
-            "version": plan.version, "previous": plan.production}
+    return ReleaseOutcome(deployment_id=record.deployment_id, status=record.status, targets=record.targets,
+                          version=plan.version, previous=plan.production)
 
 
 @task(name="start-canary", cache_policy=NO_CACHE)
-def start_canary(config_path: str, pipeline: str, store_path: str | None, plan: ReleasePlan,
-                 gate: GateDecision) -> dict[str, Any]:
+def start_canary(ref: PipelineRef, plan: ReleasePlan, gate: GateDecision) -> CanaryStart:
     """Start the canary of the plan's version (production and the targets stay as they are)."""
-    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    ctx = ref.load()
     canary = start_release_canary(ctx.config, MetricsStore(ctx.store_path), plan, gate)
-    return {"canary_id": canary.canary_id, "split_pct": canary.split_pct, "control": canary.control_hash,
-            "treatment": canary.treatment_hash, "plan": canary.settings.get("plan"), "reason": canary.reason}
+    return CanaryStart(canary_id=canary.canary_id, split_pct=canary.split_pct, control=canary.control_hash,
+                       treatment=canary.treatment_hash, plan=canary.settings.get("plan"), reason=canary.reason)
 
 
 @task(name="finish-deployment", cache_policy=NO_CACHE)
-def finish_deployment(config_path: str, pipeline: str, store_path: str | None, plan: ReleasePlan,
-                      error: str | None = None) -> None:
+def finish_deployment(ref: PipelineRef, plan: ReleasePlan, error: str | None = None) -> None:
     """Give the deployment lock back; a deployment that stopped on an error is recorded as failed."""
-    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    ctx = ref.load()
     store = MetricsStore(ctx.store_path)
     try:
         record = store.get_deployment(plan.deployment_id)
         if error is not None and record is not None and record.status == "validating":
             store.update_deployment(plan.deployment_id, status="failed", reason=error[:2000], finished=True)
     finally:
-        release_lock(store, pipeline, plan.deployment_id)
+        release_lock(store, ref.pipeline, plan.deployment_id)
 
 
 # -- canary -----------------------------------------------------------------------------------------------------
 
 @task(name="find-canary", cache_policy=NO_CACHE)
-def find_canary(config_path: str, pipeline: str, store_path: str | None) -> dict[str, Any]:
+def find_canary(ref: PipelineRef) -> RunningCanary:
     """The pipeline's running canary (id, arms, split, settings); `DeploymentError` when none runs."""
-    ctx = load_pipeline(config_path, pipeline, store=store_path)
-    canary = MetricsStore(ctx.store_path).active_canary(pipeline)
+    ctx = ref.load()
+    canary = MetricsStore(ctx.store_path).active_canary(ref.pipeline)
     if canary is None:
-        raise DeploymentError(f"pipeline {pipeline!r} has no running canary; start one with "
-                              f"`promptcycle deploy --pipeline {pipeline} --canary`")
-    return {"canary_id": canary.canary_id, "control": canary.control_hash, "treatment": canary.treatment_hash,
-            "split_pct": canary.split_pct, "looks": canary.looks, "settings": canary.settings}
+        raise DeploymentError(f"pipeline {ref.pipeline!r} has no running canary; start one with "
+                              f"`promptcycle deploy --pipeline {ref.pipeline} --canary`")
+    return RunningCanary(canary_id=canary.canary_id, control=canary.control_hash, treatment=canary.treatment_hash,
+                         split_pct=canary.split_pct, looks=canary.looks, settings=canary.settings)
 
 
 @task(name="send-simulated-traffic", cache_policy=NO_CACHE)
-async def send_simulated_traffic(config_path: str, pipeline: str, store_path: str | None, requests: int,
-                                 seed: int, error_rates: dict[str, float] | None = None) -> dict[str, Any]:
+async def send_simulated_traffic(ref: PipelineRef, requests: int, seed: int,
+                                 error_rates: dict[str, float] | None = None) -> dict[str, Any]:
     """Simulated production requests through resolve_prompt, the simulated models and the scorers."""
     from promptcycle.deploy.traffic import simulate_traffic
 
-    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    ctx = ref.load()
     summary = await simulate_traffic(ctx, requests=requests, seed=seed, error_rates=error_rates)
     return summary.to_dict()
 
 
 @task(name="ingest-outcomes", cache_policy=NO_CACHE)
-def ingest_outcomes(config_path: str, pipeline: str, store_path: str | None, path: str) -> dict[str, Any]:
+def ingest_outcomes(ref: PipelineRef, path: str) -> IngestedOutcomes:
     """Record the production outcomes of a JSONL file (all or nothing; a request id is recorded once)."""
     from promptcycle.deploy.serving import ingest_production_results
 
-    ctx = load_pipeline(config_path, pipeline, store=store_path)
-    report = ingest_production_results(ctx.config.resolve_path(path), pipeline=pipeline, store=ctx.store_path)
-    return {"path": report.path, "lines": report.lines, "new": report.new, "duplicates": report.duplicates}
+    ctx = ref.load()
+    report = ingest_production_results(ctx.config.resolve_path(path), pipeline=ref.pipeline, store=ctx.store_path)
+    return IngestedOutcomes(path=report.path, lines=report.lines, new=report.new, duplicates=report.duplicates)
 
 
 @task(name="look-canary", task_run_name="look at {canary_id}", cache_policy=NO_CACHE, retries=2,
       retry_delay_seconds=BACKOFF, retry_jitter_factor=0.5, retry_condition_fn=retry_if_transient)
-def look_canary(config_path: str, pipeline: str, store_path: str | None, canary_id: str) -> CanaryLook:
+def look_canary(ref: PipelineRef, canary_id: str) -> CanaryLook:
     """One look of the sequential test on every outcome so far; moves the split when due."""
-    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    ctx = ref.load()
     store = MetricsStore(ctx.store_path)
     look = look_at_canary(store, canary_id)
-    _publish_looks(store, pipeline, canary_id)
+    _publish_looks(store, ref.pipeline, canary_id)
     return look
 
 
 @task(name="conclude-canary", cache_policy=NO_CACHE)
-def conclude_canary_task(config_path: str, pipeline: str, store_path: str | None, look: CanaryLook,
-                         actor: str) -> dict[str, Any]:
+def conclude_canary_task(ref: PipelineRef, look: CanaryLook, actor: str) -> CanaryConclusion:
     """Promote (targets, then labels) or roll back (production restored on every target)."""
-    ctx = load_pipeline(config_path, pipeline, store=store_path)
+    ctx = ref.load()
     store = MetricsStore(ctx.store_path)
     record = conclude_canary(ctx.config, store, look, actor=actor, block_secret=block_secret)
-    _publish_looks(store, pipeline, look.canary_id)
+    after_canary(store, ctx.config, look.canary_id, datetime.now(timezone.utc))  # learning; a healing's incident
+    _publish_looks(store, ref.pipeline, look.canary_id)
     canary = store.get_canary(look.canary_id)
     outcome = "promoted" if record.kind == "promote" else "rolled_back"
-    emit_outcome(f"promptcycle.canary.{outcome}", pipeline, {
+    emit_outcome(f"promptcycle.canary.{outcome}", ref.pipeline, {
         "canary_id": look.canary_id, "deployment_id": record.deployment_id, "status": record.status,
         "control": canary.control_hash, "treatment": canary.treatment_hash, "production": record.to_hash,
         "reason": look.reason, "looks": look.look})
-    return {"deployment_id": record.deployment_id, "kind": record.kind, "status": record.status,
-            "version": record.to_hash, "targets": record.targets}
+    return CanaryConclusion(deployment_id=record.deployment_id, kind=record.kind, status=record.status,
+                            version=record.to_hash, targets=record.targets)
 
 
 def _look_row(look: dict[str, Any]) -> dict[str, Any]:

@@ -16,17 +16,18 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from promptcycle.errors import ConfigError
-from promptcycle.evaluation.context import load_pipeline
+from promptcycle.evaluation.context import PipelineRef
 from promptcycle.monitor.healing import HEALING_LIMIT_NAME
-from promptcycle.monitor.response import close_incident, record_canary, record_deployment, record_optimization
+from promptcycle.monitor.repair import HealingPlan, finish_healing_incident, plan_healing
+from promptcycle.monitor.response import record_canary, record_deployment, record_optimization
 from promptcycle.store.remote import open_store
 
-__all__ = ["healing_slot", "ensure_healing_limit", "note_optimization", "note_deployment", "note_canary",
-           "end_healing"]
+__all__ = ["healing_slot", "ensure_healing_limit", "prepare_healing", "note_optimization", "note_deployment",
+           "note_canary", "end_healing"]
 
 
-def _store(config_path: str, pipeline: str, store_path: str | None):
-    return open_store(load_pipeline(config_path, pipeline, store=store_path).store_path)
+def _store(ref: PipelineRef):
+    return open_store(ref.load().store_path)
 
 
 async def ensure_healing_limit(max_concurrent: int) -> None:
@@ -61,44 +62,36 @@ async def healing_slot(max_concurrent: int, timeout_seconds: float = 60.0) -> As
                           expected="an existing global concurrency limit") from None
 
 
+@task(name="prepare-healing", cache_policy=NO_CACHE)
+def prepare_healing(ref: PipelineRef, model: str, decision_id: str) -> HealingPlan:
+    """What the healing optimizes: the prompt serving `model` now, for that model alone, in its own epoch."""
+    ctx = ref.load()
+    return plan_healing(ctx, open_store(ctx.store_path), model, decision_id)
+
+
 @task(name="note-optimization", cache_policy=NO_CACHE)
-def note_optimization(config_path: str, pipeline: str, store_path: str | None, incident_id: str, summary,
-                      now: datetime) -> None:
-    record_optimization(_store(config_path, pipeline, store_path), incident_id, summary, now)
+def note_optimization(ref: PipelineRef, incident_id: str, summary, now: datetime) -> None:
+    record_optimization(_store(ref), incident_id, summary, now)
 
 
 @task(name="note-deployment", cache_policy=NO_CACHE)
-def note_deployment(config_path: str, pipeline: str, store_path: str | None, incident_id: str, outcome: dict | None,
-                    error: str | None, now: datetime) -> None:
-    record_deployment(_store(config_path, pipeline, store_path), incident_id, outcome, error, now)
+def note_deployment(ref: PipelineRef, incident_id: str, outcome: dict | None, error: str | None,
+                    now: datetime) -> None:
+    record_deployment(_store(ref), incident_id, outcome, error, now)
 
 
 @task(name="note-canary", cache_policy=NO_CACHE)
-def note_canary(config_path: str, pipeline: str, store_path: str | None, incident_id: str, canary: dict | None,
-                now: datetime) -> None:
-    record_canary(_store(config_path, pipeline, store_path), incident_id, canary, now)
+def note_canary(ref: PipelineRef, incident_id: str, canary: dict | None, now: datetime,
+                canary_id: str | None = None) -> None:
+    record_canary(_store(ref), incident_id, canary, now, canary_id)
 
 
 @task(name="end-healing", cache_policy=NO_CACHE)
-def end_healing(config_path: str, pipeline: str, store_path: str | None, decision_id: str, incident_id: str,
-                outcome: str, summary: str, calls: int, cost_usd: float, now: datetime,
-                alert_id: int | None = None) -> None:
+def end_healing(ref: PipelineRef, decision_id: str, incident_id: str, outcome: str, summary: str, calls: int,
+                cost_usd: float, now: datetime, alert_id: int | None = None) -> None:
     """Close the healing decision with its spend; close the incident (resolved or escalated) — an escalated
-    one escalates its alert too (one severity up, paged to the escalation channels)."""
-    store = _store(config_path, pipeline, store_path)
-    store.finish_healing(decision_id, outcome, now, calls=calls, cost_usd=cost_usd)
-    if outcome == "healed":
-        close_incident(store, incident_id, "resolved", summary, now)
-    elif outcome in ("escalated", "failed"):
-        if alert_id is not None:
-            from promptcycle.alerts import escalate_alert
-            from promptcycle.catalog import load_config
-
-            alert = store.get_alert(alert_id)
-            if alert.status != "resolved":
-                escalate_alert(store, load_config(config_path), alert_id, summary[:300], actor="healing", now=now)
-        close_incident(store, incident_id, "escalated", summary, now)
-    elif outcome == "deferred":  # no slot: the incident waits for the next monitor run's decision
-        store.add_incident_event(incident_id, "note", now, summary, status="open")
-    else:  # the canary is still running: the incident stays in healing until `promptcycle canary` concludes it
-        store.add_incident_event(incident_id, "note", now, summary)
+    one escalates its alert too (one severity up, paged to the escalation channels). A canary still running
+    keeps the incident in healing until it concludes (promptcycle/monitor/repair.py, `after_canary`)."""
+    ctx = ref.load()
+    finish_healing_incident(open_store(ctx.store_path), ctx.config, decision_id, incident_id, outcome, summary, now,
+                            calls=calls, cost_usd=cost_usd, alert_id=alert_id)

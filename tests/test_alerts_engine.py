@@ -27,6 +27,7 @@ def test_alert_tasks_emit_an_event_notify_a_block_and_use_a_credentials_block(pr
     from promptcycle_blocks.channels import AlertWebhookCredentials
     from promptcycle.alerts.policy import Finding
     from promptcycle.store import MetricsStore
+    from promptcycle.evaluation.context import PipelineRef
     from promptcycle_tasks.alerts import deliver_alerts, record_alerts
 
     monkeypatch.setenv("PROMPTCYCLE_DATA_IN_PROCESS", "1")
@@ -49,8 +50,9 @@ def test_alert_tasks_emit_an_event_notify_a_block_and_use_a_credentials_block(pr
         @flow
         def monitor_alerts() -> dict:
             findings = [Finding("cusum", PIPE, "xl", spectrum, "high", False, 5.1, "quality fell 6 points")]
-            record_alerts(str(repo_config), PIPE, store_path, findings, datetime.now(timezone.utc))
-            return deliver_alerts(str(repo_config), PIPE, store_path)
+            ref = PipelineRef(config_path=str(repo_config), pipeline=PIPE, store_path=store_path)
+            record_alerts(ref, findings, datetime.now(timezone.utc))
+            return deliver_alerts(ref)
 
         report = monitor_alerts()
 

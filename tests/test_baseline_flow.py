@@ -67,6 +67,7 @@ def _bad_dataset(tmp_path: Path) -> Path:
 
 
 def test_dataset_suite_stops_the_run_before_any_call(tmp_path, repo_config):
+    from promptcycle.evaluation.context import PipelineRef
     from promptcycle_tasks.baseline import prepare_baseline
 
     data = yaml.safe_load(repo_config.read_text())
@@ -74,7 +75,8 @@ def test_dataset_suite_stops_the_run_before_any_call(tmp_path, repo_config):
     repo_config.write_text(yaml.safe_dump(data))
     store = tmp_path / "m.duckdb"
     with pytest.raises(DataQualityError) as info:
-        prepare_baseline.fn(str(repo_config), "customer-insights", str(store), None, None)
+        ref = PipelineRef(config_path=str(repo_config), pipeline="customer-insights", store_path=str(store))
+        prepare_baseline.fn(ref, None)
     assert "ids unique" in str(info.value)
     with duckdb.connect(str(store), read_only=True) as con:
         assert con.execute("select count(*) from responses").fetchone()[0] == 0

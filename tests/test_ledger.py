@@ -164,6 +164,54 @@ def test_a_cell_retries_its_errors_in_a_new_process_and_carries_their_attempts(t
     assert figures["attempts"] == server.state.requests == 6 + 4 + 6  # the 401s, the 503s and the answers
 
 
+def test_a_strategys_own_call_goes_through_the_same_ledger_and_budget(tmp_path):
+    """`meta` asks a model for rewrites outside any cell: the call is paid once within the optimization's
+    budget and recorded in the ledger; the identical call later is answered from it, free, even with the
+    budget spent; a new call past the cap is refused before anything is sent."""
+    from pydantic import SecretStr
+
+    from promptcycle.catalog import load_config
+    from promptcycle.errors import BudgetExceededError
+    from promptcycle.evaluation.ledger import ledgered_complete
+    from promptcycle.evaluation.pool import close_providers
+    from promptcycle.optimize.budget import Budget
+    from promptcycle.store import MetricsStore
+
+    store = MetricsStore(tmp_path / "m.duckdb")
+    asked: list[str] = []
+
+    async def key_of(provider: str) -> SecretStr:
+        asked.append(provider)
+        return SecretStr(KEY)
+
+    messages = [{"role": "system", "content": "You rewrite prompts."}, {"role": "user", "content": "Rewrite it."}]
+    other = [{"role": "user", "content": "Rewrite it again."}]
+    with ServerThread(require_api_key=KEY) as server:
+        config = load_config(write_config(tmp_path, server.base_url))
+
+        async def go():
+            try:
+                budget = Budget(max_calls=1)
+                complete = ledgered_complete(config, store, "opt-1", key_of=key_of, budget=budget)
+                first = await complete("nano", messages)
+                assert budget.spend()["calls"] == 1 and server.state.requests == 1
+                again = await ledgered_complete(config, store, "opt-2", key_of=key_of,
+                                                budget=Budget(max_calls=0))("nano", messages)
+                with pytest.raises(BudgetExceededError):
+                    await complete("nano", other)
+                return first, again
+            finally:
+                await close_providers()
+
+        first, again = asyncio.run(go())
+        assert server.state.requests == 1  # the reuse and the refusal sent nothing
+    assert again.text == first.text and again.cost_usd == first.cost_usd
+    assert asked == ["sim"]  # the key is loaded at the first paid call only
+    with duckdb.connect(str(store.path), read_only=True) as con:
+        rows = con.execute("SELECT run_id, provider, model, attempts FROM responses").fetchall()
+    assert rows == [("opt-1", "sim", "sim-nano", 1)]
+
+
 # -- 2. every attempt is counted, waiting apart from latency ---------------------------------------------------
 
 @pytest.mark.slow

@@ -266,6 +266,7 @@ def test_at_most_max_concurrent_healings_across_two_processes(tmp_path):
 
 
 def test_an_incident_whose_optimization_finds_nothing_ends_escalated(tmp_path):
+    from promptcycle.evaluation.context import PipelineRef
     from promptcycle_tasks.healing import end_healing
 
     config_path = write_config(tmp_path, healing={"cooldown_minutes": 120})
@@ -282,7 +283,8 @@ def test_an_incident_whose_optimization_finds_nothing_ends_escalated(tmp_path):
     assert incident["status"] == "healing"
     alert_before = store.get_alert(start.alert_id)
     # What flows/healing.py records when the optimization finds nothing significant.
-    end_healing.fn(str(config_path), PIPE, str(store_path), start.decision_id, start.incident_id, "escalated",
+    ref = PipelineRef(config_path=str(config_path), pipeline=PIPE, store_path=str(store_path))
+    end_healing.fn(ref, start.decision_id, start.incident_id, "escalated",
                    "optimization found nothing significant (no significant improvement): nothing deployed",
                    240, 0.0, period_time(13), start.alert_id)
     incident = store.incident(start.incident_id)

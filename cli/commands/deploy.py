@@ -16,10 +16,13 @@ import getpass
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from promptcycle_cli.main import existing_store, final_state_name, flow_run_fields, run_flow
 from promptcycle.errors import ConfigError
+
+if TYPE_CHECKING:
+    from promptcycle.deploy.results import CanaryResult, DeploymentResult
 
 __all__ = ["add_commands"]
 
@@ -52,19 +55,19 @@ def _starting(args: argparse.Namespace, what: str) -> None:
 
 # -- deploy -----------------------------------------------------------------------------------------------------
 
-def _print_canary(console, result: dict[str, Any]) -> None:
-    if result.get("ingested"):
-        i = result["ingested"]
-        console.print(f"ingested {i['path']}: {i['lines']} outcomes, {i['new']} new, {i['duplicates']} already recorded")
-    console.print(f"canary [bold]{result['canary_id']}[/]: {result['looks']} look(s), "
-                  f"{result['simulated_requests']} simulated requests, split {result['split_pct']:g}% — "
-                  f"[bold]{result['status']}[/]")
-    if result.get("reason"):
-        console.print(f"  {result['reason']}")
-    if result.get("outcome"):
-        o = result["outcome"]
-        console.print(f"  {o['kind']} {o['deployment_id']}: version {o['version']} on every target ({o['status']})")
-    if result.get("simulated_requests"):
+def _print_canary(console, result: CanaryResult) -> None:
+    if result.ingested:
+        i = result.ingested
+        console.print(f"ingested {i.path}: {i.lines} outcomes, {i.new} new, {i.duplicates} already recorded")
+    console.print(f"canary [bold]{result.canary_id}[/]: {result.looks} look(s), "
+                  f"{result.simulated_requests} simulated requests, split {result.split_pct:g}% — "
+                  f"[bold]{result.status}[/]")
+    if result.reason:
+        console.print(f"  {result.reason}")
+    if result.outcome:
+        o = result.outcome
+        console.print(f"  {o.kind} {o.deployment_id}: version {o.version} on every target ({o.status})")
+    if result.simulated_requests:
         console.print("[dim]The traffic was simulated: the outcomes describe the simulated world, not real users.[/]")
 
 
@@ -84,34 +87,34 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from promptcycle_cli import local_server
 
     local_server.ready()  # Prefect's local server, started in the background since the command was parsed
-    result = run_flow(deployment, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
-                      version=args.version, canary=args.canary, force=args.force,
-                      simulate_traffic=args.simulate_traffic, traffic_seed=args.seed,
-                      actor=f"{_user()} via promptcycle deploy")
+    result: DeploymentResult = run_flow(
+        deployment, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
+        version=args.version, canary=args.canary, force=args.force, simulate_traffic=args.simulate_traffic,
+        traffic_seed=args.seed, actor=f"{_user()} via promptcycle deploy")
 
     def human() -> None:
         console = _console()
-        console.print(f"deployment [bold]{result['deployment_id']}[/] ({result['kind']}) of "
-                      f"[bold]{args.pipeline}[/]: version {result['version']}"
-                      + (f" replacing {result['production_before']}" if result["production_before"] else ""))
-        for stage, r in result["stages"].items():
-            colour = {"passed": "green", "failed": "red", "skipped": "dim"}[r["status"]]
-            console.print(f"  [{colour}]{r['status']:>7}[/] {stage}: {r['reason']}")
-        console.print(f"  gate: [bold]{result['gate']['decision']}[/] — {result['gate']['reason']}")
-        if "canary_id" in result:
-            console.print(f"canary [bold]{result['canary_id']}[/] started at {result['split_pct']:g}% "
-                          f"({result['control']} → {result['treatment']})")
-            if result.get("reason"):
-                console.print(f"  plan: {result['reason']}")
+        console.print(f"deployment [bold]{result.deployment_id}[/] ({result.kind}) of "
+                      f"[bold]{args.pipeline}[/]: version {result.version}"
+                      + (f" replacing {result.production_before}" if result.production_before else ""))
+        for stage, r in result.stages.items():
+            colour = {"passed": "green", "failed": "red", "skipped": "dim"}[r.status]
+            console.print(f"  [{colour}]{r.status:>7}[/] {stage}: {r.reason}")
+        console.print(f"  gate: [bold]{result.gate.decision}[/] — {result.gate.reason}")
+        if result.started_canary:
+            console.print(f"canary [bold]{result.canary_id}[/] started at {result.split_pct:g}% "
+                          f"({result.control} → {result.treatment})")
+            if result.reason:
+                console.print(f"  plan: {result.reason}")
         else:
-            for t in result.get("targets") or []:
+            for t in result.targets or []:
                 console.print(f"  target {t['target']} ({t['kind']}): {t['status']} — {t['detail']}")
-            console.print(f"[bold]{result['version']}[/] is production"
-                          + (f"; previous is {result['previous']}" if result.get("previous") else ""))
-        if result.get("canary"):
-            _print_canary(console, result["canary"])
+            console.print(f"[bold]{result.version}[/] is production"
+                          + (f"; previous is {result.previous}" if result.previous else ""))
+        if result.canary:
+            _print_canary(console, result.canary)
 
-    _emit(args, {"success": True, **flow_run_fields(), **result}, human)
+    _emit(args, {"success": True, **flow_run_fields(), **result.model_dump()}, human)
     return 0
 
 
@@ -136,11 +139,12 @@ def cmd_canary(args: argparse.Namespace) -> int:
     from promptcycle_cli import local_server
 
     local_server.ready()  # Prefect's local server, started in the background since the command was parsed
-    result = run_flow(canary, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
-                      simulate_traffic=args.simulate_traffic, seed=args.seed, watch=args.watch,
-                      max_looks=args.max_looks, error_rates=error_rates, ingest_path=args.ingest,
-                      actor=f"{_user()} via promptcycle canary")
-    _emit(args, {"success": True, **flow_run_fields(), **result, "final_state": final_state_name()}, lambda: _print_canary(_console(), result))
+    result: CanaryResult = run_flow(
+        canary, pipeline=args.pipeline, config_path=str(args.config), store_path=args.store,
+        simulate_traffic=args.simulate_traffic, seed=args.seed, watch=args.watch, max_looks=args.max_looks,
+        error_rates=error_rates, ingest_path=args.ingest, actor=f"{_user()} via promptcycle canary")
+    _emit(args, {"success": True, **flow_run_fields(), **result.model_dump(), "final_state": final_state_name()},
+          lambda: _print_canary(_console(), result))
     return 0
 
 

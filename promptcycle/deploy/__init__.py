@@ -11,6 +11,7 @@
     serving.py     for the serving application: `resolve_prompt`, `log_production_result`
     traffic.py     simulated production traffic, to run a canary end to end offline
     status.py      where each pipeline stands: labels, running canary, decisions, deployments
+    results.py     the typed results of the deployment and canary flows (what `--json` prints)
 
 This package imports nothing eagerly, so that the serving application's `import
 promptcycle.deploy.serving` stays light (duckdb and the standard library).

@@ -123,7 +123,10 @@ def plan_release(config: Any, pipeline: str, store: MetricsStore, *, version: st
                 f"{running.split_pct:g}%); a deployment waits until it ends — or roll it back first")
         record = resolve_version(store, pipeline, version) if version else None
         scope = (record.scope or "") if record else ""
-        production = store.get_label(pipeline, "production", scope)
+        # A prompt for one model replaces what serves that model now: its own production label, else the
+        # pipeline's (serving falls back the same way, promptcycle/deploy/serving.py).
+        production = store.get_label(pipeline, "production", scope) or (
+            store.get_label(pipeline, "production") if scope else None)
         if production is None:
             if canary:
                 raise DeploymentError(f"pipeline {pipeline!r} has nothing in production to run a canary against; "

@@ -43,7 +43,7 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -285,6 +285,9 @@ def resolve_prompt(pipeline: str, request_key: str, *, model: str | None = None,
         state = _state(path, pipeline, model, cache_seconds, lock_timeout_s)
         if state.production is None and state.canary_id is None:
             state = None
+        elif state.production is None:  # the model's first own prompt, on canary: its control is the pipeline's
+            shared = _state(path, pipeline, "", cache_seconds, lock_timeout_s)
+            state = replace(state, production=shared.production)
     if state is None:
         state = _state(path, pipeline, "", cache_seconds, lock_timeout_s)
     if state.production is None:

@@ -14,6 +14,11 @@ and the served request's id, as an application would with `log_shadow_result`.
 `error_rates` injects failures per arm ({"treatment": 0.2} fails a fifth of the new version's
 requests) to exercise the guardrails; the failures are simulated and marked so in each outcome's
 metadata.
+
+The simulated world is the one the pipeline's other calls see: the drifts of `simulation:` in
+pipelines.yaml (promptcycle/sim/drift.py) apply to the traffic too, on the real clock — a canary
+started during a drift compares the two prompts in the drifted world. A drift's `error_rate` fails a
+request when every attempt the provider's client would make (`1 + max_retries`) fails.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from promptcycle.evaluation.context import PipelineContext
 from promptcycle.providers.base import Completion
 from promptcycle.scoring import build_scorers, overall
 from promptcycle.scoring.base import Sample
+from promptcycle.sim.drift import error_rate as drift_error_rate
+from promptcycle.sim.drift import schedule_from
 from promptcycle.sim.world import respond
 
 __all__ = ["TrafficSummary", "simulate_traffic"]
@@ -57,6 +64,10 @@ class TrafficSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class _DriftError(Exception):
+    """A simulated request that a drift's error rate failed on every attempt."""
 
 
 def _simulated_models(ctx: PipelineContext) -> list[str]:
@@ -85,10 +96,18 @@ async def simulate_traffic(ctx: PipelineContext, *, requests: int, seed: int = 0
     store = ctx.store_path
     rng = random.Random(seed)
     error_rates = dict(error_rates or {})
+    drift = schedule_from(ctx.config.simulation) if ctx.config.simulation.drifts else None
+    drift_rng = random.Random(seed + 1)  # apart from the traffic's draws, which stay the same with or without drift
 
     async def complete(model_name: str, messages: list[dict[str, str]]) -> Completion:
         mconf = ctx.config.models[model_name]
-        reply = respond(mconf.model, messages, temperature=mconf.temperature, max_tokens=mconf.max_tokens)
+        active = drift.on_call(mconf.model) if drift is not None else ()
+        rate = drift_error_rate(active) if active else 0.0
+        attempts = 1 + ctx.config.providers[mconf.provider].max_retries
+        if rate and all(drift_rng.random() < rate for _ in range(attempts)):
+            raise _DriftError(f"simulated 5xx on every attempt ({rate:.0%} error rate drift)")
+        reply = respond(mconf.model, messages, temperature=mconf.temperature, max_tokens=mconf.max_tokens,
+                        drifts=active)
         return Completion(text=reply.text, model=model_name, input_tokens=reply.input_tokens,
                           output_tokens=reply.output_tokens, latency_ms=reply.latency_s * 1000.0, cost_usd=0.0,
                           simulated=True)
@@ -120,22 +139,33 @@ async def simulate_traffic(ctx: PipelineContext, *, requests: int, seed: int = 0
                                    "scope": served.scope, "canary_id": served.canary_id, "arm": served.arm,
                                    "model": model, "at": datetime.now(timezone.utc),
                                    "metadata": {"simulated": True, "case_id": case.id, "user": user}}
-        if rng.random() < error_rates.get(served.arm, 0.0):
-            outcome.update(error=True, score=None, latency_ms=None)
+        failed = rng.random() < error_rates.get(served.arm, 0.0)
+        if failed:
             outcome["metadata"]["injected_error"] = True
         else:
-            score, latency = await answer(served, case, model)
+            try:
+                score, latency = await answer(served, case, model)
+            except _DriftError:
+                failed = True
+                outcome["metadata"]["drift_error"] = True
+        if failed:
+            outcome.update(error=True, score=None, latency_ms=None)
+        else:
             outcome.update(error=False, score=score, latency_ms=latency)
             totals[served.arm + ":sum"] += score
             totals[served.arm + ":n"] += 1
         if served.shadow is not None:
-            score, latency = await answer(served.shadow, case, model)
+            try:
+                score, latency = await answer(served.shadow, case, model)
+            except _DriftError:
+                score, latency = None, None
             outcomes.append(shadow_outcome(ctx.name, outcome["request_id"], served.shadow.version, score=score,
-                                           error=False, latency_ms=latency, scope=served.scope,
+                                           error=score is None, latency_ms=latency, scope=served.scope,
                                            canary_id=served.canary_id, model=model, at=outcome["at"],
                                            metadata={"simulated": True, "case_id": case.id, "user": user}))
-            totals["shadow:sum"] += score
-            totals["shadow:n"] += 1
+            if score is not None:
+                totals["shadow:sum"] += score
+                totals["shadow:n"] += 1
             summary.by_arm["shadow"] = summary.by_arm.get("shadow", 0) + 1
         summary.by_arm[served.arm] = summary.by_arm.get(served.arm, 0) + 1
         summary.by_version[served.version] = summary.by_version.get(served.version, 0) + 1

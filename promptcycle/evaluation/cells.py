@@ -17,7 +17,6 @@ flight finish and are recorded, nothing is recorded for the calls not made, and 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -34,34 +33,18 @@ from promptcycle.errors import (
     is_retryable,
 )
 from promptcycle.evaluation import progress
+from promptcycle.evaluation.ledger import call_key, call_keys, ledger_entry, pay, reused
 from promptcycle.evaluation.runio import run_io
 from promptcycle.prompts import PromptTemplate
 from promptcycle.providers.base import ChatProvider, Completion
 from promptcycle.scoring import overall
 from promptcycle.scoring.base import Sample, Scorer
-from promptcycle.store.records import ResponseRecord, ResultRecord
+from promptcycle.store.records import ResultRecord
 
 if TYPE_CHECKING:
     from promptcycle.optimize.budget import Budget
 
 __all__ = ["CellSpec", "CellOutcome", "call_key", "call_keys", "evaluate_cell", "RetryCellError"]
-
-def call_key(provider: str, model: ModelConfig, messages: list[dict[str, str]], repeat: int) -> str:
-    """The identity of a paid call: same key, same call — never paid for twice."""
-    return call_keys(provider, model, messages, [repeat])[0]
-
-
-def call_keys(provider: str, model: ModelConfig, messages: list[dict[str, str]],
-              repeats: Sequence[int]) -> list[str]:
-    """`call_key` of each repeat of one call, encoding the messages once.
-
-    A key hashes the compact JSON of [provider, model id, temperature, max_tokens, repeat, messages];
-    ledgers in existing stores depend on these exact bytes.
-    """
-    head = json.dumps([provider, model.model, model.temperature, model.max_tokens],
-                      separators=(",", ":"), ensure_ascii=False)[:-1]
-    tail = json.dumps(messages, separators=(",", ":"), ensure_ascii=False)
-    return [hashlib.sha256(f"{head},{int(r)},{tail}]".encode()).hexdigest()[:32] for r in repeats]
 
 
 @dataclass(frozen=True)
@@ -82,6 +65,8 @@ class CellSpec:
     # Repeats run first_repeat … first_repeat + repeats - 1: a monitor probe numbers its repeats by its
     # period, so each period makes new calls (promptcycle/monitor/observations.py).
     first_repeat: int = 0
+    # The ledger epoch of the cell's calls (see `call_keys`): "" shares the ledger with every run.
+    epoch: str = ""
 
 
 @dataclass
@@ -136,7 +121,7 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
         if not repeats:
             continue
         messages = spec.render_case(case) if spec.render_case is not None else spec.prompt.render(case.inputs)
-        keys = call_keys(provider_name, spec.model, messages, repeats)
+        keys = call_keys(provider_name, spec.model, messages, repeats, spec.epoch)
         todo.extend((case, repeat, messages, key) for repeat, key in zip(repeats, keys))
     if newly_skipped:
         progress.report_done(newly_skipped)
@@ -163,28 +148,18 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
                           finish_reason=completion.finish_reason, tokens_source=completion.tokens_source)
 
     async def one(case: Case, repeat: int, messages: list[dict[str, str]], key: str) -> None:
-        cached = ledger.get(key)
-        if cached is not None:
-            completion = Completion(text=cached.output, model=spec.model_name, input_tokens=cached.input_tokens,
-                                    output_tokens=cached.output_tokens, latency_ms=cached.latency_ms,
-                                    cost_usd=cached.cost_usd, attempts=cached.attempts, simulated=cached.simulated,
-                                    raw_model=cached.provider_model or "", finish_reason=cached.finish_reason,
-                                    tokens_source=cached.tokens_source or "provider")
+        entry = ledger.get(key)
+        if entry is not None:
             # Paid for once, by the run named in the ledger; the row keeps what the answer cost.
-            row = await scored_row(case, repeat, key, completion, cached.attempts, cached.wait_ms)
+            row = await scored_row(case, repeat, key, reused(entry, spec.model_name), entry.attempts, entry.wait_ms)
             outcome.reused += 1
             await io.add(None, row)
             progress.report_done()
             return
-        if budget is not None and not budget.try_acquire(spec.model_name):
-            outcome.stopped += 1
-            return
         started = time.perf_counter()
         try:
-            completion = await provider.complete(spec.model_name, messages, seed=repeat)
+            completion = await pay(provider, spec.model_name, messages, seed=repeat, budget=budget)
         except ProviderError as exc:
-            if budget is not None:
-                budget.release(spec.model_name)  # an error is not a paid call
             waited_ms = (time.perf_counter() - started) * 1000.0
             if is_retryable(exc) and not final_attempt:
                 io.carry(spec.model_name, case.id, repeat, exc.attempts, waited_ms)  # counted where recorded
@@ -199,25 +174,17 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
                                                wait_ms=waited_ms + earlier_wait_ms, simulated=None))
             progress.report_done(errors=1)
             return
-        except BaseException:
-            if budget is not None:
-                budget.release(spec.model_name)
-            raise
+        if completion is None:  # the budget refused it: nothing sent, nothing recorded
+            outcome.stopped += 1
+            return
         # Waiting: queueing for a slot, failed attempts and back-off — everything but the answer's latency.
         wait_ms = max(0.0, (time.perf_counter() - started) * 1000.0 - completion.latency_ms)
         earlier, earlier_wait_ms = io.carried(spec.model_name, case.id, repeat)
         attempts, wait_ms = completion.attempts + earlier, wait_ms + earlier_wait_ms
-        if budget is not None:
-            budget.settle(spec.model_name, completion.cost_usd)
         outcome.called += 1
-        response = ResponseRecord(call_key=key, provider=provider_name, model=spec.model.model,
-                                  prompt_hash=prompt_hash, case_id=case.id, repeat=repeat, output=completion.text,
-                                  input_tokens=completion.input_tokens, output_tokens=completion.output_tokens,
-                                  latency_ms=completion.latency_ms, cost_usd=completion.cost_usd,
-                                  attempts=attempts, simulated=completion.simulated,
-                                  created_at=_now(), run_id=spec.run_id, wait_ms=wait_ms,
-                                  provider_model=completion.raw_model or None,
-                                  finish_reason=completion.finish_reason, tokens_source=completion.tokens_source)
+        response = ledger_entry(key, provider_name, spec.model, completion, run_id=spec.run_id,
+                                prompt_hash=prompt_hash, case_id=case.id, repeat=repeat, attempts=attempts,
+                                wait_ms=wait_ms)
         row = await scored_row(case, repeat, key, completion, attempts, wait_ms)
         await io.add(response, row)
         progress.report_done()

@@ -1,5 +1,8 @@
 """Everything a phase needs about one pipeline: its config, its cases and their splits.
 
+    ref = PipelineRef(config_path="pipelines.yaml", pipeline="customer-insights", limit=15)  # what tasks receive
+    ctx = ref.load()                                                                          # a PipelineContext
+
 Loaded once per process and cached by (config file, modification time, pipeline, limit), so the many
 cell tasks of a flow share one parse of pipelines.yaml and one load of the dataset.
 """
@@ -12,6 +15,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from promptcycle.catalog import load_config
 from promptcycle.config import PipelineConfig, PromptcycleConfig
 from promptcycle.datasets.cases import Case, cluster_of
@@ -21,7 +26,26 @@ from promptcycle.errors import ConfigError
 from promptcycle.prompts import PromptTemplate
 from promptcycle.store.remote import open_store
 
-__all__ = ["PipelineContext", "load_pipeline", "resolve_store_path", "check_prompt_inputs"]
+__all__ = ["PipelineRef", "PipelineContext", "load_pipeline", "resolve_store_path", "check_prompt_inputs"]
+
+
+class PipelineRef(BaseModel):
+    """Which pipeline a task works on: the config file, the pipeline's name, the store (None: the config's
+    `store`) and the case limit (None: every case).
+
+    Names only — frozen, hashable and serialisable — so tasks take it instead of live objects, and Prefect
+    hashes it like the four parameters it stands for (task inputs are what cache keys are made of)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    config_path: str
+    pipeline: str
+    store_path: str | None = None
+    limit: int | None = None
+
+    def load(self) -> PipelineContext:
+        """The pipeline's config, cases and splits (`load_pipeline`, cached per process)."""
+        return load_pipeline(self.config_path, self.pipeline, limit=self.limit, store=self.store_path)
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,11 @@ class PipelineContext:
 
     def cases_of(self, spectrum: str) -> list[Case]:
         return [c for c in self.cases if c.spectrum == spectrum]
+
+    @property
+    def simulated(self) -> bool:
+        """Whether every provider the pipeline calls (models and LLM judges) is the built-in simulator."""
+        return all(self.config.providers[p].kind == "simulator" for p in self.providers_used())
 
     def providers_used(self) -> list[str]:
         names = {self.config.models[m].provider for m in self.pipeline.models}

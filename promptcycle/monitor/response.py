@@ -109,10 +109,11 @@ def record_deployment(store, incident_id: str, outcome: dict[str, Any] | None, e
                              evidence={"stages": outcome.get("stages"), "gate": outcome.get("gate")})
 
 
-def record_canary(store, incident_id: str, canary: dict[str, Any] | None, now: datetime) -> None:
+def record_canary(store, incident_id: str, canary: dict[str, Any] | None, now: datetime,
+                  canary_id: str | None = None) -> None:
     if canary is None:
         store.add_incident_event(incident_id, "canary", now, "canary started; waiting for production traffic "
-                                 "(`promptcycle canary` looks at it)")
+                                 "(`promptcycle canary` looks at it)", ref=canary_id)
         return
     store.add_incident_event(incident_id, "canary", now,
                              f"canary {canary['canary_id']}: {canary['status']} after {canary['looks']} look(s) — "

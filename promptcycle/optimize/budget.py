@@ -154,6 +154,10 @@ class BudgetEstimate(BaseModel):
             out.append("Cap: none (set optimization.max_calls / max_cost_usd, or --max-calls / --max-cost)")
         return out
 
+    def markdown(self) -> str:
+        """The estimate as the Markdown of its Prefect artifact."""
+        return "# Budget estimate\n\n" + "\n".join(f"- {line.strip()}" for line in self.lines())
+
 
 def estimate_spend(planned: Iterable[PlannedEvaluation], *, profile: TokenProfile,
                    pricing: Mapping[str, ModelConfig], spent: Mapping[str, Any] | None = None,
