@@ -224,3 +224,13 @@ def test_deploy_says_the_local_server_is_reused_like_the_other_commands(capsys):
     _starting(argparse.Namespace(json=False), "Deploying 'customer-insights'")
     err = capsys.readouterr().err
     assert "local server is reused" in err and "temporary server" not in err, err
+
+
+def test_the_store_opens_without_the_statistics_or_the_monitor():
+    # The data worker imports the store first, and a baseline's first model call waits on it: the detectors'
+    # statistics (scipy, ~1 s here) and Great Expectations must stay out of that import.
+    code = ("import sys, promptcycle.store.metrics\n"
+            "print(sorted(m for m in ('scipy', 'promptcycle.monitor.detectors', 'promptcycle.stats', "
+            "'great_expectations') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

@@ -291,7 +291,11 @@ def test_completed_keys_counts_scores_and_leaves_terminal_errors_to_retry(tmp_pa
     store.write_batch([r for r, _ in rows if r], [res for _, res in rows])
     assert store.completed_keys("r1", "sim-nano") == {("c-1", 0), ("c-1", 1)}
     assert store.completed_keys("r1", "sim-nano", ["c-1", "c-2", "c-9"]) == {("c-1", 0), ("c-1", 1)}
-    assert set(store.failed_calls("r1", "sim-nano")) == {("c-2", 0)}
+    recorded = store.recorded_calls("r1")
+    assert set(recorded) == {"sim-nano", "sim-large"}
+    assert recorded["sim-nano"][0] == {("c-1", 0), ("c-1", 1)} and set(recorded["sim-nano"][1]) == {("c-2", 0)}
+    assert recorded["sim-large"] == ({("c-3", 0)}, {})
+    assert store.recorded_calls("r3") == {}
     assert store.run_progress("r1") == {"scored": 3, "failed": 1}
     assert store.completed_keys("r1", "sim-nano", []) == set()
     assert store.completed_keys("r1", "sim-large") == {("c-3", 0)}

@@ -37,6 +37,7 @@ class RunIO:
         self.flush_seconds = flush_seconds
         self._completed: dict[str, set[tuple[str, int]]] = {}
         self._completed_lock = asyncio.Lock()
+        self._run_read = False
         self._ledger: dict[str, ResponseRecord] = {}
         self._looked_up: set[str] = set()
         self._pending: set[str] = set()
@@ -80,13 +81,14 @@ class RunIO:
         process (scored or terminal error). The store's terminal errors are called again, their requests
         carried over."""
         async with self._completed_lock:
-            if model not in self._completed:
-                self._completed[model] = await asyncio.to_thread(self.store.completed_keys, self.run_id, model)
-                failed = await asyncio.to_thread(self.store.failed_calls, self.run_id, model)
-                for (case_id, repeat), sent in failed.items():
-                    if (case_id, repeat) not in self._completed[model]:
-                        self.carry(model, case_id, repeat, *sent)
-            return self._completed[model]
+            if not self._run_read:  # every model's rows in one read: the cells' first calls wait on it
+                for name, (scored, failed) in (await asyncio.to_thread(self.store.recorded_calls, self.run_id)).items():
+                    self._completed.setdefault(name, set()).update(scored)
+                    for (case_id, repeat), sent in failed.items():
+                        if (case_id, repeat) not in scored:
+                            self.carry(name, case_id, repeat, *sent)
+                self._run_read = True
+            return self._completed.setdefault(model, set())
 
     def recorded_here(self, model: str) -> set[tuple[str, int]]:
         """(case_id, repeat) of `model` this process recorded (a cell's retry skips them, already counted)."""

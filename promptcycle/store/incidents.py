@@ -17,10 +17,13 @@ from __future__ import annotations
 import json
 import secrets
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from promptcycle.monitor.healing import HealingDecision, HealingFacts, HealingRequest, HealingSettings, decide_healing
 from promptcycle.store.records import dump_json, from_db_time, to_db_time
+
+if TYPE_CHECKING:  # imported where used: the package promptcycle.monitor loads scipy (~1 s), and every
+    # process that opens the store (the data worker first, before a baseline's first model call) would pay it
+    from promptcycle.monitor.healing import HealingDecision, HealingFacts, HealingRequest, HealingSettings
 
 __all__ = ["IncidentsTables", "INCIDENT_STATUSES", "INCIDENT_EVENT_KINDS"]
 
@@ -46,6 +49,8 @@ class IncidentsTables:
     # -- healing decisions ---------------------------------------------------------------------
 
     def _healing_facts(self, con, pipeline: str, now: datetime) -> HealingFacts:
+        from promptcycle.monitor.healing import HealingFacts
+
         canary = con.execute("SELECT canary_id FROM canaries WHERE pipeline = ? AND status = 'running' "
                              "ORDER BY started_at DESC LIMIT 1", [pipeline]).fetchone()
         last = con.execute("SELECT max(created_at) FROM healing_decisions WHERE pipeline = ? AND eligible",
@@ -61,6 +66,8 @@ class IncidentsTables:
         """Apply the healing policy to `request` with the store's facts and record the decision, atomically.
         Returns the stored decision (see `healing_decision`); an eligible one is `running` until
         `finish_healing`."""
+        from promptcycle.monitor.healing import decide_healing
+
         decision_id = f"heal-{request.pipeline}-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
         with self._transaction(f"decide a healing of {request.pipeline}") as con:
             decision: HealingDecision = decide_healing(request, self._healing_facts(con, request.pipeline, now),

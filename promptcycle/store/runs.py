@@ -206,13 +206,23 @@ class RunsTables(StoreConnection):
                 query += " AND case_id IN (SELECT case_id FROM wanted)"
             return {(case_id, repeat) for case_id, repeat in con.execute(query, [run_id, model]).fetchall()}
 
-    def failed_calls(self, run_id: str, model: str) -> dict[tuple[str, int], tuple[int, float]]:
-        """(case_id, repeat) -> (attempts, wait_ms) of the rows of `model` in `run_id` that ended in a
-        terminal error: a re-run retries them and adds what they already sent to the new row."""
-        with self._connect(f"read failed calls of run {run_id}") as con:
-            rows = con.execute("SELECT case_id, repeat, coalesce(attempts, 0), coalesce(wait_ms, 0) FROM results "
-                               "WHERE run_id = ? AND model = ? AND error IS NOT NULL", [run_id, model]).fetchall()
-        return {(case_id, repeat): (int(a), float(w)) for case_id, repeat, a, w in rows}
+    def recorded_calls(self, run_id: str) -> dict[str, tuple[set[tuple[str, int]], dict[tuple[str, int], tuple[int, float]]]]:
+        """model -> (scored, failed) of `run_id`, read in one query: `scored` as `completed_keys` (the work a
+        resumed run must not redo), `failed` maps (case_id, repeat) -> (attempts, wait_ms) of the rows that
+        ended in a terminal error (a re-run retries them and adds what they already sent to the new row).
+        Models with no row are absent."""
+        with self._connect(f"read the recorded calls of run {run_id}") as con:
+            rows = con.execute("SELECT model, case_id, repeat, error IS NOT NULL, coalesce(attempts, 0), "
+                               "coalesce(wait_ms, 0) FROM results WHERE run_id = ? "
+                               "AND (error IS NOT NULL OR overall IS NOT NULL)", [run_id]).fetchall()
+        calls: dict[str, tuple[set[tuple[str, int]], dict[tuple[str, int], tuple[int, float]]]] = {}
+        for model, case_id, repeat, failed, attempts, wait_ms in rows:
+            scored, errors = calls.setdefault(model, (set(), {}))
+            if failed:
+                errors[(case_id, repeat)] = (int(attempts), float(wait_ms))
+            else:
+                scored.add((case_id, repeat))
+        return calls
 
     def run_progress(self, run_id: str) -> dict[str, int]:
         """How much of a run is recorded: `scored` rows and `failed` rows (terminal errors)."""
