@@ -55,16 +55,22 @@ def flow_actor(phase: str) -> str:
     return f"{user} via {phase} flow run {flow_run.get_name() or flow_run.get_id() or '(local)'}"
 
 
-def block_secret(name: str) -> SecretStr:
-    """The token of the 'Webhook Credentials' block `name`."""
-    from promptcycle_blocks.credentials import WebhookCredentials
+def block_secret(block_type: str, name: str) -> SecretStr:
+    """The secret of the credentials block `name` of `block_type` ('Webhook Credentials': its token; 'LangSmith
+    Credentials': its API key), read with Prefect's synchronous loader (the deployment's tasks are sync)."""
+    from promptcycle_blocks.credentials import LangSmithCredentials, WebhookCredentials
 
+    if block_type == "LangSmith Credentials":
+        block_class, option, make = LangSmithCredentials, "api_key_block", "LangSmithCredentials(api_key=...)"
+    else:
+        block_class, option, make = WebhookCredentials, "credentials_block", "WebhookCredentials(token=...)"
     try:
-        return WebhookCredentials.load(name).get_token()
+        block = block_class.load(name, _sync=True)
     except ValueError:
-        raise ConfigError(f"no Webhook Credentials block named {name!r} (create it in the Prefect UI or with "
-                          "WebhookCredentials(token=...).save(name))", path="deployment.targets.options."
-                          "credentials_block", found=name, expected="an existing block name") from None
+        raise ConfigError(f"no {block_type} block named {name!r} (create it in the Prefect UI or with "
+                          f"{make}.save(name))", path=f"deployment.targets.options.{option}", found=name,
+                          expected="an existing block name") from None
+    return block.get_api_key() if isinstance(block, LangSmithCredentials) else block.get_token()
 
 
 @task(name="prepare-deployment", cache_policy=NO_CACHE)

@@ -198,13 +198,13 @@ def test_a_webhook_token_can_come_from_a_credentials_block(tmp_path):
         build_targets(config, PIPE)
     looked_up = []
 
-    def lookup(name: str) -> SecretStr:
-        looked_up.append(name)
+    def lookup(block_type: str, name: str) -> SecretStr:
+        looked_up.append((block_type, name))
         return block.get_token()
 
     with reload_endpoint() as app:
         config.pipeline(PIPE).deployment.targets[0].options["url"] = app.url
         [target] = build_targets(config, PIPE, block_secret=lookup)
         apply_targets([target], V1)
-    assert looked_up == ["app-token"]
+    assert looked_up == [("Webhook Credentials", "app-token")]
     assert {k.lower(): v for k, v in app.requests[0]["headers"].items()}["authorization"] == "Bearer blk-s3cret"

@@ -235,3 +235,32 @@ def test_release_and_rollback_through_the_hub_keep_the_key_out_of_duckdb_and_log
     assert hub.api_key.encode() not in (tmp_path / "metrics.duckdb").read_bytes()
     assert hub.api_key not in caplog.text
     assert all(hub.api_key not in json.dumps(d.targets) for d in store.deployments(PIPE))
+
+
+@pytest.mark.engine
+def test_the_hub_key_comes_from_a_langsmith_credentials_block(prefect_harness, tmp_path, hub, monkeypatch):
+    import yaml
+
+    from promptcycle.errors import ConfigError
+    from promptcycle_blocks.credentials import LangSmithCredentials
+    from promptcycle_tasks.deployment import block_secret
+
+    monkeypatch.delenv("LANGSMITH_API_KEY", raising=False)
+    LangSmithCredentials(api_key=hub.api_key).save("hub-key-block", overwrite=True)
+    config_path = write_config(tmp_path, deployment={"targets": [{"kind": "langsmith"}]})
+    data = yaml.safe_load(config_path.read_text())
+    data["langsmith"] = {"api_url": hub.url, "api_key_block": "hub-key-block"}
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    with pytest.raises(ConfigError, match="read through Prefect"):  # a block is never read around Prefect
+        build_targets(load_config(config_path), PIPE)
+    [target] = build_targets(load_config(config_path), PIPE, block_secret=block_secret)  # Prefect's block loader
+    assert [o.status for o in apply_targets([target], V1).outcomes] == ["written"]
+    assert texts(tagged(hub, PIPE, "production")["manifest"])[0][1] == V1.system
+    assert_key_only_in_headers(hub)
+
+    data["langsmith"]["api_key_block"] = "no-such-block"
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ConfigError, match="no LangSmith Credentials block named 'no-such-block'") as info:
+        build_targets(load_config(config_path), PIPE, block_secret=block_secret)
+    assert "api_key_block" in str(info.value) and hub.api_key not in str(info.value)

@@ -150,10 +150,10 @@ def cmd_canary(args: argparse.Namespace) -> int:
 
 # -- rollback ---------------------------------------------------------------------------------------------------
 
-def _block_secret(name: str):
+def _block_secret(block_type: str, name: str):
     from promptcycle_tasks.deployment import block_secret  # Prefect only when a credentials block is configured
 
-    return block_secret(name)
+    return block_secret(block_type, name)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

@@ -59,7 +59,7 @@ __all__ = [
 
 PAYLOAD_FORMAT = "promptcycle.prompt/1"
 
-SecretLookup = Callable[[str], SecretStr]  # a credentials block name -> its secret
+SecretLookup = Callable[[str, str], SecretStr]  # (block type, block name) -> its secret
 
 
 
@@ -123,6 +123,7 @@ class Target:
     # Names of the options that hold an environment variable / a credentials block for the secret.
     secret_env_option: ClassVar[str | None] = None
     secret_block_option: ClassVar[str | None] = None
+    secret_block_type: ClassVar[str | None] = None  # the Prefect block type that option names
     secret_required: ClassVar[bool] = True  # False: a missing secret means "skip", not a configuration error
 
     def __init__(self, name: str, options: BaseModel, *, base_dir: Path, secret: SecretStr | None = None):
@@ -288,6 +289,7 @@ class WebhookTarget(Target):
     options: WebhookOptions
     secret_env_option = "token_env"
     secret_block_option = "credentials_block"
+    secret_block_type = "Webhook Credentials"
 
     def _scrub(self, text: str) -> str:
         token = self.secret.get_secret_value() if self.secret else ""
@@ -351,6 +353,9 @@ class LangSmithOptions(_Options):
                                 "else LANGSMITH_ENDPOINT, else https://api.smith.langchain.com.")
     api_key_env: str = Field(default="LANGSMITH_API_KEY", description="Environment variable holding the API key "
                              "(default: the `langsmith:` section's api_key_env); without it the target is skipped.")
+    api_key_block: str | None = Field(default=None, description="Name of a 'LangSmith Credentials' Prefect block "
+                                      "holding the API key, read through Prefect (default: the `langsmith:` "
+                                      "section's api_key_block); takes precedence over api_key_env.")
     timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of each request to the hub (default: "
                                    "the `langsmith:` section's timeout_seconds).")
 
@@ -379,6 +384,8 @@ class LangSmithTarget(Target):
     Options = LangSmithOptions
     options: LangSmithOptions
     secret_env_option = "api_key_env"
+    secret_block_option = "api_key_block"
+    secret_block_type = "LangSmith Credentials"
     secret_required = False
 
     @classmethod
@@ -386,7 +393,8 @@ class LangSmithTarget(Target):
         from promptcycle.config import effective_langsmith
 
         settings = effective_langsmith(config, pipeline)
-        defaults: dict[str, Any] = {"api_key_env": settings.api_key_env, "timeout_seconds": settings.timeout_seconds}
+        defaults: dict[str, Any] = {"api_key_env": settings.api_key_env, "api_key_block": settings.api_key_block,
+                                    "timeout_seconds": settings.timeout_seconds}
         if settings.api_url:
             defaults["api_url"] = settings.api_url
         return defaults
@@ -464,7 +472,7 @@ def _secret(cls: type[Target], options: BaseModel, where: str, file: str | None,
         if block_secret is None:
             raise ConfigError("credentials blocks are read through Prefect; run this through the deployment flow",
                               file=file, path=f"{where}.options.{cls.secret_block_option}", found=block)
-        return block_secret(block)
+        return block_secret(cls.secret_block_type, block)
     env = getattr(options, cls.secret_env_option, None) if cls.secret_env_option else None
     if not env:
         return None
