@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/drift_drill.py [--scenario repairable|unrepairable] [--model xl]
         [--spectrum credit_analysis] [--kind KIND] [--size POINTS] [--stable 50] [--after 10] [--cases 60]
-        [--spectrums 3] [--models xl,...] [--json]
+        [--spectrums 3] [--models xl,...] [--temperature 0] [--json]
 
 What it runs (everything simulated — the built-in simulator, in process):
 
@@ -86,6 +86,8 @@ def write_config(root: Path, args, drift_start: datetime | None) -> Path:
     pipe["dataset"]["spectrums"] = chosen
     pipe["models"] = list(dict.fromkeys([args.model] + [m for m in (args.models or "").split(",") if m]))
     pipe.setdefault("deployment", {})["serving_models"] = [args.model]
+    for name in pipe["models"]:  # > 0: each period's probe answers differ (its repeats seed the sampling)
+        data["models"][name]["temperature"] = args.temperature
     pipe["monitor"] = {"interval_minutes": INTERVAL, "probe_cases": args.cases}
     pipe["healing"] = {"canary_requests": args.canary_requests}
     data["simulation"] = {"drifts": []}
@@ -228,6 +230,7 @@ def run(args) -> dict:
     return {
         "scenario": args.scenario, "simulated": True, "model": args.model, "spectrum": args.spectrum,
         "drift_kind": args.kind, "size_points": args.size, "probe_cases": args.cases, "stable_periods": args.stable,
+        "temperature": args.temperature,
         **setup,
         "false_pages_stable": sum(1 for j, _, _ in pages if j <= args.stable),
         "detection_delay_runs": (first_page - args.stable) if first_page else None,
@@ -268,6 +271,9 @@ def main() -> None:
     p.add_argument("--after", type=int, default=10)
     p.add_argument("--max-drift-periods", type=int, default=15)
     p.add_argument("--cases", type=int, default=60, help="monitor.probe_cases (calls per series per period)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="the models' sampling temperature: 0 (the bundled config's) gives the same probe answers every "
+                        "stable period; above 0 each period's answers vary, as real production's do")
     p.add_argument("--spectrums", type=int, default=3)
     p.add_argument("--canary-requests", type=int, default=2000)
     p.add_argument("--json", action="store_true")
