@@ -6,7 +6,8 @@ Imports Prefect and `promptcycle_tasks.healing`, appends `{"event": "ready"}` to
 file GO to appear, then enters `healing_slot(1, timeout_seconds=TIMEOUT_S)` and holds it for HOLD_S seconds. Every
 event carries `time.monotonic()`, which on Linux is one clock for all processes, so the test can compare the
 intervals of two holders: `asked`, then `entered` and `left` (taken inside the slot, before it is released), or
-`refused` with the exception's type (and whether it is a TimeoutError) and message. PREFECT_API_URL must point at the shared server.
+`refused` with the exception's type (and whether it is a TimeoutError) and message. PREFECT_API_URL must point at
+the shared server.
 """
 
 from __future__ import annotations
