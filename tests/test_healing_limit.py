@@ -161,7 +161,7 @@ def test_one_slot_serialises_two_processes_and_two_slots_let_them_overlap(prefec
 @pytest.mark.slow
 def test_a_short_wait_for_a_held_slot_is_refused_with_the_limit_named(prefect_server, tmp_path):  # noqa: F811
     _reset_limit(prefect_server)
-    holder = Holder(prefect_server, tmp_path, "holder", timeout_s=120, hold_s=2 * HOLD_S)
+    holder = Holder(prefect_server, tmp_path, "holder", timeout_s=120, hold_s=3 * HOLD_S)
     waiter = Holder(prefect_server, tmp_path, "waiter", timeout_s=1.0)
     try:
         holder.wait_for("ready", START_S)
