@@ -3,8 +3,8 @@
 The concurrency limit: two separate Python processes share a real `prefect server start` on loopback and each take
 a slot of `promptcycle-healing` through `healing_slot` (tasks/healing.py), the limit created by the product with
 `healing.max_concurrent: 1`. With a long wait the second holds its slot only after the first released it; with a
-short one it is refused with a message naming the limit and the setting; no slot is left behind. The control: the
-same two processes with the limit raised to 2 (what `prefect gcl update promptcycle-healing --limit 2` does) hold
+short one it is refused with a message naming the limit and the setting; no slot is left behind. The control: two
+more such processes with the limit raised to 2 (what `prefect gcl update promptcycle-healing --limit 2` does) hold
 their slots at the same time — so the no-overlap check does see an overlap when the limit does not serialise them.
 
 The store's guard: two processes deciding at once through `MetricsStore.decide_healing` with
@@ -147,7 +147,7 @@ def test_one_slot_serialises_two_processes_and_two_slots_let_them_overlap(prefec
         assert second["entered"]["t"] >= first["left"]["t"], (first, second)
         assert limit.active_slots == 0, "both slots were released"
 
-        # The control: the same holders under a limit of 2 slots hold them at once, so the check above can fail.
+        # The control: two more holders under a limit of 2 slots hold them at once, so the check above can fail.
         _reset_limit(prefect_server, size=2)
         first, second = _go_together(holders[2:])
         assert second["entered"]["t"] < first["left"]["t"], "with two slots the holders overlap"
