@@ -49,17 +49,30 @@ async def ensure_healing_limit(max_concurrent: int) -> None:
 
 @asynccontextmanager
 async def healing_slot(max_concurrent: int, timeout_seconds: float = 60.0) -> AsyncIterator[None]:
-    """Hold one slot of `promptcycle-healing` while a healing runs (waits up to `timeout_seconds` for one)."""
-    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
+    """Hold one slot of `promptcycle-healing` while a healing runs (waits up to `timeout_seconds` for one).
+
+    Raises TimeoutError, naming the limit, when no slot came free in time (flows/healing.py defers the healing);
+    ConfigError when the limit cannot be used.
+    """
+    from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError
+    from prefect.concurrency.asyncio import concurrency
 
     await ensure_healing_limit(max_concurrent)
+    acquired = False
     try:
         async with concurrency(HEALING_LIMIT_NAME, occupy=1, strict=True, timeout_seconds=timeout_seconds):
+            acquired = True
             yield
-    except ConcurrencySlotAcquisitionError as exc:
-        raise ConfigError(f"cannot acquire a slot of the Prefect global concurrency limit {HEALING_LIMIT_NAME!r}: "
-                          f"{exc}", path="healing.max_concurrent", found=HEALING_LIMIT_NAME,
-                          expected="an existing global concurrency limit") from None
+    except (AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError) as exc:
+        if acquired:  # raised by the healing inside the slot (e.g. a provider's limit): its own error, not ours
+            raise
+        if isinstance(exc, ConcurrencySlotAcquisitionError):
+            raise ConfigError(f"cannot acquire a slot of the Prefect global concurrency limit "
+                              f"{HEALING_LIMIT_NAME!r}: {exc}", path="healing.max_concurrent", found=HEALING_LIMIT_NAME,
+                              expected="an existing global concurrency limit") from None
+        raise TimeoutError(f"no slot of the Prefect global concurrency limit {HEALING_LIMIT_NAME!r} came free within "
+                           f"{timeout_seconds:g} s: other healings hold them all (healing.max_concurrent: "
+                           f"{max_concurrent}; `prefect gcl inspect {HEALING_LIMIT_NAME}` shows the limit)") from None
 
 
 @task(name="prepare-healing", cache_policy=NO_CACHE)
