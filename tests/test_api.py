@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from deploy_support import PIPE, record_version
+from deploy_support import NEW, PIPE, PROD, record_version, serving_store
 from promptcycle.api import ApiSettings, BearerToken, create_app, is_loopback
 from promptcycle.api.app import ServedPrompt
 from promptcycle.config import CanaryConfig
@@ -24,24 +24,17 @@ from promptcycle.deploy.canary import begin_canary
 from promptcycle.deploy.serving import clear_cache, resolve_prompt
 from promptcycle.errors import TriggerError
 from promptcycle.prompts import PromptTemplate
-from promptcycle.store import MetricsStore
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MODELS = ["small", "large"]
-PROD = PromptTemplate(system="You are an analyst.", template="{{customer}}\n{{question}}\nReply with JSON.")
-NEW = PromptTemplate(system="You are an analyst.", template="{{customer}}\n{{question}}\nReply with valid JSON only.")
 LARGE_ONLY = PromptTemplate(system="You are a careful analyst.", template="{{customer}}\n{{question}}\nJSON.")
 
 
 @pytest.fixture
 def store(tmp_path):
     clear_cache()
-    s = MetricsStore(tmp_path / "m.duckdb")
-    record_version(s, PIPE, PROD)
-    record_version(s, PIPE, NEW, parent=PROD.hash)
-    s.move_label(PIPE, "production", PROD.hash, actor="test", reason="initial")
-    yield s
+    yield serving_store(tmp_path / "m.duckdb")
     clear_cache()
 
 

@@ -18,17 +18,14 @@ import httpx
 import pytest
 import yaml
 
-from deploy_support import PIPE, record_version
+from deploy_support import NEW, PIPE, PROD, record_version, serving_store
 from promptcycle.config import CanaryConfig
 from promptcycle.deploy.canary import begin_canary
 from promptcycle.deploy.serving import clear_cache, resolve_prompt
-from promptcycle.prompts import PromptTemplate
 from promptcycle.store import MetricsStore
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "server-token-" + "9f" * 12
-PROD = PromptTemplate(system="You are an analyst.", template="{{customer}}\n{{question}}\nReply with JSON.")
-NEW = PromptTemplate(system="You are an analyst.", template="{{customer}}\n{{question}}\nReply with valid JSON only.")
 
 
 def free_port() -> int:
@@ -96,10 +93,7 @@ def answers_of_docs_key(store: MetricsStore) -> str:
 @pytest.mark.slow
 def test_the_api_process_serves_the_split_records_retries_once_and_never_shows_the_token(tmp_path):
     clear_cache()
-    store = MetricsStore(tmp_path / "m.duckdb")
-    record_version(store, PIPE, PROD)
-    record_version(store, PIPE, NEW, parent=PROD.hash)
-    store.move_label(PIPE, "production", PROD.hash, actor="test", reason="initial")
+    store = serving_store(tmp_path / "m.duckdb")
     begin_canary(store, pipeline=PIPE, control_hash=PROD.hash, treatment_hash=NEW.hash, config=CanaryConfig(),
                  actor="test")
     port, dead = free_port(), free_port()
