@@ -144,6 +144,24 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
+class SplitCheck:
+    """The prompt lookups whose answers were off: statuses other than 200, and keys not served the version the
+    split gives them (`bucket_of(key) < split`: treatment NEW, else control PROD)."""
+
+    def __init__(self, split_pct: float):
+        self.split_pct = split_pct
+        self.failed: list[int] = []
+        self.wrong: list[str] = []
+
+    def check(self, key: str, status: int, body: bytes) -> None:
+        if status != 200:
+            self.failed.append(status)
+            return
+        expected = NEW.hash if bucket_of(key) < self.split_pct * 100 else PROD.hash
+        if orjson.loads(body)["version"] != expected:
+            self.wrong.append(key)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -151,7 +169,7 @@ def percentile(values: list[float], q: float) -> float:
 
 async def run_prompts(port: int, clients: int, seconds: float, split_pct: float) -> dict:
     latencies: list[float] = []
-    wrong, failed = [], []
+    answers = SplitCheck(split_pct)
     stop = time.perf_counter() + seconds
 
     async def client(i: int) -> None:
@@ -164,12 +182,7 @@ async def run_prompts(port: int, clients: int, seconds: float, split_pct: float)
                 t0 = time.perf_counter()
                 status, body = await conn.request("GET", f"/v1/pipelines/{PIPE}/prompt?key={key}")
                 latencies.append(time.perf_counter() - t0)
-                if status != 200:
-                    failed.append(status)
-                    continue
-                expected = NEW.hash if bucket_of(key) < split_pct * 100 else PROD.hash
-                if orjson.loads(body)["version"] != expected:
-                    wrong.append(key)
+                answers.check(key, status, body)
         finally:
             conn.close()
 
@@ -179,13 +192,13 @@ async def run_prompts(port: int, clients: int, seconds: float, split_pct: float)
     return {"mode": "saturation (closed loop, maximum throughput)", "requests": len(latencies),
             "seconds": elapsed, "per_s": len(latencies) / elapsed,
             "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
-            "failed": len(failed), "wrong_version": len(wrong)}
+            "failed": len(answers.failed), "wrong_version": len(answers.wrong)}
 
 
 async def run_paced(port: int, clients: int, seconds: float, rate: float, split_pct: float) -> dict:
     """Open loop: `rate` lookups a second in all, latency from each request's scheduled send time."""
     latencies: list[float] = []
-    wrong, failed = [], []
+    answers = SplitCheck(split_pct)
     late = 0  # requests sent more than 1 ms after their scheduled time (the client was still waiting)
     interval = clients / rate  # each client's period
     conns = [Connection(port) for _ in range(clients)]
@@ -213,12 +226,7 @@ async def run_paced(port: int, clients: int, seconds: float, rate: float, split_
             done = time.perf_counter()
             latencies.append(done - min(scheduled, sent))  # a timer that fires early does not shorten it
             last_answer = max(last_answer, done)
-            if status != 200:
-                failed.append(status)
-                continue
-            expected = NEW.hash if bucket_of(key) < split_pct * 100 else PROD.hash
-            if orjson.loads(body)["version"] != expected:
-                wrong.append(key)
+            answers.check(key, status, body)
 
     try:
         await asyncio.gather(*(client(i, c) for i, c in enumerate(conns)))
@@ -230,7 +238,7 @@ async def run_paced(port: int, clients: int, seconds: float, rate: float, split_
             "requests": len(latencies), "seconds": elapsed, "per_s": len(latencies) / elapsed,
             "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
             "max_ms": max(latencies) * 1000 if latencies else float("nan"), "sent_late": late,
-            "failed": len(failed), "wrong_version": len(wrong)}
+            "failed": len(answers.failed), "wrong_version": len(answers.wrong)}
 
 
 async def run_outcomes(port: int, clients: int, seconds: float, batch: int) -> dict:

@@ -350,6 +350,20 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def require_free_port(host: str, port: int) -> None:
+    """ConfigError on --port when `host`:`port` cannot be bound: a taken port is bad input (exit 2), said before
+    the server starts."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"{host}:{port} is already in use or cannot be bound ({exc.strerror})",
+                              path="--port", expected="a free port (or stop what listens there)") from None
+
+
 def cmd_sim_server(args: argparse.Namespace) -> int:
     """Serve the simulated models over the OpenAI protocol on loopback."""
     from promptcycle.sim.drift import DriftSchedule, parse_drift
@@ -384,15 +398,7 @@ def cmd_sim_server(args: argparse.Namespace) -> int:
         if not api_key:
             raise ConfigError(f"environment variable {args.api_key_env} is not set", path="--api-key-env",
                               found=args.api_key_env, expected="a set environment variable holding the key")
-    import socket
-
-    with socket.socket() as probe:  # a taken port is bad input (exit 2), said before the server starts
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
-        try:
-            probe.bind((args.host, args.port))
-        except OSError as exc:
-            raise ConfigError(f"{args.host}:{args.port} is already in use or cannot be bound ({exc.strerror})",
-                              path="--port", expected="a free port (or stop what listens there)") from None
+    require_free_port(args.host, args.port)
     if not args.json:
         print(f"promptcycle simulator (simulated models, not real ones) on http://{args.host}:{args.port}/v1"
               + (" (requires an API key)" if api_key else ""), file=sys.stderr)

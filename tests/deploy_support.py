@@ -30,11 +30,13 @@ from promptcycle.stats.paired import confirm_improvement
 from promptcycle.store import MetricsStore
 from promptcycle.store.records import DecisionRecord, PromptVersionRecord, ResultRecord
 
-__all__ = ["REPO", "PIPE", "write_config", "better_prompt", "worse_prompt", "record_version", "make_candidate",
-           "deploy_inline", "ReloadEndpoint", "reload_endpoint"]
+__all__ = ["REPO", "PIPE", "PROD", "NEW", "write_config", "better_prompt", "worse_prompt", "record_version",
+           "serving_store", "make_candidate", "deploy_inline", "ReloadEndpoint", "reload_endpoint"]
 
 REPO = Path(__file__).resolve().parent.parent
 PIPE = "customer-insights"
+PROD = PromptTemplate(system="You are an analyst.", template="{{customer}}\n{{question}}\nReply with JSON.")
+NEW = PromptTemplate(system="You are an analyst.", template="{{customer}}\n{{question}}\nReply with valid JSON only.")
 
 
 def write_config(tmp_path: Path, *, models: list[str] | None = None, deployment: dict[str, Any] | None = None,
@@ -78,6 +80,16 @@ def record_version(store: MetricsStore, pipeline: str, prompt: PromptTemplate, p
         variables=prompt.variables, parent_hash=parent, strategy=strategy, rationale="written by a test",
         created_at=datetime.now(timezone.utc)))
     return prompt.hash
+
+
+def serving_store(path: Path) -> MetricsStore:
+    """A store at `path` with PROD in production and NEW recorded as its child (no canary yet): where the serving
+    and API tests start."""
+    store = MetricsStore(path)
+    record_version(store, PIPE, PROD)
+    record_version(store, PIPE, NEW, parent=PROD.hash)
+    store.move_label(PIPE, "production", PROD.hash, actor="test", reason="initial")
+    return store
 
 
 def _evaluate(ctx, prompt: PromptTemplate, run_id: str, models: list[str]) -> list[ResultRecord]:

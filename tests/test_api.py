@@ -8,6 +8,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import duckdb
 import httpx
@@ -15,31 +16,25 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from deploy_support import PIPE, record_version
+from deploy_support import NEW, PIPE, PROD, record_version, serving_store
 from promptcycle.api import ApiSettings, BearerToken, create_app, is_loopback
+from promptcycle.api.app import ServedPrompt
 from promptcycle.config import CanaryConfig
 from promptcycle.deploy.canary import begin_canary
 from promptcycle.deploy.serving import clear_cache, resolve_prompt
 from promptcycle.errors import TriggerError
 from promptcycle.prompts import PromptTemplate
-from promptcycle.store import MetricsStore
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MODELS = ["small", "large"]
-PROD = PromptTemplate(system="You are an analyst.", template="{{customer}}\n{{question}}\nReply with JSON.")
-NEW = PromptTemplate(system="You are an analyst.", template="{{customer}}\n{{question}}\nReply with valid JSON only.")
 LARGE_ONLY = PromptTemplate(system="You are a careful analyst.", template="{{customer}}\n{{question}}\nJSON.")
 
 
 @pytest.fixture
 def store(tmp_path):
     clear_cache()
-    s = MetricsStore(tmp_path / "m.duckdb")
-    record_version(s, PIPE, PROD)
-    record_version(s, PIPE, NEW, parent=PROD.hash)
-    s.move_label(PIPE, "production", PROD.hash, actor="test", reason="initial")
-    yield s
+    yield serving_store(tmp_path / "m.duckdb")
     clear_cache()
 
 
@@ -232,12 +227,9 @@ def test_an_outcome_writer_that_cannot_write_answers_503_and_records_nothing(sto
 # -- the sticky split -------------------------------------------------------------------------------------------
 
 def fields(served) -> dict:
-    shadow = served.shadow
-    return {"pipeline": served.pipeline, "version": served.version, "system": served.system,
-            "template": served.template, "arm": served.arm, "bucket": served.bucket, "scope": served.scope,
-            "canary_id": served.canary_id, "split_pct": served.split_pct,
-            "shadow": None if shadow is None else {"version": shadow.version, "system": shadow.system,
-                                                   "template": shadow.template}}
+    """`resolve_prompt`'s answer in the published `ServedPrompt` schema, built from the dataclass's own fields (not
+    with the API's mapping, which the comparison checks)."""
+    return ServedPrompt.model_validate(asdict(served)).model_dump()
 
 
 def test_the_prompt_is_resolve_prompt_exactly_during_a_canary_and_after_the_split_moves(store):

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,23 +17,15 @@ import httpx
 import pytest
 import yaml
 
-from deploy_support import PIPE, record_version
+from deploy_support import NEW, PIPE, PROD, record_version, serving_store
 from promptcycle.config import CanaryConfig
 from promptcycle.deploy.canary import begin_canary
 from promptcycle.deploy.serving import clear_cache, resolve_prompt
-from promptcycle.prompts import PromptTemplate
 from promptcycle.store import MetricsStore
+from simserver import unused_port
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "server-token-" + "9f" * 12
-PROD = PromptTemplate(system="You are an analyst.", template="{{customer}}\n{{question}}\nReply with JSON.")
-NEW = PromptTemplate(system="You are an analyst.", template="{{customer}}\n{{question}}\nReply with valid JSON only.")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -73,7 +64,7 @@ def wait_until_up(port: int, process: subprocess.Popen, timeout: float = 180) ->
 
 def test_without_a_token_it_refuses_a_public_address(tmp_path):
     out = subprocess.run([sys.executable, "-m", "promptcycle_cli.main", "api", "--host", "0.0.0.0", "--port",
-                          str(free_port()), "--config", str(config(tmp_path)), "--store", str(tmp_path / "m.duckdb")],
+                          str(unused_port()), "--config", str(config(tmp_path)), "--store", str(tmp_path / "m.duckdb")],
                          env=env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert "refusing to serve on 0.0.0.0 without a token" in out.stderr and "PROMPTCYCLE_API_TOKEN" in out.stderr
@@ -81,7 +72,7 @@ def test_without_a_token_it_refuses_a_public_address(tmp_path):
 
 
 def test_a_bad_token_block_name_in_the_config_names_the_path(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "promptcycle_cli.main", "api", "--port", str(free_port()),
+    out = subprocess.run([sys.executable, "-m", "promptcycle_cli.main", "api", "--port", str(unused_port()),
                           "--config", str(config(tmp_path, api={"token_block": "My Token"}))],
                          env=env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
@@ -96,13 +87,10 @@ def answers_of_docs_key(store: MetricsStore) -> str:
 @pytest.mark.slow
 def test_the_api_process_serves_the_split_records_retries_once_and_never_shows_the_token(tmp_path):
     clear_cache()
-    store = MetricsStore(tmp_path / "m.duckdb")
-    record_version(store, PIPE, PROD)
-    record_version(store, PIPE, NEW, parent=PROD.hash)
-    store.move_label(PIPE, "production", PROD.hash, actor="test", reason="initial")
+    store = serving_store(tmp_path / "m.duckdb")
     begin_canary(store, pipeline=PIPE, control_hash=PROD.hash, treatment_hash=NEW.hash, config=CanaryConfig(),
                  actor="test")
-    port, dead = free_port(), free_port()
+    port, dead = unused_port(), unused_port()
     api = start_api(tmp_path, store.path, port, PROMPTCYCLE_API_TOKEN=TOKEN,
                     PREFECT_API_URL=f"http://127.0.0.1:{dead}/api")
     base = f"http://127.0.0.1:{port}/v1"

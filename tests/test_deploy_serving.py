@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from deploy_support import PIPE, REPO, record_version
+from deploy_support import NEW, PIPE, PROD, REPO, record_version, serving_store
 from promptcycle.config import CanaryConfig
 from promptcycle.deploy.canary import begin_canary
 from promptcycle.deploy.serving import (
@@ -24,18 +24,12 @@ from promptcycle.deploy.serving import (
 from promptcycle.prompts import PromptTemplate
 from promptcycle.store import MetricsStore
 
-PROD = PromptTemplate(system="You are an analyst.", template="{{customer}}\n{{question}}\nReply with JSON.")
-NEW = PromptTemplate(system="You are an analyst.", template="{{customer}}\n{{question}}\nReply with valid JSON only.")
 
 
 @pytest.fixture
 def store(tmp_path):
     clear_cache()
-    s = MetricsStore(tmp_path / "m.duckdb")
-    record_version(s, PIPE, PROD)
-    record_version(s, PIPE, NEW, parent=PROD.hash)
-    s.move_label(PIPE, "production", PROD.hash, actor="test", reason="initial")
-    yield s
+    yield serving_store(tmp_path / "m.duckdb")
     clear_cache()
 
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import langsmith
 import pytest
-import yaml
 from pydantic import SecretStr
 
 from promptcycle.alerts import process_findings
@@ -24,30 +23,17 @@ from promptcycle.langsmith.feedback import read_production_feedback
 from promptcycle.langsmith.mirror import multipart_body
 from promptcycle.monitor.watch import alert_findings, assess_series, collect_observations, plan_monitor
 from promptcycle.store import MetricsStore
+from test_monitor_loop import INTERVAL, PIPE, T0, period_time
+from test_monitor_loop import write_config as monitor_config
 
-REPO = Path(__file__).resolve().parent.parent
-PIPE = "customer-insights"
-T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
-INTERVAL = 30
 PROJECT = "support-prod"
 
 
 def write_config(tmp_path: Path, **feedback) -> Path:
-    data = yaml.safe_load((REPO / "pipelines.yaml").read_text())
-    pipe = data["pipelines"][PIPE]
-    pipe["dataset"]["spectrums"] = pipe["dataset"]["spectrums"][:2]
-    pipe.setdefault("deployment", {})["serving_models"] = ["xl"]
-    pipe["monitor"] = {"in_control_runs": 6, "interval_minutes": INTERVAL}
-    pipe["observe"] = {"probe": False, "langsmith": {"project": PROJECT, **feedback}}
-    pipe["healing"] = {"enabled": False}
-    data["store"] = "metrics.duckdb"
-    path = tmp_path / "pipelines.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def period_time(i: int) -> datetime:
-    return T0 + timedelta(minutes=INTERVAL * i)
+    """The monitor loop's pipelines.yaml, observing the LangSmith project PROJECT (with `feedback` over its
+    observe.langsmith defaults), healing off."""
+    return monitor_config(tmp_path, observe={"langsmith": {"project": PROJECT, **feedback}},
+                          healing={"enabled": False})
 
 
 def feed_period(fake, i: int, version: str, means: dict[str, float], n: int = 40) -> int:

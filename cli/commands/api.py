@@ -135,7 +135,6 @@ def _detail(response) -> str:
 def cmd_api(args: argparse.Namespace) -> int:
     """Serve the API until interrupted."""
     import gc
-    import socket
 
     import uvicorn
 
@@ -143,6 +142,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from promptcycle.catalog import load_config
     from promptcycle.errors import ConfigError
     from promptcycle.evaluation.context import resolve_store_path
+    from promptcycle_cli.main import require_free_port
 
     config = load_config(args.config)
     token, source = resolve_token(config)
@@ -151,13 +151,7 @@ def cmd_api(args: argparse.Namespace) -> int:
                           f"prompts, write outcomes and start runs. Set {TOKEN_ENV}, or name a Secret block in "
                           "`api.token_block` of pipelines.yaml, or listen on 127.0.0.1",
                           path="--host", found=args.host, expected="a loopback address, or a configured token")
-    with socket.socket() as probe:  # a taken port is bad input (exit 2), said before anything starts
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((args.host, args.port))
-        except OSError as exc:
-            raise ConfigError(f"{args.host}:{args.port} is already in use or cannot be bound ({exc.strerror})",
-                              path="--port", expected="a free port (or stop what listens there)") from None
+    require_free_port(args.host, args.port)  # before anything starts
     url, _ = prefect_api_url()
     store = resolve_store_path(config, args.store)
     fresh = not store.exists()

@@ -400,8 +400,9 @@ class LangSmithTarget(Target):
         return defaults
 
     def _api_url(self) -> str:
-        return (self.options.api_url or os.environ.get("LANGSMITH_ENDPOINT")
-                or "https://api.smith.langchain.com").rstrip("/")
+        from promptcycle.langsmith.connection import api_url_of
+
+        return api_url_of(self.options)
 
     def _name(self, prompt: DeployedPrompt) -> str:
         return self.options.prompt_name.replace("{pipeline}", prompt.pipeline).replace(

@@ -19,12 +19,15 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
 from promptcycle.config import LangSmithConfig, PromptcycleConfig, effective_langsmith
 from promptcycle.errors import LangSmithError, LangSmithUnavailableError, PromptcycleError
+
+if TYPE_CHECKING:
+    from promptcycle.deploy.targets import LangSmithOptions
 
 __all__ = ["DEFAULT_API_URL", "LangSmithConnection", "connection", "key_from_env", "api_url_of"]
 
@@ -37,8 +40,9 @@ def key_from_env(settings: LangSmithConfig) -> SecretStr | None:
     return SecretStr(value) if value else None
 
 
-def api_url_of(settings: LangSmithConfig) -> str:
-    """`api_url`, else LANGSMITH_ENDPOINT, else LangSmith's cloud — without a trailing slash."""
+def api_url_of(settings: LangSmithConfig | LangSmithOptions) -> str:
+    """`api_url` (of the `langsmith:` section, or of a langsmith deployment target's options), else
+    LANGSMITH_ENDPOINT, else LangSmith's cloud — without a trailing slash."""
     return (settings.api_url or os.environ.get("LANGSMITH_ENDPOINT") or DEFAULT_API_URL).rstrip("/")
 
 

@@ -34,7 +34,7 @@ from promptcycle.datasets.cases import Case
 from promptcycle.errors import DatasetError, LangSmithError, LangSmithUnavailableError
 
 __all__ = ["PushReport", "SnapshotInfo", "Refresh", "pull_cases", "push_cases", "refresh_local_copy",
-           "load_snapshot", "snapshot_info", "snapshot_path", "example_of", "case_of"]
+           "load_snapshot", "snapshot_info", "snapshot_path", "example_of", "case_of", "value_at"]
 
 SNAPSHOT_DIR = Path(".promptcycle") / "langsmith"
 _NAMESPACE = uuid.UUID("0f0c7e4a-5d1b-4c1e-9a53-70c1ec7c1e12")  # promptcycle's example ids
@@ -97,7 +97,8 @@ def _write_snapshot(dataset: str, base_dir: Path, cases: list[Case], info: Snaps
 
 # -- pulling ----------------------------------------------------------------------------------------------------
 
-def _at(example: Any, path: str) -> Any:
+def value_at(example: Any, path: str) -> Any:
+    """The value at the dotted `path` of a LangSmith example (`id`, `inputs.x`, `metadata.case_id` …), or None."""
     root, *rest = path.split(".")
     value: Any = str(example.id) if root == "id" else getattr(example, root, None)
     for part in rest:
@@ -115,7 +116,7 @@ def case_of(example: Any, mapping: LangSmithMapping, where: str) -> Case:
         path = getattr(mapping, name)
         if path is None:
             continue
-        value = _at(example, path)
+        value = value_at(example, path)
         if value is None and name == "id":
             value = str(example.id)
         if value is None:

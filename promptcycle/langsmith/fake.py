@@ -56,12 +56,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from promptcycle.loopback import LoopbackServer
 
 __all__ = ["Fault", "RecordedRequest", "FakeLangSmith", "FakeLangSmithServer", "FAKE_TENANT_ID", "FAKE_VERSION"]
 
@@ -323,7 +323,7 @@ class _Front:
         await self.inner(scope, replay, send_recording)
 
 
-class FakeLangSmithServer:
+class FakeLangSmithServer(LoopbackServer):
     """Serve a `FakeLangSmith` with uvicorn on a free 127.0.0.1 port in a daemon thread.
 
         with FakeLangSmithServer(fake) as server:
@@ -331,42 +331,18 @@ class FakeLangSmithServer:
     """
 
     def __init__(self, fake: FakeLangSmith, *, port: int = 0):
-        import uvicorn
-
+        super().__init__(fake.app, name="the fake LangSmith", thread_name="fake-langsmith", port=port,
+                         lifespan="off")
         self.fake = fake
-        # Bound before the thread starts, so the port is known and there is no race for it; TCP
-        # explicitly, or asyncio skips TCP_NODELAY and keep-alive answers stall on delayed ACKs.
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", port))
-        self.port: int = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(fake.app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_keep_alive=75, timeout_graceful_shutdown=1, server_header=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name=f"fake-langsmith-{self.port}", daemon=True)
 
     def start(self, timeout: float = 10.0) -> FakeLangSmithServer:
         self.fake._closing.clear()
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the fake LangSmith did not start on port {self.port}")
-            time.sleep(0.005)
+        super().start(timeout)
         self.fake.url = self.url
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         self.fake._closing.set()
-        self._server.should_exit = True
-        self._thread.join(timeout)
-        self._sock.close()
+        super().stop(timeout)
         self.fake.url = None
-
-    def __enter__(self) -> FakeLangSmithServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()

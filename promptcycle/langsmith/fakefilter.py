@@ -66,6 +66,17 @@ def parse_filter(text: str) -> Any:
     tokens = _tokens(text)
     pos = 0
 
+    def items_until(close: str) -> list[Any]:
+        """The comma-separated arguments up to the `close` bracket (consumed), a list's or a call's."""
+        nonlocal pos
+        found = []
+        while tokens[pos] != ("punct", close):
+            found.append(arg())
+            if tokens[pos] == ("punct", ","):
+                pos += 1
+        pos += 1
+        return found
+
     def arg() -> Any:
         nonlocal pos
         if pos >= len(tokens):
@@ -75,25 +86,13 @@ def parse_filter(text: str) -> Any:
         if kind == "value":
             return value
         if kind == "punct" and value == "[":
-            items = []
-            while tokens[pos] != ("punct", "]"):
-                items.append(arg())
-                if tokens[pos] == ("punct", ","):
-                    pos += 1
-            pos += 1
-            return items
+            return items_until("]")
         if kind == "name" and pos < len(tokens) and tokens[pos] == ("punct", "("):
             if value not in _FUNCTIONS:
                 raise FilterError(f"the fake LangSmith does not implement the filter function {value!r} "
                                   f"(it knows {', '.join(sorted(_FUNCTIONS))})")
             pos += 1
-            args = []
-            while tokens[pos] != ("punct", ")"):
-                args.append(arg())
-                if tokens[pos] == ("punct", ","):
-                    pos += 1
-            pos += 1
-            return (value, args)
+            return (value, items_until(")"))
         if kind == "name":
             if value not in _RUN_FIELDS and value not in _PAIRED:
                 raise FilterError(f"the fake LangSmith does not implement the filter field {value!r}")

@@ -89,6 +89,35 @@ def _subset(wanted: dict[str, Any], have: dict[str, Any] | None) -> bool:
     return all((have or {}).get(k) == v for k, v in wanted.items())
 
 
+def _found(table: dict[str, dict[str, Any]], record_id: str, kind: str) -> dict[str, Any]:
+    """The record `record_id` names in `table` (a UUID, else 422), or 404 "`kind` `record_id` not found"."""
+    record = table.get(_uuid(record_id, f"{kind.lower()} id"))
+    if record is None:
+        raise _Answer(404, f"{kind} {record_id} not found")
+    return record
+
+
+def _named(records: list[dict[str, Any]], params: Any) -> list[dict[str, Any]]:
+    """`records` kept by the `name` and `name_contains` query parameters, when given."""
+    if params.get("name"):
+        records = [r for r in records if r["name"] == params["name"]]
+    if params.get("name_contains"):
+        records = [r for r in records if params["name_contains"] in r["name"]]
+    return records
+
+
+def _update(record: dict[str, Any], raw: bytes, fields: tuple[str, ...]) -> None:
+    """Apply a PATCH body to `record`: only `fields`, and a null leaves the field as it was."""
+    body = _json(raw) or {}
+    record.update({k: v for k, v in body.items() if k in fields and v is not None})
+
+
+def _delete_where(table: dict[str, dict[str, Any]], field: str, value: str) -> None:
+    """Delete the records of `table` whose `field` is `value` (what deleting their parent takes with it)."""
+    for key in [k for k, r in table.items() if r[field] == value]:
+        del table[key]
+
+
 def _parse_multipart(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
     """(name, bytes) of each part of a multipart/form-data body."""
     m = re.search(r'boundary="?([^";]+)"?', content_type)
@@ -158,10 +187,7 @@ class Handlers:
                 "last_session_start_time": max((s["start_time"] for s in sessions), default=None)}
 
     def _dataset(self, dataset_id: str) -> dict[str, Any]:
-        d = self.fake.datasets.get(_uuid(dataset_id, "dataset id"))
-        if d is None:
-            raise _Answer(404, f"Dataset {dataset_id} not found")
-        return d
+        return _found(self.fake.datasets, dataset_id, "Dataset")
 
     @_endpoint
     def datasets(self, request: Any, raw: bytes) -> Any:
@@ -187,10 +213,7 @@ class Handlers:
         if q.getlist("id"):
             ids = {_uuid(i, "dataset id") for i in q.getlist("id")}
             found = [d for d in found if d["id"] in ids]
-        if q.get("name"):
-            found = [d for d in found if d["name"] == q["name"]]
-        if q.get("name_contains"):
-            found = [d for d in found if q["name_contains"] in d["name"]]
+        found = _named(found, q)
         if q.get("data_type"):
             found = [d for d in found if d["data_type"] == q["data_type"]]
         if q.get("metadata"):
@@ -202,12 +225,10 @@ class Handlers:
         d = self._dataset(request.path_params["id"])
         if request.method == "DELETE":
             del self.fake.datasets[d["id"]]
-            for eid in [e["id"] for e in self.fake.examples.values() if e["dataset_id"] == d["id"]]:
-                del self.fake.examples[eid]
+            _delete_where(self.fake.examples, "dataset_id", d["id"])
             return {}
         if request.method == "PATCH":
-            body = _json(raw) or {}
-            d.update({k: v for k, v in body.items() if k in ("name", "description") and v is not None})
+            _update(d, raw, ("name", "description"))
             d["modified_at"] = _now()
         return self._dataset_out(d)
 
@@ -257,10 +278,7 @@ class Handlers:
         return e
 
     def _example(self, example_id: str) -> dict[str, Any]:
-        e = self.fake.examples.get(_uuid(example_id, "example id"))
-        if e is None:
-            raise _Answer(404, f"Example {example_id} not found")
-        return e
+        return _found(self.fake.examples, example_id, "Example")
 
     @_endpoint
     def examples_root(self, request: Any, raw: bytes) -> Any:
@@ -339,10 +357,7 @@ class Handlers:
         return s
 
     def _session(self, session_id: str) -> dict[str, Any]:
-        s = self.fake.sessions.get(_uuid(session_id, "session id"))
-        if s is None:
-            raise _Answer(404, f"Session {session_id} not found")
-        return s
+        return _found(self.fake.sessions, session_id, "Session")
 
     @_endpoint
     def sessions_root(self, request: Any, raw: bytes) -> Any:
@@ -356,11 +371,7 @@ class Handlers:
                     return self._session_out(existing)
                 raise _Answer(409, f"Session with name {name!r} already exists")
             return self._session_out(self._new_session(name, body))
-        found = list(self.fake.sessions.values())
-        if q.get("name"):
-            found = [s for s in found if s["name"] == q["name"]]
-        if q.get("name_contains"):
-            found = [s for s in found if q["name_contains"] in s["name"]]
+        found = _named(list(self.fake.sessions.values()), q)
         if q.getlist("reference_dataset"):
             ids = {_uuid(i, "dataset id") for i in q.getlist("reference_dataset")}
             found = [s for s in found if s.get("reference_dataset_id") in ids]
@@ -371,13 +382,10 @@ class Handlers:
         s = self._session(request.path_params["id"])
         if request.method == "DELETE":
             del self.fake.sessions[s["id"]]
-            for rid in [r["id"] for r in self.fake.runs.values() if r["session_id"] == s["id"]]:
-                del self.fake.runs[rid]
+            _delete_where(self.fake.runs, "session_id", s["id"])
             return {}
         if request.method == "PATCH":
-            body = _json(raw) or {}
-            s.update({k: v for k, v in body.items() if k in ("name", "description", "extra", "end_time")
-                      and v is not None})
+            _update(s, raw, ("name", "description", "extra", "end_time"))
         return self._session_out(s)
 
     # -- runs ------------------------------------------------------------------------------------------------
@@ -646,9 +654,7 @@ class Handlers:
             del self.fake.repos[repo["repo_handle"]]
             return None, 204
         if request.method == "PATCH":
-            body = _json(raw) or {}
-            repo.update({k: v for k, v in body.items()
-                         if k in ("description", "readme", "tags", "is_public", "is_archived") and v is not None})
+            _update(repo, raw, ("description", "readme", "tags", "is_public", "is_archived"))
             repo["updated_at"] = _now()
         return {"repo": self._repo_out(repo)}
 

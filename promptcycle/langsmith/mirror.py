@@ -145,14 +145,6 @@ class MirrorReport:
                 "status_known": self.status_known}
 
 
-def _at(example: Any, path: str) -> Any:
-    root, *rest = path.split(".")
-    value: Any = str(example.id) if root == "id" else getattr(example, root, None)
-    for part in rest:
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
 def _dotted_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
@@ -240,6 +232,8 @@ class RunMirror:
             return
         from langsmith import utils as ls_utils
 
+        from promptcycle.langsmith.datasets import value_at
+
         client = self._connect()
         src = self.source
 
@@ -252,7 +246,7 @@ class RunMirror:
             self._dataset_id = str(found.id)
             self._examples = {}
             for example in client.list_examples(dataset_id=found.id):
-                case_id = _at(example, src.case_field)
+                case_id = value_at(example, src.case_field)
                 self._examples[str(case_id if case_id is not None else example.id)] = str(example.id)
 
         self._call(f"reading the LangSmith dataset {src.dataset!r}", read)

@@ -50,6 +50,13 @@ class Figure:
         return spec
 
 
+def _figure(data: ReportData, key: str, subject: str) -> Figure:
+    """Figure `key` before it is drawn: titled "<pipeline> — <subject>", whether its data is simulated and, when there
+    is none, why (`ReportData.missing`)."""
+    return Figure(key, f"{data.pipeline} — {subject}", caption="", simulated=data.simulated.get(key, False),
+                  missing=data.missing.get(key))
+
+
 def _alt():
     import altair as alt
 
@@ -77,9 +84,7 @@ def _level_scale(alt):
 # -- model × spectrum heatmap ----------------------------------------------------------------------------------
 
 def heatmap_figure(data: ReportData) -> Figure:
-    title = f"{data.pipeline} — model × spectrum quality"
-    fig = Figure("heatmap", title, caption="", simulated=data.simulated.get("heatmap", False),
-                 missing=data.missing.get("heatmap"))
+    fig = _figure(data, "heatmap", "model × spectrum quality")
     if data.baseline is None:
         return fig
     alt = _alt()
@@ -127,9 +132,7 @@ def _legend_labels(t) -> str:
 # -- quality over time -----------------------------------------------------------------------------------------
 
 def quality_figure(data: ReportData) -> Figure:
-    title = f"{data.pipeline} — quality over time per spectrum"
-    fig = Figure("quality", title, caption="", simulated=data.simulated.get("quality", False),
-                 missing=data.missing.get("quality"))
+    fig = _figure(data, "quality", "quality over time per spectrum")
     if not data.quality:
         return fig
     alt = _alt()
@@ -212,9 +215,7 @@ def _minutes(n: int):
 # -- the last optimization's candidates ------------------------------------------------------------------------
 
 def candidates_figure(data: ReportData) -> Figure:
-    title = f"{data.pipeline} — the last optimization's candidates"
-    fig = Figure("candidates", title, caption="", simulated=data.simulated.get("candidates", False),
-                 missing=data.missing.get("candidates"))
+    fig = _figure(data, "candidates", "the last optimization's candidates")
     o = data.optimization
     if o is None:
         return fig
@@ -287,9 +288,7 @@ def _reference_colour(alt, refs: list[dict[str, Any]]):
 # -- the canary's progress -------------------------------------------------------------------------------------
 
 def canary_figure(data: ReportData) -> Figure:
-    title = f"{data.pipeline} — the canary's progress per look"
-    fig = Figure("canary", title, caption="", simulated=data.simulated.get("canary", False),
-                 missing=data.missing.get("canary"))
+    fig = _figure(data, "canary", "the canary's progress per look")
     c = data.canary
     if c is None or not c["looks"]:
         return fig
@@ -339,9 +338,7 @@ def canary_figure(data: ReportData) -> Figure:
 # -- spend over time -------------------------------------------------------------------------------------------
 
 def spend_figure(data: ReportData) -> Figure:
-    title = f"{data.pipeline} — spend over time"
-    fig = Figure("spend", title, caption="", simulated=data.simulated.get("spend", False),
-                 missing=data.missing.get("spend"))
+    fig = _figure(data, "spend", "spend over time")
     if not data.spend:
         return fig
     alt = _alt()
