@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/drift_drill.py [--scenario repairable|unrepairable] [--model xl]
         [--spectrum credit_analysis] [--kind KIND] [--size POINTS] [--stable 50] [--after 10] [--cases 60]
-        [--spectrums 3] [--models xl,...] [--temperature 0] [--json]
+        [--spectrums 3] [--models xl,...] [--temperature 0.7] [--json]
 
 What it runs (everything simulated — the built-in simulator, in process):
 
@@ -271,9 +271,10 @@ def main() -> None:
     p.add_argument("--after", type=int, default=10)
     p.add_argument("--max-drift-periods", type=int, default=15)
     p.add_argument("--cases", type=int, default=60, help="monitor.probe_cases (calls per series per period)")
-    p.add_argument("--temperature", type=float, default=0.0,
-                   help="the models' sampling temperature: 0 (the bundled config's) gives the same probe answers every "
-                        "stable period; above 0 each period's answers vary, as real production's do")
+    p.add_argument("--temperature", type=float, default=0.7,
+                   help="the models' sampling temperature (default 0.7): each period's probe answers vary, as real "
+                        "production's do; 0 (the bundled config's) gives the same answers every stable period, a "
+                        "noiseless series no detector could false-page on")
     p.add_argument("--spectrums", type=int, default=3)
     p.add_argument("--canary-requests", type=int, default=2000)
     p.add_argument("--json", action="store_true")
