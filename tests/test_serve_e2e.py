@@ -319,9 +319,10 @@ async def _wait_completed(flow_run_id, timeout: float):
                 break
             await asyncio.sleep(2)
     state = run.state if run else None
-    assert state is not None and state.is_completed(), (
-        f"flow run {flow_run_id} did not complete within {timeout:.0f} s: "
-        f"{state.type.value + ' (' + state.name + '): ' + str(state.message) if state else 'no state'}")
+    if state is None or not state.is_final():
+        raise AssertionError(f"flow run {flow_run_id} did not end within {timeout:.0f} s: still "
+                             f"{state.type.value + ' (' + state.name + ')' if state else 'without a state'}")
+    assert state.is_completed(), f"flow run {flow_run_id} ended {state.type.value} ({state.name}): {state.message}"
     return run
 
 
