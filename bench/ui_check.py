@@ -9,9 +9,10 @@
 (copied there, with a fresh store), runs a short cycle through the served deployments (a baseline of the first
 `--limit` cases per spectrum, then `--monitor-passes` monitor passes one period apart), writes the HTML report with
 `promptcycle report` (whose flow run publishes the same figures as artifacts), then saves screenshots of the Prefect
-UI's deployments page, the monitor run's page on its Artifacts tab, and the report. Each screenshot must show what
-it is of (its rendered DOM names the deployments, the artifacts, the figures) and not be blank (distinct colours).
-It prints what it ran and the PNGs' paths, and stops every process it started on exit, Ctrl-C included.
+UI's deployments page, the monitor run's page on its Artifacts tab, its quality-trend artifact, and the report.
+Each screenshot must show what it is of (its rendered DOM names the deployments and schedules, the artifacts, the
+figures) and not be blank (distinct colours). It prints what it ran and the PNGs' paths, and stops every process it
+started on exit, Ctrl-C included.
 
 `report` writes the pipeline's HTML report (`promptcycle report --no-artifacts`), loads it in headless Chromium,
 checks that every figure the report drew is an SVG chart in the rendered page, and saves a screenshot of the whole
@@ -341,7 +342,8 @@ def run_cycle_check(out_dir: Path, *, pipeline: str = "customer-insights", limit
         # 5. what a user looks at
         _say("ui_check: screenshots …")
         monitor_run = runs["monitor"][-1]
-        artifacts = asyncio.run(_artifact_keys(api, monitor_run.id))
+        artifact_ids = asyncio.run(_artifacts(api, monitor_run.id))
+        artifacts = sorted(artifact_ids)
         shots = {
             "deployments": _check_page(f"{ui}/deployments", out_dir / "prefect-deployments.png",
                                        [pipeline, *sorted({d.split("/")[0] for d in deployments}),
@@ -350,6 +352,11 @@ def run_cycle_check(out_dir: Path, *, pipeline: str = "customer-insights", limit
             "monitor_run": _check_artifacts_tab(f"{ui}/runs/flow-run/{monitor_run.id}", monitor_run.name,
                                                 artifacts, out_dir / "prefect-monitor-run-artifacts.png"),
         }
+        trend = f"monitor-trend-{pipeline}"
+        if trend in artifact_ids:  # one artifact opened: the quality table the monitor wrote
+            shots["monitor_trend_artifact"] = _check_page(
+                f"{ui}/artifacts/artifact/{artifact_ids[trend]}", out_dir / "prefect-monitor-trend-artifact.png",
+                [trend, *_spectrums(config, pipeline)[:1]], width=1400, height=1000, budget_ms=budget_ms)
         checked = check_report(html, out_dir / f"report-{pipeline}.png", width=1400, height=4600)
         shots["report"] = {"url": html.as_uri(), "png": checked["screenshot"],
                            "colours": checked["screenshot_colours"], "figures": checked["figures"],
@@ -386,7 +393,14 @@ def _interval_minutes(config: Path, pipeline: str) -> float:
     return load_config(config).pipeline(pipeline).monitor.interval_minutes
 
 
-async def _artifact_keys(api: str, flow_run_id) -> list[str]:
+def _spectrums(config: Path, pipeline: str) -> list[str]:
+    from promptcycle.catalog import load_config
+
+    return list(load_config(config).pipeline(pipeline).dataset.spectrums)
+
+
+async def _artifacts(api: str, flow_run_id) -> dict[str, str]:
+    """The keyed artifacts of a flow run: key -> id."""
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -395,7 +409,7 @@ async def _artifact_keys(api: str, flow_run_id) -> list[str]:
         async with get_client() as client:
             artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
                 flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-    return sorted({a.key for a in artifacts if a.key})
+    return {a.key: str(a.id) for a in artifacts if a.key}
 
 
 def _cycle(args: argparse.Namespace) -> int:
