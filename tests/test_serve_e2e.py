@@ -1,6 +1,7 @@
 """`promptcycle serve` against a real `prefect server start` on loopback: the deployments and their schedules are
 registered, a scheduled pass of the loop runs by itself, the parameters are typed in the server's schema, a run
-started through a deployment runs, and Ctrl-C stops it cleanly with the schedules paused."""
+started through a deployment runs, a run started through the HTTP API's trigger endpoint completes, and Ctrl-C stops
+it cleanly with the schedules paused."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ OFFLINE = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false"}
 STARTUP_S = 240  # a cold server on a busy 2-core machine
 RUN_WITHIN_S = 420  # the first scheduled pass: the schedule, the runner's poll, a process start, the probe
+TRIGGERED_WITHIN_S = 300  # a one-case baseline started over HTTP: the runner's poll, a process start, 2 calls
+API_TOKEN = "e2e-token-" + "5c" * 16
 
 
 def _free_port() -> int:
@@ -141,6 +144,13 @@ def test_serve_registers_the_schedules_runs_the_loop_by_itself_and_stops_cleanly
                               "--json", "--limit", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, start_new_session=True, cwd=tmp_path)
     out, err = _Lines(serve.stdout), _Lines(serve.stderr)
+    # the application's API, started alongside (it imports Prefect and FastAPI: overlap its start with serve's)
+    api_port = _free_port()
+    app_api = subprocess.Popen([sys.executable, "-m", "promptcycle_cli.main", "api", "--port", str(api_port),
+                                "--config", str(config)], env={**env, "PROMPTCYCLE_API_TOKEN": API_TOKEN},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               cwd=tmp_path)
+    app_err = _Lines(app_api.stderr)
     try:
         started = json.loads(out.wait_for(lambda line: line.startswith("{"), timeout=300))
         names = {row["deployment"] for row in started["deployments"]}
@@ -161,7 +171,16 @@ def test_serve_registers_the_schedules_runs_the_loop_by_itself_and_stops_cleanly
             assert look.state.name == "NoCanary", look.state  # no canary runs: a scheduled look is no failure
             served = asyncio.run(_served())
             assert served == (f"healing/{PIPE}", None)  # what the monitor hands healings to, when served
+            # what an application does: start a phase over HTTP; the served deployment runs it to completion
+            triggered = _trigger_over_http(api_port, app_api, app_err, "baseline",
+                                           {"limit": 1, "models": ["mini"]})
+            assert triggered["deployment"] == f"baseline/{PIPE}" and triggered["state"] == "SCHEDULED", triggered
+            assert triggered["url"] == f"{api.removesuffix('/api')}/runs/flow-run/{triggered['flow_run_id']}"
+            baseline_run = asyncio.run(_wait_completed(triggered["flow_run_id"], TRIGGERED_WITHIN_S))
+            assert baseline_run.parameters["limit"] == 1 and baseline_run.parameters["models"] == ["mini"]
+            assert baseline_run.deployment_id == deployments[f"baseline/{PIPE}"].id
     finally:
+        _stop(app_api, signal.SIGINT)
         _stop(serve, signal.SIGINT)  # Ctrl-C, as a terminal sends it: to the whole process group
     stderr = err.text()
     (tmp_path / "serve-stderr.txt").write_text(stderr)
@@ -174,8 +193,13 @@ def test_serve_registers_the_schedules_runs_the_loop_by_itself_and_stops_cleanly
 
     from promptcycle.store import MetricsStore
 
-    runs = MetricsStore(tmp_path / "metrics.duckdb").monitor_runs(PIPE)
+    store = MetricsStore(tmp_path / "metrics.duckdb")
+    runs = store.monitor_runs(PIPE)
     assert any(r["status"] == "completed" for r in runs), runs  # the scheduled pass stored its monitor run
+    stored = store.latest_run(PIPE, "baseline")  # the triggered baseline's results, under its flow run
+    assert stored is not None and stored.flow_run_id == triggered["flow_run_id"], stored
+    assert (stored.case_limit, stored.models) == (1, ["mini"]), stored
+    assert "Traceback" not in app_err.text(), app_err.text()
 
 
 async def _deployments(names: set[str]) -> dict:
@@ -258,6 +282,48 @@ async def _wait_final(flow_run_id, timeout: float):
                 return run
             await asyncio.sleep(2)
     raise AssertionError(f"flow run {flow_run_id} did not finish within {timeout:.0f} s: {run.state}")
+
+
+def _trigger_over_http(port: int, process: subprocess.Popen, stderr: "_Lines", phase: str,
+                       parameters: dict) -> dict:
+    """POST /v1/pipelines/{PIPE}/trigger/{phase} to `promptcycle api`, once it answers: the 202 body."""
+    import httpx
+
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + STARTUP_S
+    while True:
+        assert process.poll() is None, f"promptcycle api exited {process.returncode}: {stderr.text()[-3000:]}"
+        try:
+            if httpx.get(f"{base}/health", timeout=3).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"promptcycle api did not answer: {''.join(stderr.lines)[-3000:]}"
+        time.sleep(1)
+    response = httpx.post(f"{base}/pipelines/{PIPE}/trigger/{phase}", json={"parameters": parameters},
+                          headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=60)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+async def _wait_completed(flow_run_id, timeout: float):
+    """The flow run once it is Completed; fails with its last state and that state's message otherwise."""
+    from prefect import get_client
+
+    deadline = time.monotonic() + timeout
+    run = None
+    async with get_client() as client:
+        while time.monotonic() < deadline:
+            run = await client.read_flow_run(flow_run_id)
+            if run.state and run.state.is_final():
+                break
+            await asyncio.sleep(2)
+    state = run.state if run else None
+    if state is None or not state.is_final():
+        raise AssertionError(f"flow run {flow_run_id} did not end within {timeout:.0f} s: still "
+                             f"{state.type.value + ' (' + state.name + ')' if state else 'without a state'}")
+    assert state.is_completed(), f"flow run {flow_run_id} ended {state.type.value} ({state.name}): {state.message}"
+    return run
 
 
 async def _served():
