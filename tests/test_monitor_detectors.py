@@ -228,3 +228,19 @@ def test_observation_from_per_case_scores():
     o = Observation.from_scores(T0, [1.0, 0.8, 0.6])
     assert (o.value, o.n) == (pytest.approx(80.0), 3) and o.case_var == pytest.approx(400.0)
     assert Observation.from_scores(T0, []).n == 0 and Observation.from_scores(T0, [0.5]).case_var is None
+
+
+def test_the_trend_artifact_names_levels_as_the_thresholds_do():
+    from promptcycle.config import Thresholds
+    from promptcycle.monitor.report import trend_markdown
+    from promptcycle.monitor.watch import SeriesAssessment
+
+    thresholds = Thresholds()  # 85 critical / 90 warning / 95 target / 98 excellent
+    rows = {value: SeriesAssessment(model="xl", spectrum=f"s{i}", value=value, n=20, source="probe", in_control=True,
+                                    findings=[])
+            for i, value in enumerate((83.6, 87.2, 92.0, 96.0, 99.0))}
+    text = trend_markdown("p", list(rows.values()), {}, thresholds, simulated=True)
+    bands = {line.split("|")[2].strip(): line.split("|")[4].strip() for line in text.splitlines()
+             if line.startswith("| xl |")}
+    assert bands == {"s0": "critical", "s1": "warning", "s2": "ok", "s3": "target", "s4": "excellent"}
+    assert [thresholds.level(v) for v in rows] == list(bands.values())

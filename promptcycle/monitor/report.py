@@ -58,12 +58,8 @@ class MonitorSummary(BaseModel):
 
 
 def _band(value: float | None, thresholds) -> str:
-    if value is None:
-        return "–"
-    for name in ("excellent", "target", "warning", "critical"):
-        if value >= getattr(thresholds, name):
-            return name
-    return "below critical"
+    """The level of `value`, named as everywhere else (Thresholds.level: critical below 85, warning below 90…)."""
+    return "–" if value is None else thresholds.level(value)
 
 
 def trend_markdown(pipeline: str, series: list[SeriesAssessment], history: dict[tuple[str, str], list[float]],
@@ -71,8 +67,8 @@ def trend_markdown(pipeline: str, series: list[SeriesAssessment], history: dict[
     """Quality trend per model × spectrum: the last observations, the threshold band, the baseline and the state of
     each paging detector."""
     lines = [f"# {pipeline} — quality trend{' (SIMULATED)' if simulated else ''}", "",
-             f"Bands: critical < {thresholds.critical:g} ≤ warning < {thresholds.warning:g} ≤ … target "
-             f"{thresholds.target:g}, excellent {thresholds.excellent:g} (points).", "",
+             f"Bands: critical < {thresholds.critical:g} ≤ warning < {thresholds.warning:g} ≤ ok < "
+             f"{thresholds.target:g} ≤ target < {thresholds.excellent:g} ≤ excellent (points).", "",
              "| model | spectrum | latest | band | baseline | last runs (oldest → newest) | cusum | ewma | level | "
              "trend | stale |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in series:
