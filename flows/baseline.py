@@ -11,6 +11,7 @@ called again, and the final table equals an uninterrupted run's.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -57,21 +58,22 @@ async def baseline(pipeline: str = "customer-insights", config_path: str = "pipe
     ref = PipelineRef(config_path=config_path, pipeline=pipeline, store_path=store_path, limit=limit)
     if reads_langsmith(config_path, pipeline):  # before the dataset is loaded by anything below
         await pull_langsmith_dataset(config_path, pipeline)
-    await check_providers(ref)  # before anything is recorded or paid
     langsmith = await mirror_connection(config_path, pipeline, mirror_langsmith)  # None: not mirroring
+    await check_providers(ref)  # before anything is recorded or paid
     plan = prepare_baseline(ref, repeats, flow_run.get_id(), version=version, models=models, epoch=epoch)
     logger.info(plan.announcement())
     progress.report_note(plan.announcement())
     mirror = start_mirror(langsmith, config_path, pipeline, store_path, plan.run_id, limit)
     try:
-        summary = await _evaluate(ref, plan, version, epoch)
+        summary = await _evaluate(ref, plan, version, epoch, cells_done=mirror.nudge if mirror else None)
     finally:
         mirrored = stop_mirror(mirror)  # what LangSmith did not get is counted, never lost: DuckDB has it
     summary.langsmith = mirrored
     return summary
 
 
-async def _evaluate(ref: PipelineRef, plan, version: str | None, epoch: str) -> RunSummary:
+async def _evaluate(ref: PipelineRef, plan, version: str | None, epoch: str,
+                    cells_done: Callable[[], None] | None = None) -> RunSummary:
     pipeline = ref.pipeline
     freeze_startup_objects()
     progress.report_total(plan.total_calls, phase="baseline")
@@ -93,6 +95,8 @@ async def _evaluate(ref: PipelineRef, plan, version: str | None, epoch: str) -> 
     finally:
         await close_providers()
         release_pipeline(pipeline)  # what this process pays for ends here
+        if cells_done is not None:
+            cells_done()
     if failures:
         first = failures[0]
         reason = f"{len(failures)} of {len(plan.cells)} cells failed; first: {type(first).__name__}: {first}"

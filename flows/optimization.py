@@ -83,8 +83,8 @@ async def optimization(pipeline: str = "customer-insights", config_path: str = "
     ref = PipelineRef(config_path=config_path, pipeline=pipeline, store_path=store_path, limit=limit)
     if reads_langsmith(config_path, pipeline):  # before the dataset is loaded by anything below
         await pull_langsmith_dataset(config_path, pipeline)
-    await check_providers(ref)  # before anything is recorded or paid
     langsmith = await mirror_connection(config_path, pipeline, mirror_langsmith)  # None: not mirroring
+    await check_providers(ref)  # before anything is recorded or paid
     baseline_run_id = find_baseline(ref, baseline_run_id)
     if baseline_run_id is None:
         logger.info("no baseline run of the configured prompt yet: running one first")

@@ -45,13 +45,15 @@ def _no_key(config_path: str) -> ConfigError:
 
 async def mirror_connection(config_path: str, pipeline: str, requested: bool | None) -> LangSmithConnection | None:
     """The LangSmith connection to mirror the pipeline's runs with; None when mirroring is off. Called before
-    anything is recorded or paid: a missing key is a configuration error. Makes no request."""
+    anything is recorded or paid: a missing key is a configuration error. Makes no request; starts importing the
+    SDK in the background (`LangSmithConnection.preload`)."""
     if not mirror_requested(config_path, pipeline, requested):
         return None
     config = load_config(config_path)
     conn = connection(config, pipeline, await aresolve_langsmith_key(config, pipeline))
     if conn is None:
         raise _no_key(config_path)
+    conn.preload()
     return conn
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -84,6 +85,13 @@ class LangSmithConnection:
             raise LangSmithUnavailableError(f"LangSmith at {self.api_url} answered GET /info with a body that is "
                                             "not JSON: is this the API URL (not the web app's)?") from None
 
+    def preload(self) -> None:
+        """Import the langsmith SDK's client in a background thread, now. The import costs ~0.8 s of CPU; left to
+        the first use (a run mirror's first pass, as its cells start) it holds this process's interpreter while
+        the first model calls go out. Started while a flow still waits on its checks and the store, it is done
+        before it is needed; `client()` then finds it imported (a concurrent import waits for this one)."""
+        threading.Thread(target=_import_sdk_client, name="langsmith-sdk-import", daemon=True).start()
+
     def client(self, info: dict[str, Any] | None = None) -> Any:
         """A `langsmith.Client` bound to this connection: our timeouts, retries of 429 / 5xx honouring
         Retry-After, and no background tracing thread."""
@@ -146,3 +154,11 @@ def connection(config: PromptcycleConfig, pipeline: str | None = None,
         return None
     return LangSmithConnection(api_url=api_url_of(settings), api_key=key, timeout_s=settings.timeout_seconds,
                                probe_timeout_s=settings.probe_timeout_seconds, max_retries=settings.max_retries)
+
+
+def _import_sdk_client() -> None:
+    try:
+        import langsmith.client  # noqa: F401
+        import urllib3.util.retry  # noqa: F401
+    except Exception:  # noqa: BLE001 - the first real use meets (and reports) the same failure
+        pass

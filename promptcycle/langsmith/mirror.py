@@ -386,6 +386,7 @@ class BackgroundMirror:
         self.failures = 0
         self.last_error: str | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by nudge() and stop(): a pass now, not at the next interval
         self._healthy = True
         self._lock = threading.Lock()  # one pass at a time: the thread's, or stop()'s last one
         self._thread = threading.Thread(target=self._loop, name=f"langsmith-mirror-{mirror.source.scope}",
@@ -394,6 +395,11 @@ class BackgroundMirror:
     def start(self) -> "BackgroundMirror":
         self._thread.start()
         return self
+
+    def nudge(self) -> None:
+        """Send what the run has stored now rather than at the next interval: called when its cells are done,
+        so the last batches go while the run's checks and summary run, not after them in `stop()`."""
+        self._wake.set()
 
     def _pass(self, deadline: float | None = None) -> bool:
         """Send batches until none is left (or the deadline); False when a batch failed or, with a deadline,
@@ -425,7 +431,8 @@ class BackgroundMirror:
         while not self._stop.is_set():
             if self._pass():
                 backoff = self.initial_backoff_s
-                self._stop.wait(self.interval_s)
+                self._wake.wait(self.interval_s)
+                self._wake.clear()
             else:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2.0, self.max_backoff_s)
@@ -434,6 +441,7 @@ class BackgroundMirror:
         """Stop the thread, make one last pass of at most `drain_seconds` (none when LangSmith was failing: an
         outage must not hold the evaluation up), and report what is left."""
         self._stop.set()
+        self._wake.set()
         drain_seconds = self.drain_seconds if drain_seconds is None else drain_seconds
         deadline = self.clock() + drain_seconds
         self._thread.join(timeout=drain_seconds)  # a batch under way finishes (or the deadline passes)
