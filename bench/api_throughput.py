@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO))
 from promptcycle.config import CanaryConfig  # noqa: E402
 from promptcycle.deploy.canary import begin_canary  # noqa: E402
 from promptcycle.deploy.serving import bucket_of  # noqa: E402
+from promptcycle.loopback import free_port  # noqa: E402
 from promptcycle.prompts import PromptTemplate  # noqa: E402
 from promptcycle.store import MetricsStore  # noqa: E402
 from promptcycle.store.records import PromptVersionRecord  # noqa: E402
@@ -80,12 +81,6 @@ def build_store(path: Path) -> float:
     canary = begin_canary(store, pipeline=PIPE, control_hash=PROD.hash, treatment_hash=NEW.hash,
                           config=CanaryConfig(), actor="bench")
     return canary.split_pct
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:

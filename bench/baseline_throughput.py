@@ -45,7 +45,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,16 +56,11 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from promptcycle.loopback import free_port  # noqa: E402
 from promptcycle_cli.main import _apply_offline_defaults  # noqa: E402
 
 _apply_offline_defaults()
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_healthy(port: int, timeout: float = 30.0) -> None:

@@ -28,11 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,10 +49,13 @@ from browser import (  # noqa: E402 - bench/ holds no package; this file runs as
     screenshot,
 )
 
+from promptcycle.loopback import free_port  # noqa: E402
+
 __all__ = ["find_chromium", "screenshot", "rendered_dom", "figures_in_dom", "check_report", "png_colours",
            "interactive_screenshot", "run_cycle_check", "BrowserError", "CheckError"]
 
 REPO = Path(__file__).resolve().parent.parent
+SERVER_PORTS = range(42000, 43000)  # the Prefect server's and the API's: apart from other local servers
 
 
 def figures_in_dom(dom: str) -> dict[str, dict[str, int]]:
@@ -98,18 +99,6 @@ def check_report(html_path: str | Path, png_path: str | Path | None = None, *, w
 
 class CheckError(RuntimeError):
     """A step of the cycle check failed: the message says which, and what it saw."""
-
-
-def _free_port() -> int:
-    for _ in range(100):
-        port = random.randint(42000, 42999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise CheckError("no free port in 42000-42999")
 
 
 def _answers(url: str) -> bool:
@@ -260,7 +249,7 @@ def run_cycle_check(out_dir: Path, *, pipeline: str = "customer-insights", limit
     ran: list[str] = []
     previous_term = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        port = _free_port()
+        port = free_port(SERVER_PORTS)
         api = f"http://127.0.0.1:{port}/api"
         ui = api.removesuffix("/api")
         base_env = {**OFFLINE_DEFAULTS, **os.environ}  # what the user set wins, as in the CLI

@@ -28,7 +28,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from promptcycle.errors import LocalServerError, PromptcycleError
+from promptcycle.loopback import free_port
 
 __all__ = ["FLOW_COMMANDS", "serving", "ready", "running_url", "state_path", "DEFAULT_IDLE_SECONDS"]
 
@@ -154,7 +154,7 @@ def ensure_server() -> str | None:
             _stop(state["pid"])  # another Prefect version, or not healthy: replace it
         last_error = ""
         for _ in range(3):  # a port taken between choosing it and binding it: choose again
-            port = _free_port()
+            port = free_port()
             process = _spawn(home, port, settings)
             state = {"pid": process.pid, "port": port, "prefect_version": prefect.__version__,
                      "started_at": time.time()}
@@ -233,12 +233,6 @@ def _wait_healthy(state: dict, timeout: float, process: subprocess.Popen | None 
             return False
         time.sleep(0.05)
     return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _spawn(home: Path, port: int, settings) -> subprocess.Popen:

@@ -9,12 +9,27 @@ without it every keep-alive answer stalls ~40 ms on delayed ACKs.
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
 from typing import Any, Self
 
-__all__ = ["LoopbackServer"]
+__all__ = ["LoopbackServer", "free_port"]
+
+
+def free_port(within: range | None = None) -> int:
+    """A loopback port nothing listens on (bound, then released): any the system gives, or one drawn at random
+    `within` a range (e.g. 42000-42999, for servers started by a test or a bench beside others). Raises
+    RuntimeError when the range has none free."""
+    for _ in range(1 if within is None else 100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", 0 if within is None else random.choice(within)))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError(f"no free loopback port in {within.start}-{within.stop - 1}")
 
 
 class LoopbackServer:

@@ -10,9 +10,8 @@ The socket is bound before the thread starts, so the port is known and there is 
 
 from __future__ import annotations
 
-import socket
 
-from promptcycle.loopback import LoopbackServer
+from promptcycle.loopback import LoopbackServer, free_port
 from promptcycle.sim.server import FaultConfig, LatencyOverride, ServerState, SimServerApp, create_app
 
 __all__ = ["ServerThread", "unused_port"]
@@ -20,9 +19,7 @@ __all__ = ["ServerThread", "unused_port"]
 
 def unused_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 class ServerThread(LoopbackServer):

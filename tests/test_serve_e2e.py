@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from promptcycle.loopback import free_port
 from promptcycle.phases import PHASES, deployment_name
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,19 +31,8 @@ OFFLINE = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 STARTUP_S = 240  # a cold server on a busy 2-core machine
 RUN_WITHIN_S = 420  # the first scheduled pass: the schedule, the runner's poll, a process start, the probe
 TRIGGERED_WITHIN_S = 300  # a one-case baseline started over HTTP: the runner's poll, a process start, 2 calls
+SERVER_PORTS = range(42000, 43000)  # apart from the ports other servers of the suite take
 API_TOKEN = "e2e-token-" + "5c" * 16
-
-
-def _free_port() -> int:
-    for _ in range(50):
-        port = random.randint(42000, 42999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 42000-42999")
 
 
 def _healthy(api: str) -> bool:
@@ -69,7 +57,7 @@ def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 def prefect_server(tmp_path_factory):
     """A real Prefect server (API and UI) on a random loopback port, in a Prefect home of its own."""
     home = tmp_path_factory.mktemp("prefect-server-home")
-    port = _free_port()
+    port = free_port(SERVER_PORTS)
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, **OFFLINE, "PREFECT_HOME": str(home), "PREFECT_SERVER_UI_API_URL": api,
            "PREFECT_LOGGING_LEVEL": "WARNING"}
@@ -145,7 +133,7 @@ def test_serve_registers_the_schedules_runs_the_loop_by_itself_and_stops_cleanly
                              text=True, start_new_session=True, cwd=tmp_path)
     out, err = _Lines(serve.stdout), _Lines(serve.stderr)
     # the application's API, started alongside (it imports Prefect and FastAPI: overlap its start with serve's)
-    api_port = _free_port()
+    api_port = free_port(SERVER_PORTS)
     app_api = subprocess.Popen([sys.executable, "-m", "promptcycle_cli.main", "api", "--port", str(api_port),
                                 "--config", str(config)], env={**env, "PROMPTCYCLE_API_TOKEN": API_TOKEN},
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
