@@ -99,6 +99,28 @@ def test_thompson_gives_the_budget_to_what_works_and_the_floor_keeps_exploring()
         allocate(names, CTX, outs, budget=1, exploration=1.5, rng=random.Random(0))
 
 
+def test_the_first_of_several_slots_goes_to_the_best_guess_and_the_others_explore():
+    names = ["checklist", "format_spec", "grounding", "step_structure"]
+    # no evidence: the best guess is the lever the diagnosis points at (missed fields -> checklist), even when
+    # every other slot is drawn uniformly
+    firsts = Counter(allocate(names, CTX, [], budget=2, exploration=1.0, rng=random.Random(seed))[0]
+                     for seed in range(200))
+    assert firsts == Counter({"checklist": 200})
+    # evidence in this context overrides the hint: grounding has worked here, checklist has not
+    outs = [outcome(f"r{i}", "grounding", 6.0) for i in range(3)] + \
+           [outcome(f"r{i}", "checklist", -1.0) for i in range(3)]
+    assert {allocate(names, CTX, outs, budget=3, exploration=1.0, rng=random.Random(seed))[0]
+            for seed in range(50)} == {"grounding"}
+    # the other slots still explore: every strategy gets some of them
+    rest = Counter(s for seed in range(400)
+                   for s in allocate(names, CTX, outs, budget=2, exploration=0.5, rng=random.Random(seed))[1:])
+    assert {"checklist", "format_spec", "step_structure"} <= set(rest)
+    # a single slot is never exploited blindly: it is drawn (Thompson, with the floor)
+    single = Counter(allocate(names, CTX, outs, budget=1, exploration=1.0, rng=random.Random(seed))[0]
+                     for seed in range(400))
+    assert len(single) == 4
+
+
 def test_select_candidates_is_deterministic_and_keeps_proposal_order_within_a_strategy():
     class Cand:
         def __init__(self, strategy, i):
@@ -177,7 +199,7 @@ def test_the_learning_bench_learns_the_context_best_strategy(capsys):
     history, rng, hits, slots = [], random.Random(0), 0, 0
     for cycle in range(40):
         k = cycle % len(world.contexts)
-        picks = bench.auto_policy(history, world.contexts[k], rng)
+        picks = bench.auto_policy(history, world.contexts[k], rng, tuple(world.effects[k]))
         if cycle >= 24:
             hits += best[k] in picks
             slots += 1

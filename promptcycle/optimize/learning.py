@@ -11,7 +11,8 @@ on dev and on test (points over the current prompt) and what it cost. From the o
   observed effect (test, else dev) a draw with sd NOISE_SD, so the posterior mean is
   sum(effects) / (n + NOISE_SD² / PRIOR_SD²) and its sd NOISE_SD / sqrt(n + NOISE_SD² / PRIOR_SD²).
 
-`allocate` spends a candidate budget by Thompson sampling, each slot given to the strategy whose draw of
+`allocate` spends a candidate budget: the first slot to the best guess (the highest posterior mean of
+success rate x effect), the others by Thompson sampling, each given to the strategy whose draw of
 (success rate x effect) from its posteriors is highest — except with probability `exploration` (the floor)
 it goes to a strategy drawn uniformly, so no strategy is starved. Deciding in a context pools evidence
 from similar contexts with smaller weights (`posterior_for`).
@@ -170,6 +171,11 @@ class StrategyPosterior:
     def effect_sd(self) -> float:
         return NOISE_SD / math.sqrt(self.n + (NOISE_SD / PRIOR_SD) ** 2)
 
+    @property
+    def expected_value(self) -> float:
+        """What a candidate of this strategy is worth on average: success rate x effect (posterior means)."""
+        return self.success_mean * self.effect_mean
+
     def sample_value(self, rng: random.Random) -> float:
         """One Thompson draw of what a candidate of this strategy is worth: a success probability from
         the Beta posterior times an effect from the Normal posterior (points)."""
@@ -242,9 +248,11 @@ def posterior_for(strategy: str, context: LearningContext, outcomes: Sequence[St
 def allocate(strategies: Sequence[str], context: LearningContext, outcomes: Sequence[StrategyOutcome], *,
              budget: int, exploration: float = 0.1, memory: int = 100, rng: random.Random,
              capacity: Mapping[str, int] | None = None) -> list[str]:
-    """`budget` candidate slots, in order, each a strategy name: Thompson sampling over the posteriors
-    (each slot to the strategy with the highest `sample_value`), except that with probability
-    `exploration` a slot goes to a strategy drawn uniformly (the floor).
+    """`budget` candidate slots, in order, each a strategy name. With two or more slots the first goes to
+    the best guess (the highest `expected_value`: at first the strategy the diagnosis points at, later
+    what has worked here), so exploring never costs the cycle its likeliest win. Every other slot is
+    Thompson sampling over the posteriors (to the strategy with the highest `sample_value`), except that
+    with probability `exploration` it goes to a strategy drawn uniformly (the floor).
     `capacity` (strategy -> how many candidates it can offer) caps each strategy's slots."""
     if not 0 <= exploration <= 1:
         raise ValueError("exploration must be in [0, 1]")
@@ -255,7 +263,9 @@ def allocate(strategies: Sequence[str], context: LearningContext, outcomes: Sequ
         open_ = [s for s in strategies if left.get(s, 0) > 0]
         if not open_:
             break
-        if rng.random() < exploration:
+        if budget > 1 and not slots:
+            pick = max(open_, key=lambda s: (post[s].expected_value, s))
+        elif rng.random() < exploration:
             pick = rng.choice(open_)
         else:
             pick = max(open_, key=lambda s: (post[s].sample_value(rng), s))
