@@ -124,7 +124,10 @@ def _prepare_baseline(ctx, store, pipeline: str, repeats: int | None, limit: int
             prompt_hash=prompt.hash, pipeline=pipeline, system=prompt.system, template=prompt.template,
             variables=prompt.variables, parent_hash=None, strategy="baseline",
             rationale="The pipeline's configured prompt.", scope=None, created_at=datetime.now(timezone.utc)))
-    cells = [(m, s) for m in models for s in ctx.pipeline.dataset.spectrums]
+    # The slowest models' cells first (by latency target): their long calls take the provider's slots first, so
+    # the run does not end waiting on a slow model's last calls after the fast ones are done (longest first).
+    slowest_first = sorted(models, key=lambda m: -ctx.config.models[m].latency_target_ms)
+    cells = [(m, s) for m in slowest_first for s in ctx.pipeline.dataset.spectrums]
     recorded = store.run_progress(run_id) if previous is not None else {"scored": 0, "failed": 0}
     return BaselinePlan(run_id=run_id, pipeline=pipeline, resumed=previous is not None, prompt_hash=prompt.hash,
                         repeats=repeats, limit=limit, cells=cells, models=models, version=version, epoch=epoch,

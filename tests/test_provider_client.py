@@ -396,3 +396,53 @@ def test_build_provider_runs_the_simulator_in_process_and_openai_over_the_networ
     with ServerThread(latency=FAST) as server:
         assert asyncio.run(networked(server.base_url)).simulated
         assert server.state.requests == 1
+
+
+def test_queued_calls_of_the_slowest_model_go_first():
+    """Longest-expected-first: among calls waiting for a slot, the model with the longest latency target is
+    sent first (a slow model's last calls do not hold up the end of a matrix); equal targets keep arrival order."""
+    models = {"nano": ModelConfig(provider="sim", model="sim-nano", latency_target_ms=100, **PRICES),
+              "slow": ModelConfig(provider="sim", model="sim-nano", latency_target_ms=3000, **PRICES)}
+
+    async def queue(provider: OpenAICompatibleProvider):
+        done: list[str] = []
+
+        async def one(model: str, tag: str):
+            await provider.complete(model, MESSAGES, seed=len(done))
+            done.append(tag)
+
+        first = asyncio.create_task(one("nano", "first"))  # takes the only slot
+        await asyncio.sleep(0.005)
+        waiting = [asyncio.create_task(one(m, f"{m}{i}")) for i, m in enumerate(["nano", "nano", "slow", "nano",
+                                                                                  "slow"])]
+        await asyncio.gather(first, *waiting)
+        return done
+
+    with ServerThread(latency=LatencyOverride(fixed_ms=20)) as server:
+        async def go():
+            config = ProviderConfig(kind="openai", base_url=server.base_url, max_concurrency=1)
+            async with OpenAICompatibleProvider("sim", config, models) as provider:
+                return await queue(provider)
+
+        done = asyncio.run(go())
+    assert done == ["first", "slow2", "slow4", "nano0", "nano1", "nano3"]
+
+
+def test_a_cancelled_waiter_gives_up_its_place_and_the_slots_stay_whole():
+    from promptcycle.providers.limits import RequestLimits
+
+    async def go():
+        limits = RequestLimits(1)
+        await limits.acquire()
+        slow = asyncio.create_task(limits.acquire(expected=5000))
+        fast = asyncio.create_task(limits.acquire(expected=10))
+        await asyncio.sleep(0)
+        slow.cancel()
+        await asyncio.gather(slow, return_exceptions=True)
+        limits.release()  # the slot goes to the remaining waiter, not to the cancelled one
+        await asyncio.wait_for(fast, 1)
+        limits.release()
+        await asyncio.wait_for(limits.acquire(), 1)  # and one slot is free again afterwards
+        return limits.in_flight
+
+    assert asyncio.run(go()) == 1

@@ -12,6 +12,8 @@ the orchestration layer's job (global concurrency limits); these do the fine-gra
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 from collections import deque
 
@@ -56,7 +58,8 @@ class RateLimiter:
 
 
 class _Slots:
-    """A counting semaphore whose priority waiters are served before the others (each group FIFO).
+    """A counting semaphore whose priority waiters are served before the others (in arrival order), and
+    whose other waiters are served longest expected call first (`expected`; arrival order among equals).
 
     A freed slot is handed straight to the next waiter, so a late arrival cannot overtake it.
     """
@@ -64,31 +67,42 @@ class _Slots:
     def __init__(self, n: int):
         self._free = n
         self._urgent: deque[asyncio.Future] = deque()
-        self._normal: deque[asyncio.Future] = deque()
+        self._normal: list[tuple[float, int, asyncio.Future]] = []  # a heap of (-expected, arrival, waiter)
+        self._arrivals = itertools.count()
 
-    async def acquire(self, priority: bool) -> None:
+    async def acquire(self, priority: bool, expected: float = 0.0) -> None:
         if self._free > 0 and not self._urgent and not self._normal:
             self._free -= 1
             return
         waiter = asyncio.get_running_loop().create_future()
-        queue = self._urgent if priority else self._normal
-        queue.append(waiter)
+        if priority:
+            self._urgent.append(waiter)
+        else:
+            entry = (-expected, next(self._arrivals), waiter)
+            heapq.heappush(self._normal, entry)
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a slot, then cancelled before using it: pass it on
+            elif priority:
+                self._urgent.remove(waiter)
             else:
-                queue.remove(waiter)
+                self._normal.remove(entry)
+                heapq.heapify(self._normal)
             raise
 
     def release(self) -> None:
-        for queue in (self._urgent, self._normal):
-            while queue:
-                waiter = queue.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
-                    return
+        while self._urgent:
+            waiter = self._urgent.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        while self._normal:
+            waiter = heapq.heappop(self._normal)[2]
+            if not waiter.done():
+                waiter.set_result(None)
+                return
         self._free += 1
 
 
@@ -100,6 +114,9 @@ class RequestLimits:
 
     `acquire(priority=True)` (a retry) is served before every request that has not been sent yet: a
     call that already waited out a Retry-After does not wait again behind the calls queued after it.
+    Among requests not sent yet, the longest `expected` (e.g. the model's latency target) goes first: a
+    matrix of fast and slow models then ends with short calls, not waiting on a slow model's last ones
+    (longest-processing-time-first scheduling).
     """
 
     def __init__(self, max_concurrency: int, requests_per_minute: float | None = None, *, burst: int = 1):
@@ -110,9 +127,10 @@ class RequestLimits:
         self.in_flight = 0  # requests holding a slot
         self._slots = _Slots(max_concurrency)
 
-    async def acquire(self, *, priority: bool = False) -> None:
-        """Wait for a concurrency slot (priority waiters first), then for the rate limiter."""
-        await self._slots.acquire(priority)
+    async def acquire(self, *, priority: bool = False, expected: float = 0.0) -> None:
+        """Wait for a concurrency slot (priority waiters first, then the longest `expected`), then for the
+        rate limiter."""
+        await self._slots.acquire(priority, expected)
         if self.rate is not None:
             try:
                 await self.rate.acquire()

@@ -315,11 +315,12 @@ class OpenAICompatibleProvider:
         """One HTTP request: a Completion, or the typed error it ended with (returned, not raised).
 
         A retry (attempt > 1) takes the next free slot before calls not yet sent, so it waits about
-        its backoff, not its backoff plus the queue. A call is not sent at all once the provider has
+        its backoff, not its backoff plus the queue; among calls not yet sent, those of the models with
+        the longest latency target go first. A call is not sent at all once the provider has
         refused the key or the model for good (see STOP_STATUSES).
         """
         limits = self.limits
-        await limits.acquire(priority=attempt > 1)
+        await limits.acquire(priority=attempt > 1, expected=spec.latency_target_ms)
         try:
             refusal = self._refusals.get(None) or self._refusals.get(spec.model)
             if refusal is not None:
