@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -288,6 +289,21 @@ def _print_summary(summary, thresholds=None) -> None:
                       "world, not real models.[/]")
 
 
+def _preload_pipeline(config: Path | str, pipeline: str, *, limit: int | None, store: str | None) -> None:
+    """Load the pipeline (dataset, splits — opening, or creating, the store in the data worker) in a thread
+    while Prefect is imported; the flow's first step finds it loaded (`load_pipeline` keeps it). A failure
+    is left for the flow, which meets the same one and reports it."""
+    from promptcycle.evaluation.context import load_pipeline
+
+    def load() -> None:
+        try:
+            load_pipeline(config, pipeline, limit=limit, store=store)
+        except Exception:  # noqa: BLE001 - reported by the flow's own load
+            pass
+
+    threading.Thread(target=load, name="promptcycle-preload", daemon=True).start()
+
+
 def cmd_baseline(args: argparse.Namespace) -> int:
     """Run the baseline flow for one pipeline."""
     from promptcycle.catalog import load_config
@@ -296,6 +312,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from promptcycle.quality.worker import warm_up
 
     warm_up(gx=False)  # the data worker starts while Prefect is imported; Great Expectations after the dataset gate
+    _preload_pipeline(args.config, args.pipeline, limit=args.limit, store=args.store)
     from promptcycle_flows.baseline import baseline
     from promptcycle_cli import local_server
 

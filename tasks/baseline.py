@@ -72,12 +72,14 @@ def prepare_baseline(ref: PipelineRef, repeats: int | None, flow_run_id: str | N
         resolve_api_key(ctx.config, provider)  # a missing key fails here, before spending
     check_provider_limits(ctx.config, ctx.providers_used())  # and a missing concurrency limit
     store = open_store(ctx.store_path)
-    hold_pipeline(store, ref.pipeline, "baseline")
-    try:
-        return _prepare_baseline(ctx, store, ref.pipeline, repeats, ref.limit, flow_run_id, version, models, epoch)
-    except BaseException:
-        release_pipeline(ref.pipeline)
-        raise
+    with store.held_open():  # about ten store calls in a burst: one open of the file, not one each
+        hold_pipeline(store, ref.pipeline, "baseline")
+        try:
+            return _prepare_baseline(ctx, store, ref.pipeline, repeats, ref.limit, flow_run_id, version, models,
+                                     epoch)
+        except BaseException:
+            release_pipeline(ref.pipeline)
+            raise
 
 
 def baseline_prompt(ctx, store, version: str | None) -> PromptTemplate:

@@ -34,6 +34,31 @@ def test_store_calls_run_in_the_worker_and_return_results(tmp_path):
     assert dataworker._process is not None and dataworker._process.pid != os.getpid()
 
 
+def test_a_held_store_stays_open_in_the_worker_for_the_calls_inside_and_closes_after(tmp_path):
+    import duckdb
+
+    path = tmp_path / "m.duckdb"
+    store = open_store(path)
+    store.write_splits("key", {"a": "train"})
+
+    def another_process_opens() -> bool:
+        probe = subprocess.run([sys.executable, "-c", f"import duckdb; duckdb.connect({str(path)!r}).close()"],
+                               capture_output=True, text=True)
+        return probe.returncode == 0
+
+    assert another_process_opens()  # between calls, the worker keeps nothing open
+    with store.held_open():
+        assert store.write_splits("key", {"b": "test"}) == 1
+        assert store.get_splits("key") == {"a": "train", "b": "test"}
+        assert not another_process_opens()  # DuckDB: one process at a time, and the worker holds it
+    assert another_process_opens()
+    with pytest.raises(StoreError):  # an error inside is the one reported, and the hold still ends
+        with store.held_open():
+            store.finish_run("nope", "failed", {})
+    assert another_process_opens()
+    assert duckdb.connect(str(path), read_only=True).execute("select count(*) from splits").fetchone()[0] == 2
+
+
 def test_worker_errors_come_back_typed(tmp_path):
     store = open_store(tmp_path / "m.duckdb")
     with pytest.raises(StoreError, match="cannot finish run 'nope'"):

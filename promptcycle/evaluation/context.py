@@ -141,6 +141,7 @@ def check_prompt_inputs(pipe: PipelineConfig, cases: list[Case], *, file: str, p
 
 
 _cache: dict[tuple, PipelineContext] = {}
+_loading: dict[tuple, threading.Lock] = {}
 _lock = threading.Lock()
 
 
@@ -153,6 +154,22 @@ def load_pipeline(config_path: str | Path, pipeline: str, *, limit: int | None =
     with _lock:
         if key in _cache:
             return _cache[key]
+        loading = _loading.setdefault(key, threading.Lock())
+    with loading:  # one load per key at a time: a second caller (another thread) waits for the first's result
+        with _lock:
+            if key in _cache:
+                return _cache[key]
+        try:
+            ctx = _load_pipeline(path, pipeline, limit, store)
+            with _lock:
+                _cache[key] = ctx
+        finally:
+            with _lock:
+                _loading.pop(key, None)
+        return ctx
+
+
+def _load_pipeline(path: Path, pipeline: str, limit: int | None, store: str | Path | None) -> PipelineContext:
     config = load_config(path)
     pipe = config.pipeline(pipeline)
     all_cases = load_cases(pipe.dataset.source, base_dir=path.parent)
@@ -168,8 +185,6 @@ def load_pipeline(config_path: str | Path, pipeline: str, *, limit: int | None =
     ctx = PipelineContext(config=config, name=pipeline, pipeline=pipe, all_cases=all_cases, cases=cases,
                           splits=splits, dataset_key=dataset_key, dataset_hash=dataset_hash(all_cases),
                           store_path=store_path)
-    with _lock:
-        _cache[key] = ctx
     return ctx
 
 

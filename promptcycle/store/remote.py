@@ -7,6 +7,8 @@ included, come back as raised by the worker.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,21 @@ def _call_store(path: str, method: str, args: tuple, kwargs: dict) -> Any:
     return getattr(_store(path), method)(*args, **kwargs)
 
 
+_holds: dict[str, list[contextlib.ExitStack]] = {}  # in the worker: the open holds per path, innermost last
+
+
+def _hold(path: str) -> None:
+    stack = contextlib.ExitStack()
+    stack.enter_context(_store(path).held_open())
+    _holds.setdefault(path, []).append(stack)
+
+
+def _unhold(path: str) -> None:
+    holds = _holds.get(path)
+    if holds:
+        holds.pop().close()
+
+
 class RemoteStore:
     """MetricsStore's interface, served by the data worker."""
 
@@ -45,6 +62,20 @@ class RemoteStore:
 
         remote.__name__ = method
         return remote
+
+    @contextlib.contextmanager
+    def held_open(self) -> Iterator[None]:
+        """`MetricsStore.held_open` in the worker: the file stays open across the calls made inside (from
+        this process), so a burst of them costs one open, not one each. Hold it for a burst, not for long:
+        other processes cannot open the file meanwhile."""
+        dataworker.call(_hold, str(self.path))
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that ended the burst is the one to report
+                dataworker.call(_unhold, str(self.path))
+            raise
+        dataworker.call(_unhold, str(self.path))
 
     def __repr__(self) -> str:
         return f"RemoteStore({str(self.path)!r})"
