@@ -15,6 +15,7 @@ from promptcycle.errors import ConfigError, DataQualityError
 from promptcycle.evaluation.cells import CellSpec
 from promptcycle.evaluation.context import PipelineRef, fingerprint
 from promptcycle.evaluation.lease import hold_pipeline, release_pipeline
+from promptcycle.evaluation.runio import mark_new_run
 from promptcycle.evaluation.runs import gate_dataset, new_run_id
 from promptcycle.evaluation.summary import RunSummary, summarize_stored_run
 from promptcycle.prompts import PromptTemplate
@@ -118,6 +119,7 @@ def _prepare_baseline(ctx, store, pipeline: str, repeats: int | None, limit: int
             simulated=ctx.simulated,
             config_json=ctx.pipeline.model_dump_json(), flow_run_id=flow_run_id,
             started_at=datetime.now(timezone.utc)))
+        mark_new_run(store, run_id)  # its cells need not ask the store what it recorded: nothing yet
     gate_dataset(ctx, store, run_id)
     warm_up()  # Great Expectations, for the results suite, imports in the worker while the cells run
     store.write_splits(ctx.dataset_key, ctx.splits)

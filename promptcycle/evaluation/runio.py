@@ -26,7 +26,7 @@ from promptcycle.store.records import ResponseRecord, ResultRecord
 
 # `store` is a MetricsStore or its data-worker proxy (promptcycle/store/remote.py).
 
-__all__ = ["RunIO", "run_io"]
+__all__ = ["RunIO", "run_io", "mark_new_run"]
 
 
 class RunIO:
@@ -155,6 +155,16 @@ _ios: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str]
     weakref.WeakKeyDictionary()
 
 
+_new_runs: set[tuple[str, str]] = set()  # (store path, run id) created by this process, no RunIO yet
+
+
+def mark_new_run(store, run_id: str) -> None:
+    """`run_id` was just created by this process: it has recorded nothing, so its first RunIO need not
+    read the store for what it recorded (one query less in front of the first calls). Later RunIOs of
+    the run (another event loop) read it as usual."""
+    _new_runs.add((str(store.path), run_id))
+
+
 def run_io(store, run_id: str) -> RunIO:
     """The RunIO of `run_id` on the running event loop (created on first use)."""
     per_loop = _ios.setdefault(asyncio.get_running_loop(), {})
@@ -162,4 +172,7 @@ def run_io(store, run_id: str) -> RunIO:
     io = per_loop.get(key)
     if io is None:
         io = per_loop[key] = RunIO(store, run_id)
+        if key in _new_runs:
+            _new_runs.discard(key)
+            io._run_read = True  # nothing recorded yet: nothing to read
     return io

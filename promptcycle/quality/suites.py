@@ -437,6 +437,8 @@ def _result_keys(frame: "pd.DataFrame") -> list[str]:
 
 
 def _key(model: Any, case_id: Any, repeat: Any) -> str:
+    if type(model) is str and type(case_id) is str and type(repeat) is int:  # the usual row: nothing to convert
+        return f"{model}/{case_id}#{repeat}"
     return f"{_plain(model)}/{_plain(case_id)}#{_plain(repeat)}"
 
 
@@ -458,7 +460,7 @@ def _grid_frame(data: "pd.DataFrame", models: list[str], case_ids: list[str], re
     """Expected grid joined with the observed rows: one row per key, with its count and membership."""
     import pandas as pd
 
-    observed = Counter(_key(m, c, r) for m, c, r in zip(data["model"], data["case_id"], data["repeat"]))
+    observed = Counter(data["_key"]) if "_key" in data.columns else Counter(_result_keys(data))
     expected = list(dict.fromkeys(_key(m, c, r) for m, c, r in product(models, case_ids, range(repeats))))
     expected_set = set(expected)
     extra = [k for k in observed if k not in expected_set]
