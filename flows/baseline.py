@@ -86,7 +86,11 @@ async def _evaluate(ref: PipelineRef, plan, version: str | None, epoch: str,
     outcomes: list[dict] = []
     failures: list[Exception] = []
     try:
-        for finished in asyncio.as_completed([cell(m, s) for m, s in plan.cells]):
+        started = []
+        for m, s in plan.cells:  # one at a time: what the cells started so far (their first calls) runs in between
+            started.append(asyncio.ensure_future(cell(m, s)))
+            await asyncio.sleep(0)
+        for finished in asyncio.as_completed(started):
             try:
                 outcomes.append(await finished)
             except Exception as exc:  # one failed cell must not hide the others' results
