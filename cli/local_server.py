@@ -48,6 +48,7 @@ STATE_FILE = "promptcycle-server.json"
 LOCK_FILE = "promptcycle-server.lock"
 LOG_FILE = "promptcycle-server.log"
 _MODULE = "promptcycle_cli.local_server"
+LOOPBACK_CA = Path(__file__).with_name("loopback-ca.pem")  # see ready()
 
 
 # -- the command's side -------------------------------------------------------------------------------------------
@@ -110,9 +111,15 @@ def ready() -> str | None:
         return None
     url = _current.wait()
     if url is not None:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_URL, temporary_settings
 
-        _settings.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
+        updates: dict = {PREFECT_API_URL: url}
+        if not PREFECT_API_SSL_CERT_FILE.value():
+            # The server speaks plain HTTP on loopback: no certificate is ever checked. Prefect's client still
+            # loads a CA file into every SSL context it makes (its ~12 clients a run, ~25 ms each with the
+            # 280 KB certifi bundle); this one holds a single certificate whose key was never kept (~0.5 ms).
+            updates[PREFECT_API_SSL_CERT_FILE] = str(LOOPBACK_CA)
+        _settings.enter_context(temporary_settings(updates=updates))
     return url
 
 

@@ -155,6 +155,36 @@ def test_the_next_command_reuses_the_server_and_it_stops_when_idle(tmp_path, rep
         _kill_all(_processes_of_home(home))
 
 
+@pytest.mark.slow
+def test_prefect_clients_of_the_local_server_load_one_certificate_not_the_bundle(monkeypatch, tmp_path):
+    """Plain HTTP on loopback: Prefect's clients get the one-certificate CA file (their SSL contexts cost
+    ~0.5 ms, not ~25 ms each), still reach the server, and a user's own CA file setting is kept."""
+    import ssl
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, temporary_settings
+
+    from promptcycle_cli import local_server
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    try:
+        for configured in (None, str(tmp_path / "users-ca.pem")):
+            with temporary_settings(updates={PREFECT_API_SSL_CERT_FILE: configured}):
+                with local_server.serving("baseline"):
+                    url = local_server.ready()
+                    assert url and url.startswith("http://127.0.0.1:")
+                    ca = PREFECT_API_SSL_CERT_FILE.value()
+                    if configured is None:
+                        assert ca == str(local_server.LOOPBACK_CA)
+                        assert ssl.create_default_context(cafile=ca).cert_store_stats()["x509_ca"] == 1
+                        with get_client(sync_client=True) as client:
+                            assert client.api_healthcheck() is None  # healthy: the client reaches the server
+                    else:
+                        assert ca == configured
+    finally:
+        _kill_all(_processes_of_home(tmp_path / "home"))
+
+
 def test_a_configured_prefect_api_is_used_as_is(monkeypatch, tmp_path):
     from promptcycle_cli import local_server
 
