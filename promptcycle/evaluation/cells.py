@@ -17,12 +17,13 @@ flight finish and are recorded, nothing is recorded for the calls not made, and 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
+
+import orjson
 
 from promptcycle.config import ModelConfig
 from promptcycle.datasets.cases import Case
@@ -141,7 +142,8 @@ async def evaluate_cell(spec: CellSpec, *, provider: ChatProvider, provider_name
                         latency_ms=completion.latency_ms, latency_target_ms=spec.model.latency_target_ms)
         values, explanation = await _score(scorers, sample)
         return result_row(case, repeat, key, scores=values, overall=overall(values, spec.weights),
-                          explanation=json.dumps(explanation, separators=(",", ":"), default=str),
+                          explanation=orjson.dumps(explanation, default=str,
+                                                       option=orjson.OPT_NON_STR_KEYS).decode(),
                           latency_ms=completion.latency_ms, input_tokens=completion.input_tokens,
                           output_tokens=completion.output_tokens, cost_usd=completion.cost_usd,
                           attempts=attempts, wait_ms=wait_ms, simulated=completion.simulated,

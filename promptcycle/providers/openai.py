@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
+import orjson
 from pydantic import SecretStr
 
 from promptcycle.config import ModelConfig, ProviderConfig
@@ -362,7 +363,7 @@ class OpenAICompatibleProvider:
                 f"{self.name}: the answer from {spec.model!r} is larger than max_response_bytes "
                 f"({self.config.max_response_bytes} bytes); it was not stored", provider=self.name, status=status)
         try:
-            data = json.loads(content)
+            data = orjson.loads(content)
             choice = data["choices"][0]
             text = choice["message"]["content"]
             if not isinstance(text, str):
@@ -443,7 +444,7 @@ class _Body:
 
     def encoded(self) -> bytes:
         if self._encoded is None:
-            self._encoded = json.dumps(self.payload).encode()
+            self._encoded = orjson.dumps(self.payload)  # ~10x faster than json.dumps: it runs once per request
         return self._encoded
 
 
