@@ -264,3 +264,16 @@ def test_the_store_opens_without_the_statistics_or_the_monitor():
             "'great_expectations') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
+
+
+def test_the_cli_parser_leaves_the_optimizer_and_prefect_unimported_yet_names_the_strategies():
+    # Every command builds the whole parser before it starts: the optimizer (~0.1 s) is imported by the commands
+    # that use it, and `optimize --help` still lists the registered strategies.
+    code = ("import sys\nfrom promptcycle_cli.main import build_parser\nbuild_parser()\n"
+            "print(sorted(m for m in ('prefect', 'promptcycle.optimize', 'promptcycle.optimize.strategies') "
+            "if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
+    shown = subprocess.run([sys.executable, "-m", "promptcycle_cli.main", "optimize", "--help"], capture_output=True,
+                           text=True, check=True, env=dict(os.environ, COLUMNS="200")).stdout
+    assert "known: checklist, combined, few_shot, format_spec, grounding" in shown

@@ -42,9 +42,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def add_commands(subparsers, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    from promptcycle.optimize.strategies import strategies
+class _StrategiesHelp(str):
+    """The --strategies help, naming the registered strategies only when help is shown: the registry
+    imports the optimizer, which no other command should wait for at start-up."""
 
+    def __mod__(self, params: object) -> str:
+        from promptcycle.optimize.strategies import strategies
+
+        return f"{self}; known: {', '.join(strategies.names())}"
+
+
+def add_commands(subparsers, common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = subparsers.add_parser("optimize", help="search for a better prompt and confirm it on held-out cases",
                               description="Diagnose the baseline, generate candidate prompts, screen them on the "
                               "dev split and confirm the best on the test split with a paired test; the winner "
@@ -54,7 +62,7 @@ def add_commands(subparsers, common: Callable[[argparse.ArgumentParser], None]) 
     p.add_argument("--baseline", default=None, metavar="RUN_ID",
                    help="baseline run to start from (default: the latest of the configured prompt, run if none)")
     p.add_argument("--strategies", nargs="+", default=None, metavar="NAME",
-                   help=f"strategies to run (default: the pipeline's); known: {', '.join(strategies.names())}")
+                   help=_StrategiesHelp("strategies to run (default: the pipeline's)"))
     p.add_argument("--max-calls", type=_positive_int, default=None, metavar="N",
                    help="hard cap on paid calls (default: optimization.max_calls)")
     p.add_argument("--max-cost", type=_positive_float, default=None, metavar="USD",
