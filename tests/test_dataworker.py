@@ -13,7 +13,6 @@ import pytest
 
 from promptcycle import dataworker
 from promptcycle.errors import StoreError
-from promptcycle.store.records import PromptVersionRecord
 from promptcycle.store.remote import RemoteStore, open_store
 
 REPO = Path(__file__).resolve().parent.parent
