@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                  for s in STRATEGIES))
     print()
     print(f"  {'policy':<60}{'improvement/cycle':>20}{'last third':>16}{'calls/cycle':>14}{'calls per point':>20}")
-    for name, row in ((f"even (1 per strategy, {len(STRATEGIES)} slots)", even),
+    for name, row in ((f"even (1 per strategy that proposes, 4-{len(STRATEGIES)} slots)", even),
                       (f"best fixed mix in hindsight ({best_mix})", best),
                       (f"auto ({AUTO_SLOTS} slots: best guess, Thompson, floor {EXPLORATION})", auto)):
         print(f"  {name:<60}{row['improvement_per_cycle']:>12.2f} ± {row['improvement_se']:.2f}"
