@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,34 +156,44 @@ def test_the_next_command_reuses_the_server_and_it_stops_when_idle(tmp_path, rep
         _kill_all(_processes_of_home(home))
 
 
+_CA_CHECK = """
+import json, ssl, sys
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_SSL_CERT_FILE, temporary_settings
+from promptcycle_cli import local_server
+
+configured = sys.argv[1] or None
+with temporary_settings(updates={PREFECT_API_SSL_CERT_FILE: configured}):
+    with local_server.serving("baseline"):
+        url = local_server.ready()
+        ca = PREFECT_API_SSL_CERT_FILE.value()
+        certs = ssl.create_default_context(cafile=ca).cert_store_stats()["x509_ca"] if ca and not configured else None
+        with get_client(sync_client=True) as client:
+            healthy = client.api_healthcheck() is None
+print(json.dumps({"url": url, "ca": ca, "certs": certs, "healthy": healthy, "bundled": str(local_server.LOOPBACK_CA)}))
+"""
+
+
 @pytest.mark.slow
-def test_prefect_clients_of_the_local_server_load_one_certificate_not_the_bundle(monkeypatch, tmp_path):
+def test_prefect_clients_of_the_local_server_load_one_certificate_not_the_bundle(tmp_path):
     """Plain HTTP on loopback: Prefect's clients get the one-certificate CA file (their SSL contexts cost
-    ~0.5 ms, not ~25 ms each), still reach the server, and a user's own CA file setting is kept."""
-    import ssl
-
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_SSL_CERT_FILE, temporary_settings
-
-    from promptcycle_cli import local_server
-
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    ~0.5 ms, not ~25 ms each), still reach the server, and a user's own CA file setting is kept. Run as a
+    command runs (its own process, no Prefect API configured)."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_SSL_CERT_FILE")}
+    env["PREFECT_HOME"] = str(home)
+    users_ca = str(tmp_path / "users-ca.pem")  # a user's own CA file (any valid one)
+    shutil.copy(Path(__file__).resolve().parents[1] / "cli" / "loopback-ca.pem", users_ca)
     try:
-        for configured in (None, str(tmp_path / "users-ca.pem")):
-            with temporary_settings(updates={PREFECT_API_SSL_CERT_FILE: configured}):
-                with local_server.serving("baseline"):
-                    url = local_server.ready()
-                    assert url and url.startswith("http://127.0.0.1:")
-                    ca = PREFECT_API_SSL_CERT_FILE.value()
-                    if configured is None:
-                        assert ca == str(local_server.LOOPBACK_CA)
-                        assert ssl.create_default_context(cafile=ca).cert_store_stats()["x509_ca"] == 1
-                        with get_client(sync_client=True) as client:
-                            assert client.api_healthcheck() is None  # healthy: the client reaches the server
-                    else:
-                        assert ca == configured
+        seen = [json.loads(subprocess.run([sys.executable, "-c", _CA_CHECK, configured], env=env, capture_output=True,
+                                          text=True, timeout=300, check=True).stdout.strip().splitlines()[-1])
+                for configured in ("", users_ca)]
     finally:
-        _kill_all(_processes_of_home(tmp_path / "home"))
+        _kill_all(_processes_of_home(home))
+    ours, users = seen
+    assert ours["url"].startswith("http://127.0.0.1:") and ours["healthy"]
+    assert ours["ca"] == ours["bundled"] and ours["certs"] == 1
+    assert users["url"] == ours["url"] and users["ca"] == users_ca and users["healthy"]
 
 
 def test_a_configured_prefect_api_is_used_as_is(monkeypatch, tmp_path):
