@@ -267,24 +267,25 @@ def test_deploy_says_the_local_server_is_reused_like_the_other_commands(capsys):
     assert "local server is reused" in err and "temporary server" not in err, err
 
 
+def _loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of `modules` a fresh interpreter has imported after running `code`."""
+    probe = f"{code}\nimport sys\nprint(','.join(m for m in {modules!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    return [m for m in out.split(",") if m]
+
+
 def test_the_store_opens_without_the_statistics_or_the_monitor():
     # The data worker imports the store first, and a baseline's first model call waits on it: the detectors'
     # statistics (scipy, ~1 s here) and Great Expectations must stay out of that import.
-    code = ("import sys, promptcycle.store.metrics\n"
-            "print(sorted(m for m in ('scipy', 'promptcycle.monitor.detectors', 'promptcycle.stats', "
-            "'great_expectations') if m in sys.modules))")
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert loaded == "[]"
+    assert _loaded_after("import promptcycle.store.metrics", ("scipy", "promptcycle.monitor.detectors",
+                                                             "promptcycle.stats", "great_expectations")) == []
 
 
 def test_the_cli_parser_leaves_the_optimizer_and_prefect_unimported_yet_names_the_strategies():
     # Every command builds the whole parser before it starts: the optimizer (~0.1 s) is imported by the commands
     # that use it, and `optimize --help` still lists the registered strategies.
-    code = ("import sys\nfrom promptcycle_cli.main import build_parser\nbuild_parser()\n"
-            "print(sorted(m for m in ('prefect', 'promptcycle.optimize', 'promptcycle.optimize.strategies') "
-            "if m in sys.modules))")
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert loaded == "[]"
+    assert _loaded_after("from promptcycle_cli.main import build_parser\nbuild_parser()",
+                         ("prefect", "promptcycle.optimize", "promptcycle.optimize.strategies")) == []
     shown = subprocess.run([sys.executable, "-m", "promptcycle_cli.main", "optimize", "--help"], capture_output=True,
                            text=True, check=True, env=dict(os.environ, COLUMNS="200")).stdout
     assert "known: checklist, combined, few_shot, format_spec, grounding" in shown

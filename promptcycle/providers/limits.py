@@ -15,7 +15,6 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections import deque
 
 __all__ = ["RateLimiter", "RequestLimits"]
 
@@ -58,48 +57,37 @@ class RateLimiter:
 
 
 class _Slots:
-    """A counting semaphore whose priority waiters are served before the others (in arrival order), and
-    whose other waiters are served longest expected call first (`expected`; arrival order among equals).
+    """A counting semaphore whose waiters are served priority first, then longest `expected` call first,
+    then in arrival order — one heap of (not priority, -expected, arrival).
 
     A freed slot is handed straight to the next waiter, so a late arrival cannot overtake it.
     """
 
     def __init__(self, n: int):
         self._free = n
-        self._urgent: deque[asyncio.Future] = deque()
-        self._normal: list[tuple[float, int, asyncio.Future]] = []  # a heap of (-expected, arrival, waiter)
+        self._waiters: list[tuple[bool, float, int, asyncio.Future]] = []
         self._arrivals = itertools.count()
 
     async def acquire(self, priority: bool, expected: float = 0.0) -> None:
-        if self._free > 0 and not self._urgent and not self._normal:
+        if self._free > 0 and not self._waiters:
             self._free -= 1
             return
         waiter = asyncio.get_running_loop().create_future()
-        if priority:
-            self._urgent.append(waiter)
-        else:
-            entry = (-expected, next(self._arrivals), waiter)
-            heapq.heappush(self._normal, entry)
+        entry = (not priority, -expected, next(self._arrivals), waiter)
+        heapq.heappush(self._waiters, entry)
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a slot, then cancelled before using it: pass it on
-            elif priority:
-                self._urgent.remove(waiter)
             else:
-                self._normal.remove(entry)
-                heapq.heapify(self._normal)
+                self._waiters.remove(entry)
+                heapq.heapify(self._waiters)
             raise
 
     def release(self) -> None:
-        while self._urgent:
-            waiter = self._urgent.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        while self._normal:
-            waiter = heapq.heappop(self._normal)[2]
+        while self._waiters:
+            waiter = heapq.heappop(self._waiters)[-1]
             if not waiter.done():
                 waiter.set_result(None)
                 return

@@ -460,7 +460,7 @@ def _grid_frame(data: "pd.DataFrame", models: list[str], case_ids: list[str], re
     """Expected grid joined with the observed rows: one row per key, with its count and membership."""
     import pandas as pd
 
-    observed = Counter(data["_key"]) if "_key" in data.columns else Counter(_result_keys(data))
+    observed = Counter(data["_key"])  # validate_results' row keys
     expected = list(dict.fromkeys(_key(m, c, r) for m, c, r in product(models, case_ids, range(repeats))))
     expected_set = set(expected)
     extra = [k for k in observed if k not in expected_set]
