@@ -10,7 +10,8 @@ mean latency seen by the caller. The clients:
 
 - `httpx2-pool`: `httpx2.AsyncClient` with its own connection pool (httpcore2);
 - `httpx2-aiohttp`: `httpx2.AsyncClient` over `promptcycle.providers.transport.AiohttpTransport`,
-  what the provider uses;
+  what the provider uses for its models list (and for every call over a transport it is given);
+- `transport-send`: `AiohttpTransport.send`, the path of the provider's chat calls;
 - `aiohttp`: a bare `aiohttp.ClientSession`, the floor for an asyncio client in Python.
 
 All answers are simulated.
@@ -44,8 +45,16 @@ async def measure(name: str, url: str, requests: int, concurrency: int, latency_
     from promptcycle.providers.transport import AiohttpTransport
 
     headers = {"content-type": "application/json"}
-    session = client = None
-    if name == "aiohttp":
+    session = client = transport = None
+    if name == "transport-send":
+        from yarl import URL
+
+        transport = AiohttpTransport(max_connections=concurrency)
+        timeout, target = transport.client_timeout(30.0), URL(url)
+
+        async def post() -> bytes:
+            return (await transport.send("POST", target, headers=headers, body=BODY, timeout=timeout)).content
+    elif name == "aiohttp":
         import aiohttp
 
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
@@ -82,6 +91,8 @@ async def measure(name: str, url: str, requests: int, concurrency: int, latency_
             await session.close()
         if client is not None:
             await client.aclose()
+        if transport is not None:
+            await transport.aclose()
     ideal = requests * latency_s / concurrency
     return {"client": name, "cpu_ms_per_request": round(cpu * 1000 / requests, 3), "wall_s": round(wall, 2),
             "efficiency": round(ideal / wall, 3), "mean_latency_ms": round(1000 * sum(latencies) / len(latencies), 1)}
@@ -92,7 +103,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=6000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--latency-ms", type=float, default=100.0)
-    parser.add_argument("--clients", default="httpx2-pool,httpx2-aiohttp,aiohttp")
+    parser.add_argument("--clients", default="httpx2-pool,httpx2-aiohttp,transport-send,aiohttp")
     args = parser.parse_args()
     server, port = start_sim_server(args.latency_ms)
     try:

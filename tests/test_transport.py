@@ -1,4 +1,4 @@
-"""httpx2's AsyncClient over the aiohttp transport, against real loopback servers.
+"""The aiohttp transport, under httpx2's AsyncClient and through its direct `send`, against real loopback servers.
 
 A small ASGI app served by uvicorn records what arrives (headers, the client's port) and answers
 gzip bodies, slow bodies and chunked bodies; the simulator is not needed to see the wire.
@@ -13,6 +13,7 @@ import json
 import httpx2
 import pytest
 import trustme
+from yarl import URL
 
 from promptcycle.errors import ConfigError
 from promptcycle.providers.transport import AiohttpTransport
@@ -64,23 +65,53 @@ class Recorder:
             self.in_flight -= 1
 
 
-def client(**options) -> httpx2.AsyncClient:
-    return httpx2.AsyncClient(transport=AiohttpTransport(max_connections=options.pop("max_connections", 8)),
-                              **options)
+class Http:
+    """The two ways a request goes through `AiohttpTransport`: "httpx2" (an `httpx2.AsyncClient` over
+    it) and "send" (its direct path, which the provider's chat calls take). Both answer
+    (status, headers, content)."""
+
+    def __init__(self, way: str, *, max_connections: int = 8, timeout: float = 5.0,
+                 headers: dict[str, str] | None = None):
+        self.way = way
+        self.transport = AiohttpTransport(max_connections=max_connections)
+        self.headers = headers or {}
+        self.timeout = timeout
+        self.client = httpx2.AsyncClient(transport=self.transport, headers=self.headers,
+                                         timeout=httpx2.Timeout(timeout)) if way == "httpx2" else None
+
+    async def __aenter__(self) -> "Http":
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+        await self.transport.aclose()
+
+    async def request(self, method: str, url: str, content: bytes | None = None,
+                      headers: dict[str, str] | None = None):
+        if self.client is not None:
+            response = await self.client.request(method, url, content=content, headers=headers)
+            return response.status_code, response.headers, response.content
+        answer = await self.transport.send(method, URL(url), headers={**self.headers, **(headers or {})},
+                                           body=content, timeout=self.transport.client_timeout(self.timeout))
+        return answer.status_code, answer.headers, answer.content
 
 
-def test_requests_arrive_as_httpx2_built_them_and_responses_come_back_whole():
+WAYS = pytest.mark.parametrize("way", ["httpx2", "send"])
+
+
+@WAYS
+def test_requests_arrive_as_built_and_responses_come_back_whole(way):
     app = Recorder()
     with ServerThread(app=app, lifespan="off") as server:
         async def go():
-            async with client(headers={"authorization": "Bearer k-123"}) as http:
-                response = await http.post(f"http://127.0.0.1:{server.port}/echo", content=b'{"a": 1}',
-                                           headers={"content-type": "application/json"})
-                return response
+            async with Http(way, headers={"authorization": "Bearer k-123"}) as http:
+                return await http.request("POST", f"http://127.0.0.1:{server.port}/echo", content=b'{"a": 1}',
+                                          headers={"content-type": "application/json"})
 
-        response = asyncio.run(go())
-    assert response.status_code == 200 and response.json() == {"path": "/echo"}
-    assert response.headers.get_list("x-multi") == ["a", "b"]
+        status, headers, content = asyncio.run(go())
+    assert status == 200 and json.loads(content) == {"path": "/echo"}
+    assert list(headers.getall("x-multi") if way == "send" else headers.get_list("x-multi")) == ["a", "b"]
     (seen,) = app.seen
     names = [name for name, _ in seen["headers"]]
     assert dict(seen["headers"])["authorization"] == "Bearer k-123"
@@ -90,26 +121,29 @@ def test_requests_arrive_as_httpx2_built_them_and_responses_come_back_whole():
         assert names.count(name) == 1, f"{name} sent {names.count(name)} times: {seen['headers']}"
 
 
-def test_gzip_and_chunked_bodies_are_decoded_by_httpx2():
+@WAYS
+def test_gzip_and_chunked_bodies_are_decoded(way):
     with ServerThread(app=Recorder(), lifespan="off") as server:
         async def go():
-            async with client() as http:
-                return (await http.get(f"http://127.0.0.1:{server.port}/gzip"),
-                        await http.get(f"http://127.0.0.1:{server.port}/chunked"))
+            async with Http(way) as http:
+                return (await http.request("GET", f"http://127.0.0.1:{server.port}/gzip"),
+                        await http.request("GET", f"http://127.0.0.1:{server.port}/chunked"))
 
         gzipped, chunked = asyncio.run(go())
-    assert gzipped.json() == {"ok": True, "text": "é" * 50}
-    assert chunked.text == "one two three"
+    assert json.loads(gzipped[2]) == {"ok": True, "text": "é" * 50}
+    assert chunked[2] == b"one two three"
 
 
-def test_connections_are_kept_alive_and_capped():
+@WAYS
+def test_connections_are_kept_alive_and_capped(way):
     app = Recorder()
     with ServerThread(app=app, lifespan="off") as server:
         async def go():
-            async with client(max_connections=3) as http:
+            async with Http(way, max_connections=3) as http:
                 for _ in range(5):  # one after another: one connection
-                    await http.get(f"http://127.0.0.1:{server.port}/echo")
-                await asyncio.gather(*(http.get(f"http://127.0.0.1:{server.port}/busy") for _ in range(20)))
+                    await http.request("GET", f"http://127.0.0.1:{server.port}/echo")
+                await asyncio.gather(*(http.request("GET", f"http://127.0.0.1:{server.port}/busy")
+                                       for _ in range(20)))
 
         asyncio.run(go())
     sequential = {s["client_port"] for s in app.seen[:5]}
@@ -118,26 +152,29 @@ def test_connections_are_kept_alive_and_capped():
     assert len({s["client_port"] for s in app.seen}) <= 3
 
 
-def test_a_slow_answer_is_an_httpx2_read_timeout():
+@WAYS
+def test_a_slow_answer_is_an_httpx2_read_timeout(way):
     with ServerThread(app=Recorder(), lifespan="off") as server:
         async def go():
-            async with client(timeout=httpx2.Timeout(0.3)) as http:
-                await http.get(f"http://127.0.0.1:{server.port}/slow")
+            async with Http(way, timeout=0.3) as http:
+                await http.request("GET", f"http://127.0.0.1:{server.port}/slow")
 
         with pytest.raises(httpx2.ReadTimeout):
             asyncio.run(go())
 
 
-def test_a_refused_connection_is_an_httpx2_connect_error():
+@WAYS
+def test_a_refused_connection_is_an_httpx2_connect_error(way):
     async def go():
-        async with client() as http:
-            await http.get(f"http://127.0.0.1:{unused_port()}/echo")
+        async with Http(way) as http:
+            await http.request("GET", f"http://127.0.0.1:{unused_port()}/echo")
 
     with pytest.raises(httpx2.ConnectError):
         asyncio.run(go())
 
 
-def test_https_is_verified_against_the_trusted_authorities(tmp_path, monkeypatch):
+@WAYS
+def test_https_is_verified_against_the_trusted_authorities(way, tmp_path, monkeypatch):
     """A certificate no trusted authority signed is refused before any request is sent; once its
     authority is trusted (SSL_CERT_FILE, as httpx2 reads it), the same server is reached."""
     ca = trustme.CA()
@@ -150,8 +187,8 @@ def test_https_is_verified_against_the_trusted_authorities(tmp_path, monkeypatch
     with ServerThread(app=app, lifespan="off", scheme="https", ssl_certfile=str(certfile),
                       ssl_keyfile=str(keyfile)) as server:
         async def go():
-            async with client() as http:
-                return await http.get(f"https://127.0.0.1:{server.port}/echo")
+            async with Http(way) as http:
+                return await http.request("GET", f"https://127.0.0.1:{server.port}/echo")
 
         monkeypatch.delenv("SSL_CERT_DIR", raising=False)
         other = tmp_path / "other-ca.pem"
@@ -167,6 +204,6 @@ def test_https_is_verified_against_the_trusted_authorities(tmp_path, monkeypatch
         assert "no-such-bundle.pem" in str(info.value)
 
         monkeypatch.setenv("SSL_CERT_FILE", str(cafile))
-        response = asyncio.run(go())
-    assert response.json() == {"path": "/echo"}
+        status, _, content = asyncio.run(go())
+    assert status == 200 and json.loads(content) == {"path": "/echo"}
     assert len(app.seen) == 1

@@ -1,7 +1,7 @@
 """The client for any OpenAI-compatible chat-completions endpoint (and the simulator, which speaks the same).
 
-One `OpenAICompatibleProvider` per provider: one `httpx2.AsyncClient` over a pooled aiohttp
-transport (transport.py), a concurrency cap and rate limiter (`RequestLimits`), a `CircuitBreaker`,
+One `OpenAICompatibleProvider` per provider: a pooled aiohttp transport (transport.py; chat calls
+go straight through it, the models list through an `httpx2.AsyncClient` over it), a concurrency cap and rate limiter (`RequestLimits`), a `CircuitBreaker`,
 and a retry loop with exponential backoff and full jitter that honours Retry-After. Failures surface as the typed errors of `promptcycle.errors`
 (`is_retryable` tells them apart); the API key is sent only as a bearer header and is scrubbed from
 every error message. A retry takes the next free slot ahead of calls not yet sent; after a 401/403
@@ -27,6 +27,7 @@ from typing import Any
 import httpx2
 import orjson
 from pydantic import SecretStr
+from yarl import URL
 
 from promptcycle.config import ModelConfig, ProviderConfig
 from promptcycle.errors import (
@@ -46,7 +47,7 @@ from promptcycle.errors import (
 from promptcycle.providers.base import Completion
 from promptcycle.providers.breaker import CircuitBreaker
 from promptcycle.providers.limits import RequestLimits
-from promptcycle.providers.transport import AiohttpTransport, ResponseTooLarge
+from promptcycle.providers.transport import AiohttpTransport, Answer, ResponseTooLarge
 from promptcycle.sim.server import SIMULATED_HEADER, SYSTEM_FINGERPRINT
 
 __all__ = ["OpenAICompatibleProvider", "ProviderStats", "parse_retry_after", "estimate_tokens", "count_tokens",
@@ -165,14 +166,19 @@ class OpenAICompatibleProvider:
             raise TypeError("api_key must be a pydantic SecretStr (so that it stays masked), "
                             f"found {type(api_key).__name__}")
         self._secret = api_key.get_secret_value() if api_key is not None else ""
-        headers = {"content-type": "application/json", "accept": "application/json"}
+        headers = {"content-type": "application/json", "accept": "application/json", "user-agent": "promptcycle"}
         if self._secret:
             headers["authorization"] = f"Bearer {self._secret}"
-        # The network goes through aiohttp's pool under httpx2's client (see transport.py for why);
-        # a given transport (the in-process simulator, tests) replaces it.
+        # The network goes through aiohttp's pool: chat calls straight through `AiohttpTransport.send`,
+        # the rest under httpx2's client (see transport.py for why). A given transport (the in-process
+        # simulator, tests) replaces it, and every request then goes through httpx2.
+        self._direct: AiohttpTransport | None = None
         if transport is None:
-            transport = AiohttpTransport(max_connections=config.max_concurrency, keepalive_expiry=30.0,
-                                         max_body_bytes=config.max_response_bytes)
+            transport = self._direct = AiohttpTransport(max_connections=config.max_concurrency, keepalive_expiry=30.0,
+                                                        max_body_bytes=config.max_response_bytes)
+            self._direct_url = URL(str(self._url), encoded=True)  # httpx2 has percent-encoded it
+            self._direct_headers = headers
+            self._direct_timeout = transport.client_timeout(config.timeout_seconds)
         self._client = httpx2.AsyncClient(
             headers=headers,
             timeout=httpx2.Timeout(config.timeout_seconds),
@@ -332,7 +338,12 @@ class OpenAICompatibleProvider:
             self.stats.attempts += 1
             start = time.perf_counter()
             try:
-                response = await self._client.post(self._url, content=body.encoded())
+                direct = self._direct
+                if direct is not None:
+                    response = await direct.send("POST", self._direct_url, headers=self._direct_headers,
+                                                 body=body.encoded(), timeout=self._direct_timeout)
+                else:
+                    response = await self._client.post(self._url, content=body.encoded())
             except ResponseTooLarge as exc:
                 return ResponseTooLargeError(
                     f"{self.name}: the answer from {spec.model!r} is larger than max_response_bytes "
@@ -391,7 +402,7 @@ class OpenAICompatibleProvider:
             tokens_source=tokens_source,
         )
 
-    def _status_error(self, response: httpx2.Response, spec: ModelConfig) -> ProviderError:
+    def _status_error(self, response: httpx2.Response | Answer, spec: ModelConfig) -> ProviderError:
         status = response.status_code
         detail = self._scrub(_error_message(response))
         message = f"{self.name}: HTTP {status} for model {spec.model!r}: {detail}"
@@ -448,7 +459,7 @@ class _Body:
         return self._encoded
 
 
-def _error_message(response: httpx2.Response) -> str:
+def _error_message(response: httpx2.Response | Answer) -> str:
     """The provider's own error message (OpenAI style `{"error": {"message": …}}`), else the body's start."""
     text = response.text
     try:
