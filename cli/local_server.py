@@ -113,13 +113,12 @@ def ready() -> str | None:
     if url is not None:
         from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_URL, temporary_settings
 
-        updates: dict = {PREFECT_API_URL: url}
-        if not PREFECT_API_SSL_CERT_FILE.value():
-            # The server speaks plain HTTP on loopback: no certificate is ever checked. Prefect's client still
-            # loads a CA file into every SSL context it makes (its ~12 clients a run, ~25 ms each with the
-            # 280 KB certifi bundle); this one holds a single certificate whose key was never kept (~0.5 ms).
-            updates[PREFECT_API_SSL_CERT_FILE] = str(LOOPBACK_CA)
-        _settings.enter_context(temporary_settings(updates=updates))
+        # The server speaks plain HTTP on loopback: no certificate is ever checked, whatever CA file is set
+        # (PREFECT_API_SSL_CERT_FILE, or SSL_CERT_FILE, its default). Prefect's client still loads one into
+        # every SSL context it makes (~12 clients a run, ~25 ms each with a system or certifi bundle); this
+        # one holds a single certificate whose key was never kept (~0.5 ms).
+        _settings.enter_context(temporary_settings(updates={PREFECT_API_URL: url,
+                                                            PREFECT_API_SSL_CERT_FILE: str(LOOPBACK_CA)}))
     return url
 
 

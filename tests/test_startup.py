@@ -7,11 +7,13 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import certifi
 import duckdb
 import pytest
 
@@ -159,17 +161,15 @@ def test_the_next_command_reuses_the_server_and_it_stops_when_idle(tmp_path, rep
 _CA_CHECK = """
 import json, ssl, sys
 from prefect.client.orchestration import get_client
-from prefect.settings import PREFECT_API_SSL_CERT_FILE, temporary_settings
+from prefect.settings import PREFECT_API_SSL_CERT_FILE
 from promptcycle_cli import local_server
 
-configured = sys.argv[1] or None
-with temporary_settings(updates={PREFECT_API_SSL_CERT_FILE: configured}):
-    with local_server.serving("baseline"):
-        url = local_server.ready()
-        ca = PREFECT_API_SSL_CERT_FILE.value()
-        certs = ssl.create_default_context(cafile=ca).cert_store_stats()["x509_ca"] if ca and not configured else None
-        with get_client(sync_client=True) as client:
-            healthy = client.api_healthcheck() is None
+with local_server.serving("baseline"):
+    url = local_server.ready()
+    ca = PREFECT_API_SSL_CERT_FILE.value()
+    certs = ssl.create_default_context(cafile=ca).cert_store_stats()["x509_ca"]
+    with get_client(sync_client=True) as client:
+        healthy = client.api_healthcheck() is None
 print(json.dumps({"url": url, "ca": ca, "certs": certs, "healthy": healthy, "bundled": str(local_server.LOOPBACK_CA)}))
 """
 
@@ -177,23 +177,27 @@ print(json.dumps({"url": url, "ca": ca, "certs": certs, "healthy": healthy, "bun
 @pytest.mark.slow
 def test_prefect_clients_of_the_local_server_load_one_certificate_not_the_bundle(tmp_path):
     """Plain HTTP on loopback: Prefect's clients get the one-certificate CA file (their SSL contexts cost
-    ~0.5 ms, not ~25 ms each), still reach the server, and a user's own CA file setting is kept. Run as a
-    command runs (its own process, no Prefect API configured)."""
+    ~0.5 ms, not ~25 ms each) and still reach the server — also where SSL_CERT_FILE (the default of
+    Prefect's CA setting) or Prefect's own setting names a bundle. Run as a command runs (its own
+    process, no Prefect API configured)."""
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_SSL_CERT_FILE")}
-    env["PREFECT_HOME"] = str(home)
-    users_ca = str(tmp_path / "users-ca.pem")  # a user's own CA file (any valid one)
-    shutil.copy(Path(__file__).resolve().parents[1] / "cli" / "loopback-ca.pem", users_ca)
+    bundle = str(tmp_path / "bundle.pem")  # a bundle of many authorities
+    shutil.copy(certifi.where(), bundle)
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("PREFECT_API_URL", "PREFECT_API_SSL_CERT_FILE", "SSL_CERT_FILE")}
+    seen = []
     try:
-        seen = [json.loads(subprocess.run([sys.executable, "-c", _CA_CHECK, configured], env=env, capture_output=True,
-                                          text=True, timeout=300, check=True).stdout.strip().splitlines()[-1])
-                for configured in ("", users_ca)]
+        for setting in ({}, {"SSL_CERT_FILE": bundle}, {"PREFECT_API_SSL_CERT_FILE": bundle}):
+            env = {**base, "PREFECT_HOME": str(home), **setting}
+            seen.append(json.loads(subprocess.run([sys.executable, "-c", _CA_CHECK], env=env, capture_output=True,
+                                                  text=True, timeout=300, check=True).stdout.strip().splitlines()[-1]))
     finally:
         _kill_all(_processes_of_home(home))
-    ours, users = seen
-    assert ours["url"].startswith("http://127.0.0.1:") and ours["healthy"]
-    assert ours["ca"] == ours["bundled"] and ours["certs"] == 1
-    assert users["url"] == ours["url"] and users["ca"] == users_ca and users["healthy"]
+    assert seen[0]["url"].startswith("http://127.0.0.1:")
+    for run in seen:
+        assert run["url"] == seen[0]["url"] and run["healthy"], run
+        assert run["ca"] == run["bundled"] and run["certs"] == 1, run
+    assert ssl.create_default_context(cafile=bundle).cert_store_stats()["x509_ca"] > 50  # what was set aside
 
 
 def test_a_configured_prefect_api_is_used_as_is(monkeypatch, tmp_path):
