@@ -23,7 +23,10 @@ from promptcycle.evaluation.context import PipelineRef
 from promptcycle.evaluation.heap import freeze_startup_objects
 from promptcycle.evaluation.lease import release_pipeline
 from promptcycle.evaluation.pool import close_providers
+from promptcycle.evaluation.runio import under_way
 from promptcycle.evaluation.summary import RunSummary
+from promptcycle.quality.worker import warm_up
+from promptcycle.store.remote import open_store
 from promptcycle_tasks.baseline import check_results, evaluate_cell_task, fail_run, prepare_baseline, summarize_run
 from promptcycle_tasks.cells import check_providers
 from promptcycle_tasks.datasets import pull_langsmith_dataset, reads_langsmith
@@ -87,8 +90,14 @@ async def _evaluate(ref: PipelineRef, plan, version: str | None, epoch: str,
     failures: list[Exception] = []
     try:
         started = []
-        for m, s in plan.cells:  # one at a time: what the cells started so far (their first calls) runs in between
+        for m, s in plan.cells:  # one at a time: what the cells started so far (their calls) runs in between
             started.append(asyncio.ensure_future(cell(m, s)))
+            if len(started) == 1:
+                # The first cell's calls go out before the other cells start: their start-up would otherwise
+                # run between its ledger lookup and its first request. Then Great Expectations, for the
+                # results suite, imports in the data worker while the calls run (earlier, it slows that lookup).
+                await under_way(open_store(ref.load().store_path), plan.run_id, started[0], timeout=1.0)
+                warm_up()
             await asyncio.sleep(0)
         for finished in asyncio.as_completed(started):
             try:

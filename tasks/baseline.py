@@ -120,9 +120,9 @@ def _prepare_baseline(ctx, store, pipeline: str, repeats: int | None, limit: int
             config_json=ctx.pipeline.model_dump_json(), flow_run_id=flow_run_id,
             started_at=datetime.now(timezone.utc)))
         mark_new_run(store, run_id)  # its cells need not ask the store what it recorded: nothing yet
-    gate_dataset(ctx, store, run_id)
-    warm_up()  # Great Expectations, for the results suite, imports in the worker while the cells run
-    store.write_splits(ctx.dataset_key, ctx.splits)
+    recorded_splits = gate_dataset(ctx, store, run_id)  # Great Expectations imports later (flows/baseline.py)
+    if not ctx.splits.keys() <= recorded_splits.keys():  # a recorded case keeps its split: write only new ones
+        store.write_splits(ctx.dataset_key, ctx.splits)
     if version is None:
         store.write_prompt_version(PromptVersionRecord(
             prompt_hash=prompt.hash, pipeline=pipeline, system=prompt.system, template=prompt.template,

@@ -26,7 +26,7 @@ from promptcycle.store.records import ResponseRecord, ResultRecord
 
 # `store` is a MetricsStore or its data-worker proxy (promptcycle/store/remote.py).
 
-__all__ = ["RunIO", "run_io", "mark_new_run"]
+__all__ = ["RunIO", "run_io", "mark_new_run", "under_way"]
 
 
 class RunIO:
@@ -42,6 +42,7 @@ class RunIO:
         self._looked_up: set[str] = set()
         self._pending: set[str] = set()
         self._ledger_lock = asyncio.Lock()
+        self.looked_up = asyncio.Event()  # set once a ledger lookup has been answered: calls can go out
         self._responses: list[ResponseRecord] = []
         self._results: list[ResultRecord] = []
         self._flush_lock = asyncio.Lock()
@@ -112,6 +113,7 @@ class RunIO:
                 batch, self._pending = list(self._pending), set()
                 self._ledger.update(await asyncio.to_thread(self.store.get_responses, batch))
                 self._looked_up.update(batch)
+                self.looked_up.set()
         found = {k: self._ledger[k] for k in keys if k in self._ledger}
         for k in found:  # each paid answer is reused once per run; no need to hold it afterwards
             del self._ledger[k]
@@ -176,3 +178,13 @@ def run_io(store, run_id: str) -> RunIO:
             _new_runs.discard(key)
             io._run_read = True  # nothing recorded yet: nothing to read
     return io
+
+
+async def under_way(store, run_id: str, cell: asyncio.Future, *, timeout: float) -> None:
+    """Wait until `run_id`'s first ledger lookup in this process is answered (so its calls are going out),
+    `cell` (the cell that will make it) has ended, or `timeout` seconds have passed."""
+    answered = asyncio.ensure_future(run_io(store, run_id).looked_up.wait())
+    try:
+        await asyncio.wait([answered, cell], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        answered.cancel()
