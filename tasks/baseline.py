@@ -180,19 +180,20 @@ def summarize_run(ref: PipelineRef, plan: BaselinePlan, outcomes: list[dict]) ->
     """Rank models and spectrums against the thresholds, and close the run."""
     ctx = ref.load()
     store = open_store(ctx.store_path)
-    run = store.get_run(plan.run_id)
-    summary = summarize_stored_run(
-        ctx.store_path, plan.run_id, scorers=list(ctx.pipeline.scorers), thresholds=ctx.pipeline.thresholds,
-        pipeline=ref.pipeline,
-        prompt_hash=plan.prompt_hash, status="completed", models=list(plan.models or ctx.pipeline.models),
-        spectrums=list(ctx.pipeline.dataset.spectrums), resumed=plan.resumed,
-        # Every request this process sent (retries included), from the store: a cell's outcome counts
-        # only its last task attempt.
-        calls_paid=store.spend([plan.run_id])["calls"] - plan.paid_before,
-        calls_reused=sum(o["reused"] for o in outcomes),
-        data_quality={d["suite"]: bool(d["success"]) for d in store.dq_results(plan.run_id)},
-        started_at=run.started_at if run else None, finished_at=datetime.now(timezone.utc))
-    store.finish_run(plan.run_id, "completed", json.loads(summary.model_dump_json()))
+    with store.held_open():  # five store calls in a row: one open of the file
+        run = store.get_run(plan.run_id)
+        summary = summarize_stored_run(
+            ctx.store_path, plan.run_id, thresholds=ctx.pipeline.thresholds,
+            pipeline=ref.pipeline,
+            prompt_hash=plan.prompt_hash, status="completed", models=list(plan.models or ctx.pipeline.models),
+            spectrums=list(ctx.pipeline.dataset.spectrums), resumed=plan.resumed,
+            # Every request this process sent (retries included), from the store: a cell's outcome counts
+            # only its last task attempt.
+            calls_paid=store.spend([plan.run_id])["calls"] - plan.paid_before,
+            calls_reused=sum(o["reused"] for o in outcomes),
+            data_quality={d["suite"]: bool(d["success"]) for d in store.dq_results(plan.run_id)},
+            started_at=run.started_at if run else None, finished_at=datetime.now(timezone.utc))
+        store.finish_run(plan.run_id, "completed", json.loads(summary.model_dump_json()))
     return summary
 
 

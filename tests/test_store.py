@@ -328,6 +328,24 @@ def test_results_frame_joins_the_output_and_expands_scores(tmp_path):
     assert store.results_frame("no-such-run").empty
 
 
+def test_results_columns_reads_only_what_is_asked_in_the_frames_order(tmp_path):
+    store = MetricsStore(tmp_path / "m.duckdb")
+    rng = random.Random(3)
+    pairs = [make_pair("r1", model, f"credit_analysis-{c}", rep, rng, failed=(model, c, rep) == ("sim-xl", 1, 0))
+             for model in ("sim-xl", "sim-nano") for c in range(3) for rep in range(2)]
+    store.write_batch([r for r, _ in pairs if r], [res for _, res in pairs])
+    store.write_batch(*make_batch("other-run", "sim-nano", 0, 5))
+
+    lean = store.results_columns("r1", ["model", "overall", "error"])
+    full = store.results_frame("r1")
+    assert list(lean.columns) == ["model", "overall", "error"] and len(lean) == 12
+    assert lean.equals(full[["model", "overall", "error"]])
+    assert store.results_columns("no-such-run", ["model"]).empty
+    for bad in (["model", "output"], []):
+        with pytest.raises(ValueError, match="columns must be some of the results table's"):
+            store.results_columns("r1", bad)
+
+
 # -- prompt versions, data quality, splits --------------------------------------------------------
 
 def test_prompt_versions_are_written_once(tmp_path):

@@ -105,54 +105,74 @@ def provider_error_lines(frame: pd.DataFrame, *, limit: int = 5) -> list[str]:
     return [f"{model}: {kind} ×{n} — {message}" for (model, kind, message), n in counts.most_common(limit)]
 
 
+# The columns a summary reads: a stored run is read with these only (its answers' text is not needed).
+SUMMARY_COLUMNS = ("model", "spectrum", "overall", "error", "error_kind", "latency_ms", "cost_usd", "simulated",
+                   "finish_reason", "tokens_source")
+
+
 def summarize_results(frame: pd.DataFrame, *, thresholds: Thresholds, run_id: str, pipeline: str,
                       prompt_hash: str, status: str, models: list[str], spectrums: list[str],
                       **extra) -> RunSummary:
     """Aggregate a run's results frame (one row per model x case x repeat) into a RunSummary."""
     f = frame.copy()
-    f["overall"] = f["overall"].where(f["error"].isna(), 0.0)
-    cut = (f["finish_reason"] == "length") if "finish_reason" in f.columns else f["error"].notna() & False
+    failed = f["error"].notna()
+    f["overall"] = f["overall"].where(~failed, 0.0).fillna(0.0)
+    f["failed"] = failed
+    f["cut"] = (f["finish_reason"] == "length") if "finish_reason" in f.columns else False
+    f["cost"] = f["cost_usd"].fillna(0.0)
+    f["ok_latency"] = f["latency_ms"].where(~failed)  # latency of the answers that came
+    by_cell = f.groupby(["model", "spectrum"], sort=False)
+    stats = by_cell.agg(n=("overall", "size"), mean=("overall", "mean"), errors=("failed", "sum"),
+                        ok=("ok_latency", "count"), latency=("ok_latency", "mean"), cost=("cost", "sum"),
+                        truncated=("cut", "sum"))
+    p95 = by_cell["ok_latency"].quantile(0.95)
+
+    def points(mean: float) -> float:
+        return round(float(mean) * 100, 2)
+
     cells = []
     for model in models:
         for spectrum in spectrums:
-            g = f[(f["model"] == model) & (f["spectrum"] == spectrum)]
-            ok = g[g["error"].isna()]
-            q = _quality(g["overall"])
-            cells.append(CellQuality(
-                model=model, spectrum=spectrum, quality=q, level=thresholds.level(q), n=len(g),
-                errors=int(g["error"].notna().sum()),
-                mean_latency_ms=round(float(ok["latency_ms"].mean()), 1) if len(ok) else None,
-                p95_latency_ms=round(float(ok["latency_ms"].quantile(0.95)), 1) if len(ok) else None,
-                cost_usd=round(float(g["cost_usd"].fillna(0).sum()), 6),
-                truncated=int(cut[g.index].sum())))
+            if (model, spectrum) in stats.index:
+                row = stats.loc[(model, spectrum)]
+                q, n, ok = points(row["mean"]), int(row["n"]), int(row["ok"])
+                cells.append(CellQuality(
+                    model=model, spectrum=spectrum, quality=q, level=thresholds.level(q), n=n,
+                    errors=int(row["errors"]), mean_latency_ms=round(float(row["latency"]), 1) if ok else None,
+                    p95_latency_ms=round(float(p95.loc[(model, spectrum)]), 1) if ok else None,
+                    cost_usd=round(float(row["cost"]), 6), truncated=int(row["truncated"])))
+            else:
+                cells.append(CellQuality(model=model, spectrum=spectrum, quality=0.0, level=thresholds.level(0.0),
+                                         n=0, errors=0, mean_latency_ms=None, p95_latency_ms=None, cost_usd=0.0))
 
     def ranked(column: str, names: list[str]) -> list[Ranked]:
-        out = [Ranked(name=n, quality=_quality(f.loc[f[column] == n, "overall"]),
-                      level=thresholds.level(_quality(f.loc[f[column] == n, "overall"]))) for n in names]
+        means = f.groupby(column, sort=False)["overall"].mean()
+        out = [Ranked(name=n, quality=(q := points(means[n]) if n in means.index else 0.0), level=thresholds.level(q))
+               for n in names]
         return sorted(out, key=lambda r: -r.quality)
 
-    q = _quality(f["overall"])
+    q = points(f["overall"].mean()) if len(f) else 0.0
     simulated = bool(f["simulated"].fillna(False).astype(bool).any()) if len(f) else False
     return RunSummary(run_id=run_id, pipeline=pipeline, status=status, simulated=simulated, prompt_hash=prompt_hash,
-                      rows=len(f), errors=int(f["error"].notna().sum()),
-                      cost_usd=round(float(f["cost_usd"].fillna(0).sum()), 6), quality=q, level=thresholds.level(q),
+                      rows=len(f), errors=int(failed.sum()),
+                      cost_usd=round(float(f["cost"].sum()), 6), quality=q, level=thresholds.level(q),
                       cells=cells, models=ranked("model", models), spectrums=ranked("spectrum", spectrums),
-                      truncated=int(cut.sum()), provider_errors=provider_error_lines(f),
+                      truncated=int(f["cut"].sum()), provider_errors=provider_error_lines(frame),
                       tokens_estimated=int((f["tokens_source"] == "estimated").sum())
                       if "tokens_source" in f.columns else 0, **extra)
 
 
-def _summarize_stored_run(store_path: str, run_id: str, scorers: list[str], **kwargs) -> RunSummary:
+def _summarize_stored_run(store_path: str, run_id: str, **kwargs) -> RunSummary:
     from promptcycle.store.remote import open_store
 
-    return summarize_results(open_store(store_path).results_frame(run_id, scorers=scorers), run_id=run_id, **kwargs)
+    return summarize_results(open_store(store_path).results_columns(run_id, SUMMARY_COLUMNS), run_id=run_id, **kwargs)
 
 
-def summarize_stored_run(store_path: str | Path, run_id: str, *, scorers: list[str], **kwargs) -> RunSummary:
+def summarize_stored_run(store_path: str | Path, run_id: str, **kwargs) -> RunSummary:
     """`summarize_results` over a stored run, computed in the data worker (where pandas lives)."""
     from promptcycle import dataworker
 
-    return dataworker.call(_summarize_stored_run, str(store_path), run_id, list(scorers), **kwargs)
+    return dataworker.call(_summarize_stored_run, str(store_path), run_id, **kwargs)
 
 
 def quality_markdown(summary: RunSummary, thresholds: Thresholds) -> str:

@@ -40,7 +40,7 @@ def _validate_run_results(store_path: str, run_id: str, scorer_names: list[str],
     from promptcycle.quality import suites
     from promptcycle.store.remote import open_store
 
-    frame = open_store(store_path).results_frame(run_id, scorers=scorer_names)
+    frame = open_store(store_path).results_frame(run_id, scorers=scorer_names, text=False)  # the suite reads no text
     return suites.validate_results(frame, scorer_names=scorer_names, **kwargs)
 
 

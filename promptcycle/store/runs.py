@@ -55,8 +55,9 @@ def _run_from_row(row: dict[str, Any]) -> RunRecord:
 
 
 def _results_frame(con: duckdb.DuckDBPyConnection, where: str, params: list[Any],
-                   scorers: Sequence[str] | None) -> pd.DataFrame:
-    """Results of the rows matching `where` (over `results r`) with their output and score columns."""
+                   scorers: Sequence[str] | None, text: bool = True) -> pd.DataFrame:
+    """Results of the rows matching `where` (over `results r`) with their score columns and, with
+    `text`, the answers' `output` and the scorers' `explanation`."""
     names = [k for (k,) in con.execute(
         f"SELECT DISTINCT unnest(map_keys(r.scores)) AS k FROM results r WHERE {where} ORDER BY k",
         params).fetchall()]
@@ -65,9 +66,9 @@ def _results_frame(con: duckdb.DuckDBPyConnection, where: str, params: list[Any]
     return con.execute(
         "SELECT r.run_id, r.model, r.case_id, r.repeat, r.spectrum, r.split, r.prompt_hash, r.call_key, "
         f"r.overall{score_columns}, r.latency_ms, r.input_tokens, r.output_tokens, r.cost_usd, "
-        "r.attempts, r.wait_ms, r.error, r.error_kind, r.simulated, r.explanation, r.created_at, r.finish_reason, "
-        "r.tokens_source, p.output "
-        "FROM results r LEFT JOIN responses p ON p.call_key = r.call_key "
+        f"r.attempts, r.wait_ms, r.error, r.error_kind, r.simulated, {'r.explanation, ' if text else ''}r.created_at, "
+        f"r.finish_reason, r.tokens_source{', p.output' if text else ''} "
+        f"FROM results r {'LEFT JOIN responses p ON p.call_key = r.call_key ' if text else ''}"
         f"WHERE {where} ORDER BY r.run_id, r.model, r.case_id, r.repeat", params).df()
 
 
@@ -232,12 +233,24 @@ class RunsTables(StoreConnection):
                 "FROM results WHERE run_id = ?", [run_id]).fetchone()
         return {"scored": int(scored), "failed": int(failed)}
 
-    def results_frame(self, run_id: str, scorers: Sequence[str] | None = None) -> pd.DataFrame:
+    def results_frame(self, run_id: str, scorers: Sequence[str] | None = None, *, text: bool = True) -> pd.DataFrame:
         """One row per (model, case_id, repeat) of the run, with the response's `output` and one
         `score_<name>` column per scorer (those seen in the run, plus `scorers` if given; NaN where
-        a row has no such score). Ordered by model, case_id, repeat; times are naive UTC."""
+        a row has no such score). Ordered by model, case_id, repeat; times are naive UTC. Without
+        `text`, the answers' `output` and the `explanation` columns are left out (a lighter read)."""
         with self._connect(f"read the results of run {run_id}") as con:
-            return _results_frame(con, "r.run_id = ?", [run_id], scorers)
+            return _results_frame(con, "r.run_id = ?", [run_id], scorers, text)
+
+    def results_columns(self, run_id: str, columns: Sequence[str]) -> pd.DataFrame:
+        """Only `columns` of the run's rows in `results` (no answer text, no score columns): what an
+        aggregate needs, read at a fraction of `results_frame`'s cost. Ordered as `results_frame`."""
+        unknown = [c for c in columns if c not in RESULT_COLUMNS]
+        if unknown or not columns:
+            raise ValueError(f"columns must be some of the results table's ({', '.join(RESULT_COLUMNS)}), "
+                             f"found {unknown or 'none'}")
+        with self._connect(f"read the results of run {run_id}") as con:
+            return con.execute(f"SELECT {', '.join(_quote_identifier(c) for c in columns)} FROM results "
+                               "WHERE run_id = ? ORDER BY model, case_id, repeat", [run_id]).df()
 
     def results_frame_many(self, run_ids: Iterable[str], scorers: Sequence[str] | None = None) -> pd.DataFrame:
         """`results_frame` over several runs at once, ordered by run_id, model, case_id, repeat; the
