@@ -357,3 +357,31 @@ def test_bad_results_expectations_fail_at_load_naming_file_and_path(tmp_path, ex
     assert str(tmp_path / "pipelines.yaml") in text
     assert f"pipelines.customer-insights.quality.{path}" in text
     assert message in text
+
+
+_VALIDATE_WHILE_GX_IMPORTS = """
+import threading
+import pandas as pd
+from promptcycle.quality import suites
+
+threading.Thread(target=suites._get_batch_definition, daemon=True).start()  # the worker's warm-up
+frame = pd.DataFrame({"model": ["m"], "case_id": ["c"], "repeat": [0], "spectrum": ["s"], "overall": [0.5],
+                      "latency_ms": [10.0], "error": [None], "error_kind": [None], "score_accuracy": [0.5]})
+report = suites.validate_results(frame, expected_models=["m"], expected_case_ids=["c"], repeats=1,
+                                 scorer_names=["accuracy"], max_error_rate=0.1)
+print("validated", report.success)
+"""
+
+
+@pytest.mark.slow
+def test_a_validation_that_starts_while_great_expectations_imports_waits_for_it():
+    """A short run reaches its results suite while the worker still imports GX in a thread: the
+    validation waits for that import instead of importing GX beside it (which failed with an
+    ImportError from a partially initialised module). In a fresh interpreter, where GX is not loaded."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _VALIDATE_WHILE_GX_IMPORTS], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "validated True"

@@ -52,6 +52,7 @@ def _get_batch_definition() -> Any:
 
 
 def _gx_expectations() -> Any:
+    _get_batch_definition()  # GX's import, once, under the lock (see _column)
     import great_expectations.expectations as gxe
 
     return gxe
@@ -59,6 +60,10 @@ def _gx_expectations() -> Any:
 
 def _column(name: str) -> Any:
     """A GX row-condition column: `_column("x") == 0` keeps the rows where x is 0."""
+    # Importing GX from two threads at once (the worker's warm-up and a validation) hands one of them a
+    # partially initialised module (ImportError: cannot import name ...): every GX import here waits for
+    # the one `_get_batch_definition` makes under the lock.
+    _get_batch_definition()
     from great_expectations.expectations.row_conditions import Column
 
     return Column(name)
