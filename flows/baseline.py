@@ -120,5 +120,5 @@ async def _evaluate(ref: PipelineRef, plan, version: str | None, epoch: str,
         raise RunFailedError(reason + " — re-run the same command to resume")
     check_results(ref, plan.run_id, plan.repeats, plan.models)
     summary = summarize_run(ref, plan, outcomes)
-    publish_baseline_report(summary, ref.load().pipeline.thresholds)
+    await publish_baseline_report(summary, ref.load().pipeline.thresholds)
     return summary
