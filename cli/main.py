@@ -306,6 +306,9 @@ def _preload_pipeline(config: Path | str, pipeline: str, *, limit: int | None, s
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     """Run the baseline flow for one pipeline."""
+    from promptcycle.evaluation.heap import startup_without_collections
+
+    startup_without_collections()  # until the cells start (promptcycle/evaluation/heap.py)
     from promptcycle.catalog import load_config
 
     load_config(args.config).pipeline(args.pipeline)  # fail fast on config errors, before Prefect starts

@@ -109,6 +109,9 @@ def _check_input(args: argparse.Namespace, names: list[str] | None) -> None:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     """Run the optimization flow for one pipeline and report what it found."""
+    from promptcycle.evaluation.heap import startup_without_collections
+
+    startup_without_collections()  # until the evaluation starts (promptcycle/evaluation/heap.py)
     from promptcycle_cli.main import _emit, _progress_bar, flow_run_fields, run_flow
     from promptcycle.optimize import budget
 
