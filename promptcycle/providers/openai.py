@@ -1,8 +1,9 @@
 """The client for any OpenAI-compatible chat-completions endpoint (and the simulator, which speaks the same).
 
 One `OpenAICompatibleProvider` per provider: a pooled aiohttp transport (transport.py; chat calls
-go straight through it, the models list through an `httpx2.AsyncClient` over it), a concurrency cap and rate limiter (`RequestLimits`), a `CircuitBreaker`,
-and a retry loop with exponential backoff and full jitter that honours Retry-After. Failures surface as the typed errors of `promptcycle.errors`
+go straight through it, the models list through an `httpx2.AsyncClient` over it), a concurrency cap
+and rate limiter (`RequestLimits`), a `CircuitBreaker`, and a retry loop with exponential backoff
+and full jitter that honours Retry-After. Failures surface as the typed errors of `promptcycle.errors`
 (`is_retryable` tells them apart); the API key is sent only as a bearer header and is scrubbed from
 every error message. A retry takes the next free slot ahead of calls not yet sent; after a 401/403
 (the key) or a 404 (the model) no further call is sent to what refused; an answer larger than
