@@ -94,10 +94,10 @@ def _import_pandas() -> None:
 
 
 def _warm(gx: bool = True) -> None:
-    """In the worker: import the store's and the dataset gate's modules now; import pandas in a thread (DuckDB loads it on the first
-    table a store call registers: ~0.35 s, which would otherwise fall on a baseline's last step before its
-    first model call) and, with `gx`, start Great Expectations' import and context in another (the suites
-    serialise on it), so the worker keeps answering store calls meanwhile."""
+    """In the worker: import the store's and the dataset gate's modules now; import pandas in a thread
+    (DuckDB loads it on the first table a store call registers: ~0.35 s, which would otherwise fall on a
+    baseline's last step before its first model call) and, with `gx`, start Great Expectations' import and
+    context in another (the suites serialise on it), so the worker keeps answering store calls meanwhile."""
     global _warm_thread, _pandas_thread
     import promptcycle.store.metrics  # noqa: F401 - DuckDB, for the first store call
     # What the dataset gate unpickles and runs (cases: the config's models, ~80 ms): before the gate asks.

@@ -80,8 +80,9 @@ class RunSummary(BaseModel):
         raise KeyError((model, spectrum))
 
 
-def _quality(series: pd.Series) -> float:
-    return round(float(series.fillna(0.0).mean()) * 100, 2) if len(series) else 0.0
+def _points(mean: float) -> float:
+    """A mean overall score (0-1) in points (0-100), as the summary shows it."""
+    return round(float(mean) * 100, 2)
 
 
 _AFTER = re.compile(r" \(after \d+ attempts\)$")
@@ -126,16 +127,12 @@ def summarize_results(frame: pd.DataFrame, *, thresholds: Thresholds, run_id: st
                         ok=("ok_latency", "count"), latency=("ok_latency", "mean"), cost=("cost", "sum"),
                         truncated=("cut", "sum"))
     p95 = by_cell["ok_latency"].quantile(0.95)
-
-    def points(mean: float) -> float:
-        return round(float(mean) * 100, 2)
-
     cells = []
     for model in models:
         for spectrum in spectrums:
             if (model, spectrum) in stats.index:
                 row = stats.loc[(model, spectrum)]
-                q, n, ok = points(row["mean"]), int(row["n"]), int(row["ok"])
+                q, n, ok = _points(row["mean"]), int(row["n"]), int(row["ok"])
                 cells.append(CellQuality(
                     model=model, spectrum=spectrum, quality=q, level=thresholds.level(q), n=n,
                     errors=int(row["errors"]), mean_latency_ms=round(float(row["latency"]), 1) if ok else None,
@@ -147,11 +144,11 @@ def summarize_results(frame: pd.DataFrame, *, thresholds: Thresholds, run_id: st
 
     def ranked(column: str, names: list[str]) -> list[Ranked]:
         means = f.groupby(column, sort=False)["overall"].mean()
-        out = [Ranked(name=n, quality=(q := points(means[n]) if n in means.index else 0.0), level=thresholds.level(q))
-               for n in names]
+        qualities = [(n, _points(means[n]) if n in means.index else 0.0) for n in names]
+        out = [Ranked(name=n, quality=q, level=thresholds.level(q)) for n, q in qualities]
         return sorted(out, key=lambda r: -r.quality)
 
-    q = points(f["overall"].mean()) if len(f) else 0.0
+    q = _points(f["overall"].mean()) if len(f) else 0.0
     simulated = bool(f["simulated"].fillna(False).astype(bool).any()) if len(f) else False
     return RunSummary(run_id=run_id, pipeline=pipeline, status=status, simulated=simulated, prompt_hash=prompt_hash,
                       rows=len(f), errors=int(failed.sum()),

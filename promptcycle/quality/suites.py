@@ -360,7 +360,8 @@ def validate_results(frame: "pd.DataFrame", *, expected_models: list[str], expec
     missing = [c for c in required if c not in frame.columns]
     # Only the columns checked (GX hashes the whole batch: answer text would triple its cost), with unique
     # index labels (GX finds offending rows by label).
-    checked = {*required, *(f"score_{e['column']}" if e["column"] in scorer_names else e["column"] for e in expectations)}
+    checked = {*required,
+               *(f"score_{e['column']}" if e["column"] in scorer_names else e["column"] for e in expectations)}
     data = frame[[c for c in frame.columns if c in checked]].reset_index(drop=True)
     data["_key"] = _result_keys(data)
     has_error = "error" in data.columns
