@@ -302,13 +302,19 @@ def test_completed_keys_counts_scores_and_leaves_terminal_errors_to_retry(tmp_pa
     assert store.completed_keys("r3", "sim-nano") == set()
 
 
-def test_results_frame_joins_the_output_and_expands_scores(tmp_path):
+def _run_of_two_models(tmp_path, models: tuple[str, str], seed: int, failed: tuple[str, int, int]):
+    """A store holding run r1 (two models x three cases x two repeats, one call `failed`) and another run."""
     store = MetricsStore(tmp_path / "m.duckdb")
-    rng = random.Random(7)
-    pairs = [make_pair("r1", model, f"credit_analysis-{c}", rep, rng, failed=(model, c, rep) == ("sim-xl", 2, 1))
-             for model in ("sim-nano", "sim-xl") for c in range(3) for rep in range(2)]
+    rng = random.Random(seed)
+    pairs = [make_pair("r1", model, f"credit_analysis-{c}", rep, rng, failed=(model, c, rep) == failed)
+             for model in models for c in range(3) for rep in range(2)]
     store.write_batch([r for r, _ in pairs if r], [res for _, res in pairs])
     store.write_batch(*make_batch("other-run", "sim-nano", 0, 5))
+    return store, pairs
+
+
+def test_results_frame_joins_the_output_and_expands_scores(tmp_path):
+    store, pairs = _run_of_two_models(tmp_path, ("sim-nano", "sim-xl"), 7, ("sim-xl", 2, 1))
 
     frame = store.results_frame("r1", scorers=["judge", "it's"])
     assert frame.shape[0] == 12
@@ -326,15 +332,13 @@ def test_results_frame_joins_the_output_and_expands_scores(tmp_path):
     assert all(by_key[k] == (out, acc) for k, out, acc in ok[["call_key", "output", "score_accuracy"]].itertuples(
         index=False, name=None))
     assert store.results_frame("no-such-run").empty
+    without_text = store.results_frame("r1", scorers=["judge", "it's"], text=False)
+    assert list(without_text.columns) == [c for c in frame.columns if c not in ("output", "explanation")]
+    assert without_text.equals(frame.drop(columns=["output", "explanation"]))
 
 
 def test_results_columns_reads_only_what_is_asked_in_the_frames_order(tmp_path):
-    store = MetricsStore(tmp_path / "m.duckdb")
-    rng = random.Random(3)
-    pairs = [make_pair("r1", model, f"credit_analysis-{c}", rep, rng, failed=(model, c, rep) == ("sim-xl", 1, 0))
-             for model in ("sim-xl", "sim-nano") for c in range(3) for rep in range(2)]
-    store.write_batch([r for r, _ in pairs if r], [res for _, res in pairs])
-    store.write_batch(*make_batch("other-run", "sim-nano", 0, 5))
+    store, _ = _run_of_two_models(tmp_path, ("sim-xl", "sim-nano"), 3, ("sim-xl", 1, 0))  # written out of order
 
     lean = store.results_columns("r1", ["model", "overall", "error"])
     full = store.results_frame("r1")
