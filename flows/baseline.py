@@ -90,15 +90,18 @@ async def _evaluate(ref: PipelineRef, plan, version: str | None, epoch: str,
     failures: list[Exception] = []
     try:
         started = []
+        store = open_store(ref.load().store_path)
         for m, s in plan.cells:  # one at a time: what the cells started so far (their calls) runs in between
             started.append(asyncio.ensure_future(cell(m, s)))
             if len(started) == 1:
                 # The first cell's calls go out before the other cells start: their start-up would otherwise
-                # run between its ledger lookup and its first request. Then Great Expectations, for the
-                # results suite, imports in the data worker while the calls run (earlier, it slows that lookup).
-                await under_way(open_store(ref.load().store_path), plan.run_id, started[0], timeout=1.0)
-                warm_up()
+                # run between its ledger lookup and its first request.
+                await under_way(store, plan.run_id, started, timeout=1.0)
             await asyncio.sleep(0)
+        # Great Expectations (for the results suite) imports in the data worker once every cell's calls are
+        # going out: earlier, its import (seconds of CPU) slows the cells' ledger lookups and the first answers.
+        await under_way(store, plan.run_id, started, timeout=2.0)
+        warm_up()
         for finished in asyncio.as_completed(started):
             try:
                 outcomes.append(await finished)

@@ -1,7 +1,7 @@
 """A run's shared store traffic (promptcycle/evaluation/runio.py): when its first calls can go out.
 
 A real DuckDB store in tmp_path; `under_way` is what the baseline flow waits on before it starts
-its other cells (flows/baseline.py).
+its other cells, and before Great Expectations imports (flows/baseline.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_under_way_returns_once_the_runs_first_ledger_lookup_is_answered(tmp_pat
 
         cell = asyncio.ensure_future(first_cell())
         start = time.perf_counter()
-        await under_way(store, "run-1", cell, timeout=10)
+        await under_way(store, "run-1", [cell], timeout=10)
         waited = time.perf_counter() - start
         looked_up = run_io(store, "run-1").looked_up.is_set()
         cell.cancel()
@@ -52,12 +52,12 @@ def test_under_way_returns_when_the_cell_ends_without_a_lookup_or_at_the_timeout
             await asyncio.sleep(0.1)
 
         start = time.perf_counter()
-        await under_way(store, "run-2", asyncio.ensure_future(recorded_cell()), timeout=10)
+        await under_way(store, "run-2", [asyncio.ensure_future(recorded_cell())], timeout=10)
         ended = time.perf_counter() - start
 
         stuck = asyncio.ensure_future(asyncio.sleep(10))
         start = time.perf_counter()
-        await under_way(store, "run-3", stuck, timeout=0.3)
+        await under_way(store, "run-3", [stuck], timeout=0.3)
         timed_out = time.perf_counter() - start
         left_running = not stuck.done()
         stuck.cancel()
@@ -69,3 +69,30 @@ def test_under_way_returns_when_the_cell_ends_without_a_lookup_or_at_the_timeout
     assert 0.1 <= ended < 3, ended
     assert 0.3 <= timed_out < 3 and left_running, timed_out  # the cell itself is left to run
     assert not other_run
+
+
+def test_under_way_of_several_cells_waits_for_each_lookup_or_end(tmp_path):
+    store, keys = _store_with_answers(tmp_path)
+
+    async def go():
+        async def looking_cell(delay: float):
+            await asyncio.sleep(delay)  # its start-up
+            await run_io(store, "run-6").paid(keys[:2])
+            await asyncio.sleep(5)  # its calls
+
+        async def recorded_cell():  # nothing left to call: ends without a lookup
+            await asyncio.sleep(0.3)
+
+        cells = [asyncio.ensure_future(looking_cell(0.1)), asyncio.ensure_future(looking_cell(0.6)),
+                 asyncio.ensure_future(recorded_cell())]
+        start = time.perf_counter()
+        await under_way(store, "run-6", cells, timeout=10)
+        waited = time.perf_counter() - start
+        lookups = run_io(store, "run-6").lookups
+        for cell in cells:
+            cell.cancel()
+        return waited, lookups
+
+    waited, lookups = asyncio.run(go())
+    assert lookups == 2
+    assert 0.6 <= waited < 3, waited  # after the slowest cell's lookup, not after the first one's

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from promptcycle.store.records import ResponseRecord, ResultRecord
 
@@ -43,6 +43,8 @@ class RunIO:
         self._pending: set[str] = set()
         self._ledger_lock = asyncio.Lock()
         self.looked_up = asyncio.Event()  # set once a ledger lookup has been answered: calls can go out
+        self.lookups = 0  # ledger lookups answered (one per cell start, usually)
+        self._lookup_answered = asyncio.Event()  # set (and replaced) at each
         self._responses: list[ResponseRecord] = []
         self._results: list[ResultRecord] = []
         self._flush_lock = asyncio.Lock()
@@ -114,6 +116,9 @@ class RunIO:
                 self._ledger.update(await asyncio.to_thread(self.store.get_responses, batch))
                 self._looked_up.update(batch)
                 self.looked_up.set()
+        self.lookups += 1
+        self._lookup_answered.set()
+        self._lookup_answered = asyncio.Event()
         found = {k: self._ledger[k] for k in keys if k in self._ledger}
         for k in found:  # each paid answer is reused once per run; no need to hold it afterwards
             del self._ledger[k]
@@ -180,11 +185,21 @@ def run_io(store, run_id: str) -> RunIO:
     return io
 
 
-async def under_way(store, run_id: str, cell: asyncio.Future, *, timeout: float) -> None:
-    """Wait until `run_id`'s first ledger lookup in this process is answered (so its calls are going out),
-    `cell` (the cell that will make it) has ended, or `timeout` seconds have passed."""
-    answered = asyncio.ensure_future(run_io(store, run_id).looked_up.wait())
-    try:
-        await asyncio.wait([answered, cell], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        answered.cancel()
+async def under_way(store, run_id: str, cells: Sequence[asyncio.Future], *, timeout: float) -> None:
+    """Wait until `cells` (of `run_id`, started in this process) are under way — each has had its ledger
+    lookup answered (its calls are going out) or has ended — or `timeout` seconds have passed.
+
+    Lookups are counted, not matched to cells: a cell that looked up and then ended counts twice, so
+    the wait may end a little early; it never waits past the timeout."""
+    io = run_io(store, run_id)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while io.lookups + sum(c.done() for c in cells) < len(cells):
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return
+        answered = asyncio.ensure_future(io._lookup_answered.wait())
+        try:
+            await asyncio.wait([answered, *(c for c in cells if not c.done())], timeout=left,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            answered.cancel()
