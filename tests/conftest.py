@@ -36,6 +36,15 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server (`prefect server start`, API and UI) on a loopback port, in a Prefect home of its
+    own, shared by the session's tests of schedules, deployments and concurrency limits (server_support.py)."""
+    from server_support import running_server
+
+    yield from running_server(tmp_path_factory.mktemp("prefect-server-home"))
+
+
 @pytest.fixture
 def repo_config(tmp_path: Path) -> Path:
     """A copy of the repository's pipelines.yaml in tmp_path (its store lands in tmp_path too)."""

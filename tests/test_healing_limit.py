@@ -28,7 +28,6 @@ import pytest
 
 from promptcycle.monitor.healing import HEALING_LIMIT_NAME, HealingRequest, HealingSettings
 from promptcycle.store import MetricsStore
-from test_serve_e2e import prefect_server  # noqa: F401  (the real server on a loopback port, module-scoped)
 
 REPO = Path(__file__).resolve().parent.parent
 HOLDER = Path(__file__).resolve().parent / "healing_slot_holder.py"
@@ -134,7 +133,7 @@ def _kill(holders: list[Holder]) -> None:
 
 
 @pytest.mark.slow
-def test_one_slot_serialises_two_processes_and_two_slots_let_them_overlap(prefect_server, tmp_path):  # noqa: F811
+def test_one_slot_serialises_two_processes_and_two_slots_let_them_overlap(prefect_server, tmp_path):
     _reset_limit(prefect_server)
     # Four processes import Prefect at once (the slow part); two by two they then ask for a slot.
     holders = _start(prefect_server, tmp_path, ["a1", "b1", "a2", "b2"], timeout_s=120)
@@ -159,7 +158,7 @@ def test_one_slot_serialises_two_processes_and_two_slots_let_them_overlap(prefec
 
 
 @pytest.mark.slow
-def test_a_short_wait_for_a_held_slot_is_refused_with_the_limit_named(prefect_server, tmp_path):  # noqa: F811
+def test_a_short_wait_for_a_held_slot_is_refused_with_the_limit_named(prefect_server, tmp_path):
     _reset_limit(prefect_server)
     holder = Holder(prefect_server, tmp_path, "holder", timeout_s=120, hold_s=3 * HOLD_S)
     waiter = Holder(prefect_server, tmp_path, "waiter", timeout_s=1.0)

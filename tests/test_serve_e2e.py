@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,60 +20,13 @@ import yaml
 
 from promptcycle.loopback import free_port
 from promptcycle.phases import PHASES, deployment_name
+from server_support import OFFLINE, SERVER_PORTS, STARTUP_S, stop
 
 REPO = Path(__file__).resolve().parent.parent
 PIPE = "customer-insights"
-OFFLINE = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
-           "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
-           "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false"}
-STARTUP_S = 240  # a cold server on a busy 2-core machine
 RUN_WITHIN_S = 420  # the first scheduled pass: the schedule, the runner's poll, a process start, the probe
 TRIGGERED_WITHIN_S = 300  # a one-case baseline started over HTTP: the runner's poll, a process start, 2 calls
-SERVER_PORTS = range(42000, 43000)  # apart from the ports other servers of the suite take
 API_TOKEN = "e2e-token-" + "5c" * 16
-
-
-def _healthy(api: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api}/health", timeout=3) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=120)  # serve cancels its runs and pauses the schedules first
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """A real Prefect server (API and UI) on a random loopback port, in a Prefect home of its own."""
-    home = tmp_path_factory.mktemp("prefect-server-home")
-    port = free_port(SERVER_PORTS)
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, **OFFLINE, "PREFECT_HOME": str(home), "PREFECT_SERVER_UI_API_URL": api,
-           "PREFECT_LOGGING_LEVEL": "WARNING"}
-    env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                "--port", str(port)], env=env, stdout=log, stderr=log, start_new_session=True)
-    try:
-        deadline = time.monotonic() + STARTUP_S
-        while not _healthy(api):
-            assert process.poll() is None, (home / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "the Prefect server did not answer within the startup time"
-            time.sleep(1)
-        yield api
-    finally:
-        _stop(process)
-        log.close()
 
 
 def _config(tmp_path: Path) -> Path:
@@ -168,8 +120,8 @@ def test_serve_registers_the_schedules_runs_the_loop_by_itself_and_stops_cleanly
             assert baseline_run.parameters["limit"] == 1 and baseline_run.parameters["models"] == ["mini"]
             assert baseline_run.deployment_id == deployments[f"baseline/{PIPE}"].id
     finally:
-        _stop(app_api, signal.SIGINT)
-        _stop(serve, signal.SIGINT)  # Ctrl-C, as a terminal sends it: to the whole process group
+        stop(app_api, signal.SIGINT)
+        stop(serve, signal.SIGINT)  # Ctrl-C, as a terminal sends it: to the whole process group
     stderr = err.text()
     (tmp_path / "serve-stderr.txt").write_text(stderr)
     assert serve.returncode == 0, stderr

@@ -135,7 +135,7 @@ def test_kill_9_of_the_command_leaves_no_server_or_worker_behind(tmp_path, repo_
 @pytest.mark.slow
 def test_the_next_command_reuses_the_server_and_it_stops_when_idle(tmp_path, repo_config):
     home = tmp_path / "prefect-home"
-    env = dict(os.environ, PREFECT_HOME=str(home), PROMPTCYCLE_SERVER_IDLE_SECONDS="20",
+    env = dict(os.environ, PREFECT_HOME=str(home), PROMPTCYCLE_SERVER_IDLE_SECONDS="10",
                PROMPTCYCLE_CACHE_DIR=str(tmp_path / "cache"))
     state = home / "promptcycle-server.json"
     args = ["baseline", "--config", str(repo_config), "--limit", "1", "--repeats", "1", "--json"]
