@@ -42,8 +42,7 @@ class RunIO:
         self._looked_up: set[str] = set()
         self._pending: set[str] = set()
         self._ledger_lock = asyncio.Lock()
-        self.looked_up = asyncio.Event()  # set once a ledger lookup has been answered: calls can go out
-        self.lookups = 0  # ledger lookups answered (one per cell start, usually)
+        self.lookups = 0  # ledger lookups answered (one per cell start, usually): after the first, calls go out
         self._lookup_answered = asyncio.Event()  # set (and replaced) at each
         self._responses: list[ResponseRecord] = []
         self._results: list[ResultRecord] = []
@@ -115,7 +114,6 @@ class RunIO:
                 batch, self._pending = list(self._pending), set()
                 self._ledger.update(await asyncio.to_thread(self.store.get_responses, batch))
                 self._looked_up.update(batch)
-                self.looked_up.set()
         self.lookups += 1
         self._lookup_answered.set()
         self._lookup_answered = asyncio.Event()
@@ -123,6 +121,10 @@ class RunIO:
         for k in found:  # each paid answer is reused once per run; no need to hold it afterwards
             del self._ledger[k]
         return found
+
+    async def next_lookup(self) -> None:
+        """Return once the next ledger lookup is answered."""
+        await self._lookup_answered.wait()
 
     async def add(self, response: ResponseRecord | None, result: ResultRecord) -> None:
         if response is not None:
@@ -197,7 +199,7 @@ async def under_way(store, run_id: str, cells: Sequence[asyncio.Future], *, time
         left = deadline - asyncio.get_running_loop().time()
         if left <= 0:
             return
-        answered = asyncio.ensure_future(io._lookup_answered.wait())
+        answered = asyncio.ensure_future(io.next_lookup())
         try:
             await asyncio.wait([answered, *(c for c in cells if not c.done())], timeout=left,
                                return_when=asyncio.FIRST_COMPLETED)
