@@ -36,6 +36,8 @@ from promptcycle_tasks.runs import is_simulated, run_name, tag_flow_run
 
 __all__ = ["baseline"]
 
+PROGRESS_EVERY_S = 1.0  # the flow run's progress artifact is updated at most this often while cells end
+
 
 @flow(name="baseline", flow_run_name=run_name("baseline"))
 async def baseline(pipeline: str = "customer-insights", config_path: str = "pipelines.yaml",
@@ -102,12 +104,18 @@ async def _evaluate(ref: PipelineRef, plan, version: str | None, epoch: str,
         # going out: earlier, its import (seconds of CPU) slows the cells' ledger lookups and the first answers.
         await under_way(store, plan.run_id, started, timeout=2.0)
         warm_up()
+        shown = asyncio.get_running_loop().time()
         for finished in asyncio.as_completed(started):
             try:
                 outcomes.append(await finished)
             except Exception as exc:  # one failed cell must not hide the others' results
                 failures.append(exc)
-            await update_progress_artifact(progress_id, 100.0 * (len(outcomes) + len(failures)) / len(plan.cells))
+            # At most one update a second (cells end close together, each update is a request to Prefect's API
+            # while calls are under way), and the last.
+            ended, now = len(outcomes) + len(failures), asyncio.get_running_loop().time()
+            if ended == len(plan.cells) or now - shown >= PROGRESS_EVERY_S:
+                shown = now
+                await update_progress_artifact(progress_id, 100.0 * ended / len(plan.cells))
     finally:
         await close_providers()
         release_pipeline(pipeline)  # what this process pays for ends here

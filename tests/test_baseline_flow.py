@@ -24,7 +24,11 @@ MODELS = 7
 
 
 @pytest.mark.engine
-def test_cli_baseline_json_reports_every_cell(prefect_harness, repo_config, capsys):
+def test_cli_baseline_json_reports_every_cell(prefect_harness, repo_config, capsys, monkeypatch):
+    import promptcycle_flows.baseline
+
+    # No update of the progress artifact while cells end: the last one alone must bring it to 100%.
+    monkeypatch.setattr(promptcycle_flows.baseline, "PROGRESS_EVERY_S", 1e9)
     store = repo_config.parent / "metrics.duckdb"
     code = main(["baseline", "--config", str(repo_config), "--store", str(store), "--limit", "2", "--json"])
     out = capsys.readouterr().out
@@ -54,6 +58,9 @@ def test_cli_baseline_json_reports_every_cell(prefect_harness, repo_config, caps
 
     artifact = Artifact.get("baseline-quality-customer-insights")
     assert artifact is not None and result["run_id"] in artifact.data
+    # The run's progress artifact ends at 100%.
+    progress = Artifact.get("baseline-progress-customer-insights")
+    assert progress is not None and progress.type == "progress" and float(progress.data) == 100.0
 
 
 def _bad_dataset(tmp_path: Path) -> Path:
@@ -120,7 +127,7 @@ def _rows(store: Path) -> int:
 
 @pytest.mark.slow
 def test_killed_run_resumes_without_recalling_and_matches_uninterrupted(tmp_path, repo_config):
-    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"))
+    env = dict(os.environ)  # the session's Prefect home: its local server serves both commands
     store = tmp_path / "killed.duckdb"
     args = ["baseline", "--config", str(repo_config), "--store", str(store), "--limit", "12", "--json"]
     total = MODELS * SPECTRUMS * 12
@@ -132,7 +139,7 @@ def test_killed_run_resumes_without_recalling_and_matches_uninterrupted(tmp_path
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read()[-2000:]
-    os.killpg(proc.pid, signal.SIGKILL)  # the flow process and Prefect's temporary server with it
+    os.killpg(proc.pid, signal.SIGKILL)  # the flow process and its data worker (not the local server)
     proc.wait()
     time.sleep(1)
     before = _rows(store)
