@@ -18,7 +18,9 @@ for key, value in {
     "PREFECT_LOGGING_LEVEL": "ERROR",
     "PREFECT_HOME": _PREFECT_HOME,
     "PROMPTCYCLE_CACHE_DIR": os.path.join(_PREFECT_HOME, "promptcycle-cache"),
-    "PROMPTCYCLE_SERVER_IDLE_SECONDS": "30",
+    # The commands the tests start share this home's local server (cli/local_server.py); it lives through
+    # the gaps between them and stops at the session's end, when the home is removed (pytest_sessionfinish).
+    "PROMPTCYCLE_SERVER_IDLE_SECONDS": "900",
 }.items():
     os.environ.setdefault(key, value)
 
@@ -79,3 +81,9 @@ def langsmith_fake():
     fake = FakeLangSmith(api_key="lsv2_pt_fake_0d5e3c1a9b7f4e2d_secret")
     with FakeLangSmithServer(fake):
         yield fake
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's Prefect home: its local server sees its state file gone and stops within a second."""
+    if os.environ.get("PREFECT_HOME") == _PREFECT_HOME:
+        shutil.rmtree(_PREFECT_HOME, ignore_errors=True)

@@ -243,9 +243,10 @@ def _cli(args: list[str], env: dict) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def _env(tmp_path: Path, name: str) -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO), PREFECT_HOME=str(tmp_path / f"prefect-{name}"),
-                LEDGER_SIM_KEY=KEY)
+def _env() -> dict:
+    # The session's Prefect home: the commands share its local server, as a user's commands do (a
+    # server of their own would cost each test a cold start).
+    return dict(os.environ, PYTHONPATH=str(REPO), LEDGER_SIM_KEY=KEY)
 
 
 @pytest.mark.slow
@@ -256,7 +257,7 @@ def test_concurrent_copies_of_one_baseline_pay_each_call_once_and_say_what_they_
     with ServerThread(latency=LatencyOverride(fixed_ms=400)) as server:
         config = write_config(tmp_path, server.base_url, repeats=3, max_concurrency=4)
         args = ["baseline", "--config", str(config), "--store", str(store), "--limit", str(limit), "--json"]
-        procs = [_cli(args, _env(tmp_path, str(i))) for i in range(copies)]
+        procs = [_cli(args, _env()) for _ in range(copies)]
         outputs = [p.communicate(timeout=400) for p in procs]
         received = server.state.requests
     said = []
@@ -290,13 +291,14 @@ def test_a_kill_costs_at_most_the_answers_of_the_last_second(tmp_path):
     with ServerThread(latency=LatencyOverride(fixed_ms=latency_s * 1000)) as server:
         config = write_config(tmp_path, server.base_url, repeats=4, max_concurrency=concurrency)
         args = ["baseline", "--config", str(config), "--store", str(store), "--limit", str(limit), "--json"]
-        env = _env(tmp_path, "kill")
+        env = _env()
         proc = _cli(args, env)
         deadline = time.monotonic() + 300
         while server.state.requests < kill_at and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         assert proc.poll() is None, proc.communicate()[1][-2000:]
-        os.killpg(proc.pid, signal.SIGKILL)  # the command, its data worker and Prefect's server with it
+        os.killpg(proc.pid, signal.SIGKILL)  # the command and its data worker (the local server, in its own
+        # session, lives on and serves the re-run)
         proc.wait()
         first = server.state.requests
         assert first < total
