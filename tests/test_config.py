@@ -106,6 +106,14 @@ def test_invalid_yaml_reports_line(tmp_path):
         load_config(path)
 
 
+def test_a_tab_in_the_indentation_is_named_with_its_line_and_column(tmp_path):
+    # libyaml (the fast parser) only says "found character that cannot start any token"
+    path = write(tmp_path, "providers:\n\tsimulator: {kind: simulator}\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML: line 2, column 1: found character '\\t' that cannot "
+                                          r"start any token"):
+        load_config(path)
+
+
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "nope.yaml")
