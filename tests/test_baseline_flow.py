@@ -150,6 +150,10 @@ def test_killed_run_resumes_without_recalling_and_matches_uninterrupted(tmp_path
     assert status == "running"
 
     resumed = _cli(args, env)
+    # The same run uninterrupted, on a store of its own (so a ledger of its own), alongside the resumed one.
+    fresh_store = tmp_path / "fresh.duckdb"
+    fresh = _cli(["baseline", "--config", str(repo_config), "--store", str(fresh_store), "--limit", "12", "--json"],
+                 env)
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-3000:]
     summary = json.loads(out)
@@ -161,9 +165,6 @@ def test_killed_run_resumes_without_recalling_and_matches_uninterrupted(tmp_path
     # Nothing recorded before the kill was called again: the resumed run paid only for the rest.
     assert summary["calls_paid"] == paid_after - paid_before == total - before
 
-    fresh_store = tmp_path / "fresh.duckdb"
-    fresh = _cli(["baseline", "--config", str(repo_config), "--store", str(fresh_store), "--limit", "12", "--json"],
-                 env)
     out2, err2 = fresh.communicate(timeout=300)
     assert fresh.returncode == 0, err2[-3000:]
     uninterrupted = json.loads(out2)
