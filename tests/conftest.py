@@ -66,6 +66,7 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's Prefect home: its local server sees its state file gone and stops (within seconds)."""
     shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
 
@@ -81,9 +82,3 @@ def langsmith_fake():
     fake = FakeLangSmith(api_key="lsv2_pt_fake_0d5e3c1a9b7f4e2d_secret")
     with FakeLangSmithServer(fake):
         yield fake
-
-
-def pytest_sessionfinish(session, exitstatus):
-    """Remove the session's Prefect home: its local server sees its state file gone and stops within a second."""
-    if os.environ.get("PREFECT_HOME") == _PREFECT_HOME:
-        shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
