@@ -304,7 +304,7 @@ def run_command(argv: list[str], env: dict) -> tuple[float, float, resource.stru
 SOURCES = ("promptcycle", "flows", "tasks", "cli", "blocks")  # the checkout's packages
 
 
-def warm_up(config: Path, workdir: Path, env: dict) -> None:
+def warm_up(config: Path, workdir: Path, env: dict) -> bool:
     """As after earlier use: the checkout's bytecode cached (Python writes it on a first run, unless
     PYTHONDONTWRITEBYTECODE is set — then it is compiled here), `promptcycle validate` of the dataset (its
     verdict is kept) and a one-case baseline (Prefect's home and its local server are warm), both on
@@ -315,6 +315,23 @@ def warm_up(config: Path, workdir: Path, env: dict) -> None:
     run_command(["validate", "--config", str(config), "--store", warm_store, "--json"], env)
     run_command(["baseline", "--config", str(config), "--store", warm_store, "--limit", "1", "--repeats", "1",
                  "--json"], env)
+    return wait_for_worker_host(env)
+
+
+def wait_for_worker_host(env: dict, timeout: float = 60.0) -> bool:
+    """Wait until the data-worker host that the warm-up command started when it ended is serving (as it is
+    for a user's next command, which comes seconds to minutes later; promptcycle/workerhost.py)."""
+    probe = ("import os, pathlib; from promptcycle import workerhost; "
+             "print(workerhost.socket_path(pathlib.Path(os.environ.get('PREFECT_HOME') or "
+             "pathlib.Path.home() / '.prefect').expanduser()) if workerhost.enabled() else '')")
+    path = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    deadline = time.monotonic() + timeout
+    while path and not Path(path).exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return bool(path)
 
 
 def store_figures(store_path: Path, run_id: str, started_wall: float) -> dict:
@@ -355,7 +372,7 @@ def run_end_to_end(args: argparse.Namespace, repeats: int, langsmith_url: str | 
             config = write_config(workdir, port, args.concurrency, timeout=30.0)
             concurrency = args.concurrency
         if args.warm:
-            warm_up(config, workdir, env)
+            host_serving = warm_up(config, workdir, env)
         if port is not None:
             arrivals(port, reset=True)
         server_cpu0 = cpu_seconds(server.pid) if server else 0.0
@@ -381,7 +398,9 @@ def run_end_to_end(args: argparse.Namespace, repeats: int, langsmith_url: str | 
             "repeats": summary.get("repeats", repeats) if not args.builtin else 1,
             "concurrency": concurrency,
             "server_latency_ms": "simulated per model" if args.builtin else args.latency_ms,
-            "prefect_home": "warm (bytecode cached, validate + a one-case baseline ran first)" if args.warm else "as found",
+            "prefect_home": ("warm (bytecode cached, validate + a one-case baseline ran first, "
+                             f"data-worker host {'serving' if host_serving else 'not serving'})") if args.warm
+            else "as found",
             "errors": summary["errors"],
             "dataset_suite": stored["dataset_suite"],
             "time_to_first_call_s": round(first_call, 2),

@@ -494,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     from promptcycle.evaluation import progress
 
     _start_session(args)
+    _use_worker_host(args.command)
     # Whether this process started a run, resumed one, or was refused: said on stderr, whatever --json.
     note = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     progress.add_note_listener(note)
@@ -506,7 +507,21 @@ def main(argv: list[str] | None = None) -> int:
         from promptcycle import dataworker
 
         dataworker.shutdown()
+        dataworker.start_missing_host()  # for the next command, if this one found none
+        dataworker.use_host(None)
         _end_session()
+
+
+def _use_worker_host(command: str) -> None:
+    """Commands that run flows take their data worker from the data-worker host beside Prefect's local server
+    (in the Prefect home), which has DuckDB, pandas and Great Expectations imported already
+    (promptcycle/workerhost.py)."""
+    from promptcycle_cli import local_server
+
+    if command in local_server.FLOW_COMMANDS:
+        from promptcycle import dataworker
+
+        dataworker.use_host(Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser())
 
 
 def _prefect_server(command: str, runs_flow: bool = True):

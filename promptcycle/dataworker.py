@@ -13,7 +13,10 @@ death once no call is running (a call in progress finishes first, so received an
 The Great Expectations import that `warm_up()` asks for runs in a thread of the worker, so the
 worker answers other calls (DuckDB reads and writes) while it imports.
 
-`PROMPTCYCLE_DATA_IN_PROCESS=1` runs everything in the calling process instead.
+`PROMPTCYCLE_DATA_IN_PROCESS=1` runs everything in the calling process instead. After `use_host(directory)`
+(the CLI does this), the worker is forked by the data-worker host in that directory, which has these
+libraries imported already (promptcycle/workerhost.py); with no host there, the worker is started as above
+and `start_missing_host()` starts one for the next command.
 """
 
 from __future__ import annotations
@@ -29,13 +32,34 @@ import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO, TypeVar
 
-__all__ = ["in_process", "call", "warm_up", "shutdown"]
+__all__ = ["in_process", "call", "warm_up", "shutdown", "use_host", "start_missing_host", "preload",
+           "imported"]
 
 T = TypeVar("T")
 _HEADER = struct.Struct("!Q")
 
 _lock = threading.Lock()
-_process: subprocess.Popen | None = None
+_process: Any = None  # a subprocess.Popen, or a workerhost.HostedWorker
+_host_directory: str | None = None
+_host_missing = False
+
+
+def use_host(directory: str | os.PathLike | None) -> None:
+    """Ask the data-worker host in `directory` for this process's workers (see promptcycle/workerhost.py);
+    None: start them as processes of this one."""
+    global _host_directory, _host_missing
+    _host_directory, _host_missing = (None if directory is None else os.fspath(directory)), False
+
+
+def start_missing_host() -> None:
+    """If this process asked for a host and found none, start one now, for the next command."""
+    if _host_directory is not None and _host_missing:
+        from promptcycle import workerhost
+
+        try:
+            workerhost.start(_host_directory)
+        except OSError:
+            pass  # the next command starts its own worker, as this one did
 
 
 def in_process() -> bool:
@@ -56,11 +80,19 @@ def _receive(stream: BinaryIO) -> Any:
     return pickle.loads(stream.read(size))
 
 
-def _start() -> subprocess.Popen:
-    global _process
+def _start() -> Any:
+    global _process, _host_missing
     if _process is None or _process.poll() is not None:
-        _process = subprocess.Popen([sys.executable, "-m", "promptcycle.dataworker"], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, env=dict(os.environ))
+        _process = None
+        if _host_directory is not None:
+            from promptcycle import workerhost
+
+            if workerhost.enabled():
+                _process = workerhost.connect(_host_directory)
+                _host_missing = _process is None
+        if _process is None:
+            _process = subprocess.Popen([sys.executable, "-m", "promptcycle.dataworker"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=dict(os.environ))
         atexit.register(shutdown)
     return _process
 
@@ -177,14 +209,29 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
                                               if not reply[0] else f"unpicklable result: {exc}")))
 
 
-def _exit_with_parent(parent: int) -> None:
-    """In the worker: end the process once its parent has died and no call is running."""
+def exit_when(gone: Callable[[], bool]) -> None:
+    """In the worker: end the process once `gone()` (its command has died) and no call is running."""
     import time
 
     while True:
         time.sleep(0.5)
-        if os.getppid() != parent and not _busy.is_set():
+        if not _busy.is_set() and gone():
             os._exit(0)
+
+
+def imported(names: list[str]) -> list[str]:
+    """Which of the modules `names` this process has imported (asked of a worker: what it started with)."""
+    return [name for name in names if name in sys.modules]
+
+
+def preload() -> None:
+    """Import now, in this thread, everything the worker's calls use, and make Great Expectations' context
+    (what the data-worker host does once, before it forks workers)."""
+    from promptcycle.quality import suites
+
+    _warm(gx=False)
+    _pandas_thread.join()
+    suites._get_batch_definition()
 
 
 if __name__ == "__main__":
@@ -195,7 +242,9 @@ if __name__ == "__main__":
     # our stdin, so the worker finishes the call in hand (no half-done write, no traceback) and exits.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+    parent = os.getppid()
+    threading.Thread(target=exit_when, args=(lambda: os.getppid() != parent,), name="parent-watch",
+                     daemon=True).start()
 
     os.environ["PROMPTCYCLE_DATA_IN_PROCESS"] = "1"  # inside the worker, data work runs right here
 

@@ -66,8 +66,29 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Remove the session's Prefect home: its local server sees its state file gone and stops (within seconds)."""
+    """Remove the session's Prefect home: its local server and data-worker host see their files gone and stop
+    (within seconds). Hosts that commands started in Prefect homes under the session's temporary directory are
+    ended here too (pytest keeps those directories)."""
     shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is not None:
+        _end_worker_hosts_under(factory.getbasetemp())
+
+
+def _end_worker_hosts_under(root: Path) -> None:
+    import signal
+
+    prefix = os.fsencode(str(root))
+    for proc in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"promptcycle.workerhost" in argv and any(arg.startswith(prefix) for arg in argv):
+            try:
+                os.kill(int(proc.name), signal.SIGTERM)
+            except OSError:
+                pass
 
 
 @pytest.fixture

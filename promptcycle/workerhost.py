@@ -1,0 +1,357 @@
+"""The data-worker host: a process with the data worker's libraries already imported, which forks a
+worker for each command that asks.
+
+A data worker (promptcycle/dataworker.py) started from scratch imports DuckDB, pandas and Great
+Expectations: ~5 s of CPU, most of it while a baseline's calls are in flight, on a machine whose other
+core runs the event loop. The host pays that once. A command connects to the host's Unix socket in
+its directory (the CLI uses the Prefect home), sends its environment, working directory, pid and
+standard error; the host forks a child that takes them over and then serves the command exactly as a
+`python -m promptcycle.dataworker` process would, over the socket instead of pipes. The child is the
+command's own worker: its own stores, its own Great Expectations context (a copy of the host's), ended
+when the command's end of the socket closes or the command's pid is gone, as a piped worker is.
+
+- The socket's name carries a fingerprint of the interpreter, `PYTHONPATH`, promptcycle's sources and
+  the data libraries' versions: after an upgrade or an edit, commands ask a new host, and the old one
+  idles out. A host whose own fingerprint differs from the name it was started for does not serve.
+- A command that finds no host uses a piped worker and, when it ends, starts a host in its own session
+  (`python -m promptcycle.workerhost`): the next command finds it. One host per name (a lock file).
+- The host stops after `PROMPTCYCLE_SERVER_IDLE_SECONDS` (default 300) without a connection, or within
+  a second of its socket file being removed (its directory removed, say).
+- Only the socket's owner may connect (the directory is the user's; the host also checks the peer's uid).
+
+Linux and macOS only (fork, Unix sockets); elsewhere, and with `PROMPTCYCLE_WORKER_HOST=0`, every
+command uses a piped worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+__all__ = ["HostedWorker", "enabled", "socket_path", "connect", "start", "fingerprint"]
+
+DEFAULT_IDLE_SECONDS = 300.0
+_MAX_SOCKET_PATH = 100  # sun_path holds 104-108 bytes, depending on the system
+_LIBRARIES = ("duckdb", "pandas", "pyarrow", "numpy", "great_expectations")
+_HEADER = struct.Struct("!Q")
+
+
+def enabled() -> bool:
+    return (hasattr(os, "fork") and hasattr(socket, "AF_UNIX")
+            and os.environ.get("PROMPTCYCLE_WORKER_HOST", "1").lower() not in {"0", "false", "no", "off"})
+
+
+def fingerprint() -> str:
+    """What a host's imported code depends on: the interpreter, PYTHONPATH, promptcycle's sources
+    (paths, sizes, modification times) and the data libraries' locations and versions."""
+    digest = hashlib.sha256()
+    for part in (sys.executable, sys.version, os.environ.get("PYTHONPATH", "")):
+        digest.update(part.encode() + b"\0")
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(package)}:{stat.st_size}:{stat.st_mtime_ns}\0".encode())
+    for name in _LIBRARIES:
+        spec = find_spec(name)
+        origin = spec.origin if spec is not None and spec.origin else ""
+        mtime = os.stat(origin).st_mtime_ns if origin else 0
+        digest.update(f"{name}:{origin}:{mtime}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+def socket_path(directory: Path, key: str | None = None) -> Path:
+    return Path(directory) / f"promptcycle-worker-{key or fingerprint()}.sock"
+
+
+def _send(sock: socket.socket, payload: Any) -> None:
+    data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_HEADER.pack(len(data)) + data)
+
+
+def _receive(sock: socket.socket) -> Any:
+    """One message, read exactly (no read-ahead: what follows on the socket is the caller's)."""
+    (size,) = _HEADER.unpack(_read_exactly(sock, _HEADER.size))
+    return pickle.loads(_read_exactly(sock, size))
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return bytes(data)
+
+
+def _peer_uid(sock: socket.socket) -> int | None:
+    if hasattr(socket, "SO_PEERCRED"):
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                              struct.calcsize("3i")))
+        return uid
+    getpeereid = getattr(socket, "getpeereid", None)
+    return getpeereid(sock.fileno())[0] if getpeereid else None
+
+
+# -- the command's side -------------------------------------------------------------------------------------------
+
+class HostedWorker:
+    """A worker forked by the host: what `dataworker` needs of a `subprocess.Popen` (pid, stdin, stdout,
+    poll, wait, kill), over the socket."""
+
+    def __init__(self, sock: socket.socket, pid: int) -> None:
+        self.pid = pid
+        self._socket = sock
+        self.stdin = _Requests(sock)
+        self.stdout = sock.makefile("rb")
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """None while the worker's end of the socket is open; 0 once it has closed (the worker ended)."""
+        if self.returncode is None:
+            try:
+                gone = self._socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            except BlockingIOError:
+                gone = False
+            except OSError:
+                gone = True
+            if gone:
+                self._close()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"data worker {self.pid}", timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, 9)
+        except OSError:
+            pass
+        self._close()
+
+    def _close(self) -> None:
+        self.returncode = 0 if self.returncode is None else self.returncode
+        for stream in (self.stdin, self.stdout, self._socket):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+class _Requests:
+    """The worker's request stream; closing it ends the worker (it reads end-of-file), as closing a pipe would."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._socket = sock
+        self._stream = sock.makefile("wb")
+
+    def write(self, data: bytes) -> int:
+        return self._stream.write(data)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+            self._socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+def connect(directory: Path) -> HostedWorker | None:
+    """A worker forked for this process by the host in `directory`, or None when no host serves there."""
+    path = socket_path(directory)
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH or not path.exists():
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(5.0)
+        sock.connect(os.fsencode(path))
+        if _peer_uid(sock) not in (None, os.getuid()):
+            raise ConnectionRefusedError(f"{path} is served by another user")
+        _send(sock, {"env": dict(os.environ), "cwd": os.getcwd(), "pid": os.getpid(), "umask": _umask()})
+        socket.send_fds(sock, [b"2"], [sys.stderr.fileno()])  # the worker writes its warnings where ours go
+        pid = _receive(sock)
+        sock.settimeout(None)
+        return HostedWorker(sock, pid)
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError):
+        sock.close()
+        return None
+
+
+def _umask() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return None
+
+
+def start(directory: Path) -> None:
+    """Start a host for this code in `directory`, in its own session. (Called when no host answered: if one
+    is serving after all, the new one finds the lock taken and leaves; a dead one's socket file is replaced.)"""
+    key = fingerprint()
+    if len(os.fsencode(socket_path(directory, key))) > _MAX_SOCKET_PATH:
+        return
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.pop("PROMPTCYCLE_DATA_IN_PROCESS", None)
+    with open(Path(directory) / "promptcycle-worker-host.log", "ab") as log:
+        subprocess.Popen([sys.executable, "-m", "promptcycle.workerhost", str(directory), key], env=env,
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True)
+
+
+# -- the host's side ----------------------------------------------------------------------------------------------
+
+def _preload() -> None:
+    """Import what a worker's calls need, and make Great Expectations' context, in this (only) thread."""
+    from promptcycle import dataworker
+
+    dataworker.preload()
+
+
+def _serve_child(conn: socket.socket, listener: socket.socket) -> None:
+    """In the forked child: become the requesting command's data worker."""
+    import signal
+
+    from promptcycle import dataworker
+
+    listener.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a piped worker: Ctrl-C is the command's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    request = _receive(conn)
+    _msg, fds, _flags, _addr = socket.recv_fds(conn, 1, 1)
+    for fd in fds:
+        os.dup2(fd, 2)
+        os.dup2(fd, 1)  # stray prints must not corrupt the reply stream
+        os.close(fd)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.environ["PROMPTCYCLE_DATA_IN_PROCESS"] = "1"
+    time.tzset()  # the command's TZ, for the timestamps the worker writes
+    if request.get("umask") is not None:
+        os.umask(request["umask"])  # files the worker creates (stores, caches) get the command's permissions
+    os.chdir(request["cwd"])
+    _send(conn, os.getpid())
+    command = request["pid"]
+    threading.Thread(target=dataworker.exit_when, args=(lambda: not _alive(command),),
+                     name="command-watch", daemon=True).start()
+    with conn.makefile("rb") as requests, conn.makefile("wb") as replies:
+        dataworker.serve(requests, replies)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _idle_seconds() -> float:
+    raw = os.environ.get("PROMPTCYCLE_SERVER_IDLE_SECONDS", "")
+    try:
+        return max(1.0, float(raw)) if raw else DEFAULT_IDLE_SECONDS
+    except ValueError:
+        return DEFAULT_IDLE_SECONDS
+
+
+def host(directory: Path, key: str) -> int:
+    """The host's life: lock, preload, listen, fork a worker per connection, stop when idle or unlinked."""
+    import fcntl
+
+    directory = Path(directory)
+    lock = open(directory / f"promptcycle-worker-{key}.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return 0  # another host serves this name
+    if fingerprint() != key:
+        print(f"promptcycle.workerhost: this interpreter's code differs from {key}; not serving", file=sys.stderr)
+        return 1
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # no BLAS thread pool in a process that forks
+    started = time.monotonic()
+    _preload()
+    path = socket_path(directory, key)
+    path.unlink(missing_ok=True)  # a killed host's
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o077)
+    try:
+        listener.bind(os.fsencode(path))
+    finally:
+        os.umask(old_umask)
+    listener.listen(16)
+    listener.settimeout(1.0)
+    inode = path.stat().st_ino
+    print(f"promptcycle.workerhost {key}: serving at {path} (pid {os.getpid()}, "
+          f"ready in {time.monotonic() - started:.1f} s)", file=sys.stderr, flush=True)
+    idle, last = _idle_seconds(), time.monotonic()
+    try:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                conn = None
+            while True:  # reap the workers that ended
+                try:
+                    pid, _status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+            if conn is None:
+                try:
+                    if path.stat().st_ino != inode:
+                        return 0  # replaced
+                except FileNotFoundError:
+                    return 0  # removed
+                if time.monotonic() - last > idle:
+                    return 0
+                continue
+            last = time.monotonic()
+            if _peer_uid(conn) not in (None, os.getuid()):
+                conn.close()
+                continue
+            conn.settimeout(None)
+            child = os.fork()
+            if child == 0:
+                code = 0
+                try:
+                    _serve_child(conn, listener)
+                except BaseException:  # noqa: BLE001 - the command sees its end of the socket close
+                    code = 1
+                finally:
+                    sys.stderr.flush()
+                    os._exit(code)
+            conn.close()
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker {child} forked", file=sys.stderr, flush=True)
+    finally:
+        try:
+            if path.stat().st_ino == inode:
+                path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(host(Path(sys.argv[1]), sys.argv[2]))
