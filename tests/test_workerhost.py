@@ -234,7 +234,12 @@ def test_with_the_host_switched_off_every_worker_is_piped(host_dir, tmp_path, mo
 def test_a_baseline_command_starts_the_host_and_the_next_one_takes_its_worker_from_it(tmp_path, repo_config):
     from promptcycle_cli import local_server
 
-    api = local_server.ensure_server()  # the session's (this test's home is only the host's directory)
+    from prefect.settings import get_current_settings
+
+    # The session's server (this test's Prefect home is only the host's directory): its local server, or the
+    # test harness's when an earlier test started that in this process.
+    api = local_server.ensure_server() or get_current_settings().api.url
+    assert api
     home = Path(__import__("tempfile").mkdtemp(prefix="pc-home-"))
     env = {**{k: v for k, v in os.environ.items() if k != "PROMPTCYCLE_DATA_IN_PROCESS"},
            "PREFECT_HOME": str(home), "PREFECT_API_URL": api}
