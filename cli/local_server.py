@@ -37,13 +37,13 @@ from pathlib import Path
 
 from promptcycle.errors import LocalServerError, PromptcycleError
 from promptcycle.loopback import free_port
+from promptcycle.workerhost import DEFAULT_IDLE_SECONDS, idle_seconds  # one idle setting for both helper processes
 
 __all__ = ["FLOW_COMMANDS", "serving", "ready", "running_url", "state_path", "DEFAULT_IDLE_SECONDS"]
 
 # Commands that run a Prefect flow. Each calls `ready()` just before its flow, as late as it can: bad input
 # fails first, without waiting for the server. (A flow run without `ready()` gets Prefect's own temporary server.)
 FLOW_COMMANDS = frozenset({"baseline", "optimize", "deploy", "canary", "monitor", "cycle", "report"})
-DEFAULT_IDLE_SECONDS = 300.0
 STATE_FILE = "promptcycle-server.json"
 LOCK_FILE = "promptcycle-server.lock"
 LOG_FILE = "promptcycle-server.log"
@@ -319,14 +319,6 @@ def serve(port: int, idle_seconds: float) -> None:
 
     threading.Thread(target=watch, name="idle-watch", daemon=True).start()
     server.run()
-
-
-def idle_seconds() -> float:
-    raw = os.environ.get("PROMPTCYCLE_SERVER_IDLE_SECONDS", "")
-    try:
-        return max(1.0, float(raw)) if raw else DEFAULT_IDLE_SECONDS
-    except ValueError:
-        return DEFAULT_IDLE_SECONDS
 
 
 if __name__ == "__main__":

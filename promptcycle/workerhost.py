@@ -38,7 +38,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HostedWorker", "enabled", "socket_path", "connect", "start", "fingerprint"]
+__all__ = ["HostedWorker", "enabled", "socket_path", "connect", "start", "fingerprint", "idle_seconds",
+           "DEFAULT_IDLE_SECONDS"]
 
 DEFAULT_IDLE_SECONDS = 300.0
 _MAX_SOCKET_PATH = 100  # sun_path holds 104-108 bytes, depending on the system
@@ -264,11 +265,12 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # alive, another user's (the pid was reused)
     return True
 
 
-def _idle_seconds() -> float:
+def idle_seconds() -> float:
+    """`PROMPTCYCLE_SERVER_IDLE_SECONDS`: how long the host (and the CLI's local Prefect server) may stay idle."""
     raw = os.environ.get("PROMPTCYCLE_SERVER_IDLE_SECONDS", "")
     try:
         return max(1.0, float(raw)) if raw else DEFAULT_IDLE_SECONDS
@@ -305,7 +307,7 @@ def host(directory: Path, key: str) -> int:
     inode = path.stat().st_ino
     print(f"promptcycle.workerhost {key}: serving at {path} (pid {os.getpid()}, "
           f"ready in {time.monotonic() - started:.1f} s)", file=sys.stderr, flush=True)
-    idle, last = _idle_seconds(), time.monotonic()
+    idle, last = idle_seconds(), time.monotonic()
     try:
         while True:
             try:

@@ -139,7 +139,7 @@ def test_killed_run_resumes_without_recalling_and_matches_uninterrupted(tmp_path
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read()[-2000:]
-    os.killpg(proc.pid, signal.SIGKILL)  # the flow process and its data worker (not the local server)
+    os.killpg(proc.pid, signal.SIGKILL)  # the flow process (a hosted data worker ends with it), not the local server
     proc.wait()
     time.sleep(1)
     before = _rows(store)

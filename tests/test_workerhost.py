@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,8 +56,6 @@ def _host_pids(directory: Path, *, workers: bool = False) -> list[int]:
 
 
 def _start_host() -> Path:
-    import tempfile
-
     directory = Path(tempfile.mkdtemp(prefix="pc-host-"))  # short: a Unix socket's name is limited
     workerhost.start(directory)
     _wait(lambda: workerhost.socket_path(directory).exists(), what="the host's socket")
@@ -63,8 +63,6 @@ def _start_host() -> Path:
 
 
 def _end_host(directory: Path) -> None:
-    import shutil
-
     for pid in _host_pids(directory, workers=True):
         os.kill(pid, signal.SIGKILL)
     shutil.rmtree(directory, ignore_errors=True)
@@ -180,7 +178,7 @@ def test_one_host_per_name_and_it_stops_when_its_socket_is_removed():
 
 
 def test_a_host_for_other_code_does_not_serve(tmp_path):
-    directory = Path(__import__("tempfile").mkdtemp(prefix="pc-host-"))
+    directory = Path(tempfile.mkdtemp(prefix="pc-host-"))
     try:
         out = subprocess.run([sys.executable, "-m", "promptcycle.workerhost", str(directory), "0" * 16], cwd=REPO,
                              capture_output=True, text=True, timeout=60)
@@ -188,12 +186,12 @@ def test_a_host_for_other_code_does_not_serve(tmp_path):
         assert "code differs from 0000000000000000; not serving" in out.stderr
         assert not list(directory.glob("*.sock"))
     finally:
-        __import__("shutil").rmtree(directory, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_an_idle_host_stops(tmp_path, monkeypatch):
     monkeypatch.setenv("PROMPTCYCLE_SERVER_IDLE_SECONDS", "1")
-    directory = Path(__import__("tempfile").mkdtemp(prefix="pc-host-"))
+    directory = Path(tempfile.mkdtemp(prefix="pc-host-"))
     try:
         workerhost.start(directory)
         _wait(lambda: workerhost.socket_path(directory).exists(), what="the host's socket")
@@ -201,25 +199,34 @@ def test_an_idle_host_stops(tmp_path, monkeypatch):
         _wait(lambda: not _alive(host), timeout=15, what="the idle host to stop")
         assert not workerhost.socket_path(directory).exists()
     finally:
-        __import__("shutil").rmtree(directory, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_without_a_host_the_command_uses_a_piped_worker_and_starts_one_for_the_next(tmp_path, monkeypatch):
-    monkeypatch.delenv("PROMPTCYCLE_DATA_IN_PROCESS", raising=False)
-    directory = Path(__import__("tempfile").mkdtemp(prefix="pc-host-"))
+def _piped_then_hosted(directory: Path, store_path: Path, serving) -> None:
+    """A command finds no host answering in `directory`: a piped worker serves it and, as it ends, it starts a
+    host (`serving()` says when it does); the next command's worker comes from that host."""
     try:
         dataworker.use_host(directory)
-        assert open_store(tmp_path / "m.duckdb").get_splits("key") == {}
+        assert open_store(store_path).get_splits("key") == {}
         assert isinstance(dataworker._process, subprocess.Popen)
         dataworker.shutdown()
         dataworker.start_missing_host()
-        _wait(lambda: workerhost.socket_path(directory).exists(), what="the host's socket")
+        _wait(serving, what="the host the first command started")
         dataworker.use_host(directory)
-        assert open_store(tmp_path / "m.duckdb").get_splits("key") == {}
+        assert open_store(store_path).get_splits("key") == {}
         assert isinstance(dataworker._process, workerhost.HostedWorker)
     finally:
         dataworker.shutdown()
         dataworker.use_host(None)
+
+
+def test_without_a_host_the_command_uses_a_piped_worker_and_starts_one_for_the_next(tmp_path, monkeypatch):
+    monkeypatch.delenv("PROMPTCYCLE_DATA_IN_PROCESS", raising=False)
+    directory = Path(tempfile.mkdtemp(prefix="pc-host-"))
+    try:
+        _piped_then_hosted(directory, tmp_path / "m.duckdb",
+                           serving=lambda: workerhost.socket_path(directory).exists())
+    finally:
         _end_host(directory)
 
 
@@ -232,15 +239,15 @@ def test_with_the_host_switched_off_every_worker_is_piped(host_dir, tmp_path, mo
 
 @pytest.mark.slow
 def test_a_baseline_command_starts_the_host_and_the_next_one_takes_its_worker_from_it(tmp_path, repo_config):
-    from promptcycle_cli import local_server
-
     from prefect.settings import get_current_settings
+
+    from promptcycle_cli import local_server
 
     # The session's server (this test's Prefect home is only the host's directory): its local server, or the
     # test harness's when an earlier test started that in this process.
     api = local_server.ensure_server() or get_current_settings().api.url
     assert api
-    home = Path(__import__("tempfile").mkdtemp(prefix="pc-home-"))
+    home = Path(tempfile.mkdtemp(prefix="pc-home-"))
     env = {**{k: v for k, v in os.environ.items() if k != "PROMPTCYCLE_DATA_IN_PROCESS"},
            "PREFECT_HOME": str(home), "PREFECT_API_URL": api}
     argv = [sys.executable, "-m", "promptcycle_cli.main", "baseline", "--config", str(repo_config), "--limit", "1",
@@ -267,18 +274,7 @@ def test_a_killed_host_is_replaced_by_the_next_command(tmp_path, monkeypatch):
         os.kill(host, signal.SIGKILL)
         _wait(lambda: not _alive(host), timeout=10, what="the host to die")
         assert workerhost.socket_path(directory).exists()  # what a killed host leaves behind
-        dataworker.use_host(directory)
-        assert open_store(tmp_path / "m.duckdb").get_splits("key") == {}
-        assert isinstance(dataworker._process, subprocess.Popen)  # nobody answered: a piped worker
-        dataworker.shutdown()
-        dataworker.start_missing_host()
-        _wait(lambda: len(_host_pids(directory)) == 1 and
-              (directory / "promptcycle-worker-host.log").read_text().count("serving at") == 2,
-              what="a new host")
-        dataworker.use_host(directory)
-        assert open_store(tmp_path / "m.duckdb").get_splits("key") == {}
-        assert isinstance(dataworker._process, workerhost.HostedWorker)
+        _piped_then_hosted(directory, tmp_path / "m.duckdb", serving=lambda: len(_host_pids(directory)) == 1 and
+                           (directory / "promptcycle-worker-host.log").read_text().count("serving at") == 2)
     finally:
-        dataworker.shutdown()
-        dataworker.use_host(None)
         _end_host(directory)
