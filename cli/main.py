@@ -484,7 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `promptcycle ARGV` (None: this process's own arguments; a flow command then runs in a fork of the
+    command host when one serves, cli/host.py)."""
     _apply_offline_defaults()
+    if argv is None:
+        from promptcycle_cli import host, local_server
+
+        hosted = host.run_hosted(sys.argv[1:], local_server.FLOW_COMMANDS)
+        if hosted is not None:
+            return hosted
     parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("repeats", "limit"):
@@ -513,15 +521,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _use_worker_host(command: str) -> None:
-    """Commands that run flows take their data worker from the data-worker host beside Prefect's local server
-    (in the Prefect home), which has DuckDB, pandas and Great Expectations imported already
-    (promptcycle/workerhost.py)."""
-    from promptcycle_cli import local_server
+    """Commands that run flows take their data worker from the command host beside Prefect's local server (in
+    the Prefect home), which has DuckDB, pandas and Great Expectations imported already (cli/host.py,
+    promptcycle/workerhost.py); a command that finds none starts it as it ends."""
+    from promptcycle_cli import host, local_server
 
     if command in local_server.FLOW_COMMANDS:
         from promptcycle import dataworker
 
-        dataworker.use_host(Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser())
+        dataworker.use_host(host.prefect_home_directory(), module=host.MODULE)
 
 
 def _prefect_server(command: str, runs_flow: bool = True):

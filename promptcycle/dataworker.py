@@ -42,13 +42,20 @@ _lock = threading.Lock()
 _process: Any = None  # a subprocess.Popen, or a workerhost.HostedWorker
 _host_directory: str | None = None
 _host_missing = False
+_host_start: dict[str, Any] = {}  # how to start the host if none serves: its module, fingerprint, environment
 
 
-def use_host(directory: str | os.PathLike | None) -> None:
-    """Ask the data-worker host in `directory` for this process's workers (see promptcycle/workerhost.py);
-    None: start them as processes of this one."""
-    global _host_directory, _host_missing
-    _host_directory, _host_missing = (None if directory is None else os.fspath(directory)), False
+def use_host(directory: str | os.PathLike | None, module: str = "promptcycle.workerhost") -> None:
+    """Ask the host in `directory` for this process's workers (see promptcycle/workerhost.py); None: start them
+    as processes of this one. A host started for the next command (`start_missing_host`) runs `python -m
+    <module>`, with the fingerprint and environment of now."""
+    global _host_directory, _host_missing, _host_start
+    _host_directory, _host_missing, _host_start = None, False, {}
+    if directory is not None:
+        from promptcycle import workerhost
+
+        _host_directory = os.fspath(directory)
+        _host_start = {"module": module, "key": workerhost.fingerprint(), "env": dict(os.environ)}
 
 
 def start_missing_host() -> None:
@@ -57,7 +64,7 @@ def start_missing_host() -> None:
         from promptcycle import workerhost
 
         try:
-            workerhost.start(_host_directory)
+            workerhost.start(_host_directory, **_host_start)
         except OSError:
             pass  # the next command starts its own worker, as this one did
 
@@ -88,7 +95,7 @@ def _start() -> Any:
             from promptcycle import workerhost
 
             if workerhost.enabled():
-                _process = workerhost.connect(_host_directory)
+                _process = workerhost.connect(_host_directory, _host_start.get("key"))
                 _host_missing = _process is None
         if _process is None:
             _process = subprocess.Popen([sys.executable, "-m", "promptcycle.dataworker"], stdin=subprocess.PIPE,

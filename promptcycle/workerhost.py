@@ -34,8 +34,10 @@ import subprocess
 import sys
 import threading
 import time
+from importlib import import_module
 from importlib.util import find_spec
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["HostedWorker", "enabled", "socket_path", "connect", "start", "fingerprint", "idle_seconds",
@@ -43,7 +45,10 @@ __all__ = ["HostedWorker", "enabled", "socket_path", "connect", "start", "finger
 
 DEFAULT_IDLE_SECONDS = 300.0
 _MAX_SOCKET_PATH = 100  # sun_path holds 104-108 bytes, depending on the system
-_LIBRARIES = ("duckdb", "pandas", "pyarrow", "numpy", "great_expectations")
+_PACKAGES = ("promptcycle", "promptcycle_cli", "promptcycle_flows", "promptcycle_tasks", "promptcycle_blocks")
+_LIBRARIES = ("duckdb", "pandas", "pyarrow", "numpy", "great_expectations", "prefect")
+_ENVIRONMENT_PREFIXES = ("PREFECT_", "PYTHON", "LC_")
+_ENVIRONMENT = frozenset({"LANG", "LANGUAGE", "PROMPTCYCLE_WORKER_HOST"})
 _HEADER = struct.Struct("!Q")
 
 
@@ -53,20 +58,37 @@ def enabled() -> bool:
 
 
 def fingerprint() -> str:
-    """What a host's imported code depends on: the interpreter, PYTHONPATH, promptcycle's sources
-    (paths, sizes, modification times) and the data libraries' locations and versions."""
+    """What a host's imported code and settings depend on: the interpreter, promptcycle's sources (paths, sizes,
+    modification times, the command line's and flows' packages included), the libraries' locations, the
+    environment that configures Python and Prefect at import (`PYTHON*`, `PREFECT_*`, the locale) and the Prefect
+    settings files of the working directory (`.env`, `prefect.toml`, a `pyproject.toml` with `[tool.prefect]`)."""
     digest = hashlib.sha256()
-    for part in (sys.executable, sys.version, os.environ.get("PYTHONPATH", "")):
+    for part in (sys.executable, sys.version):
         digest.update(part.encode() + b"\0")
-    package = Path(__file__).resolve().parent
-    for path in sorted(package.rglob("*.py")):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(package)}:{stat.st_size}:{stat.st_mtime_ns}\0".encode())
+    for name in _PACKAGES:
+        try:
+            roots = import_module(name).__path__  # their __init__ files import nothing
+        except ImportError:
+            roots = []
+        for root in map(Path, roots):
+            for path in sorted(root.rglob("*.py")):
+                stat = path.stat()
+                digest.update(f"{name}/{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}\0".encode())
     for name in _LIBRARIES:
         spec = find_spec(name)
         origin = spec.origin if spec is not None and spec.origin else ""
         mtime = os.stat(origin).st_mtime_ns if origin else 0
         digest.update(f"{name}:{origin}:{mtime}\0".encode())
+    for key in sorted(os.environ):
+        if key.startswith(_ENVIRONMENT_PREFIXES) or key in _ENVIRONMENT:
+            digest.update(f"{key}={os.environ[key]}\0".encode())
+    for name in (".env", "prefect.toml", "pyproject.toml"):
+        try:
+            content = Path(name).read_bytes()
+        except OSError:
+            continue
+        if name != "pyproject.toml" or b"tool.prefect" in content:
+            digest.update(name.encode() + b"\0" + content)
     return digest.hexdigest()[:16]
 
 
@@ -175,9 +197,21 @@ class _Requests:
             pass
 
 
-def connect(directory: Path) -> HostedWorker | None:
+def connect(directory: Path, key: str | None = None) -> HostedWorker | None:
     """A worker forked for this process by the host in `directory`, or None when no host serves there."""
-    path = socket_path(directory)
+    opened = _open(directory, key, {"kind": "worker"}, [sys.stderr.fileno()])  # its warnings go where ours do
+    return None if opened is None else HostedWorker(*opened)
+
+
+def connect_command(directory: Path, argv: list[str], key: str | None = None) -> tuple[socket.socket, int] | None:
+    """Ask the host in `directory` to run the command `argv` in a fork of itself, on this process's standard
+    streams: (the socket, the fork's pid), or None when no host that runs commands serves there. The fork
+    sends `{"exit": status}` (negative: ended by that signal) when it ends; closing the socket kills it."""
+    return _open(directory, key, {"kind": "command", "argv": list(argv), "argv0": sys.argv[0]}, [0, 1, 2])
+
+
+def _open(directory: Path, key: str | None, request: dict, fds: list[int]) -> tuple[socket.socket, int] | None:
+    path = socket_path(directory, key)
     if len(os.fsencode(path)) > _MAX_SOCKET_PATH or not path.exists():
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -186,11 +220,13 @@ def connect(directory: Path) -> HostedWorker | None:
         sock.connect(os.fsencode(path))
         if _peer_uid(sock) not in (None, os.getuid()):
             raise ConnectionRefusedError(f"{path} is served by another user")
-        _send(sock, {"env": dict(os.environ), "cwd": os.getcwd(), "pid": os.getpid(), "umask": _umask()})
-        socket.send_fds(sock, [b"2"], [sys.stderr.fileno()])  # the worker writes its warnings where ours go
+        _send(sock, {**request, "env": dict(os.environ), "cwd": os.getcwd(), "pid": os.getpid(), "umask": _umask()})
+        socket.send_fds(sock, [b"f"], fds)
         pid = _receive(sock)
+        if not isinstance(pid, int):
+            raise ConnectionRefusedError(f"{path}: {pid}")  # e.g. a host that runs no commands
         sock.settimeout(None)
-        return HostedWorker(sock, pid)
+        return sock, pid
     except (OSError, EOFError, pickle.UnpicklingError, ValueError):
         sock.close()
         return None
@@ -206,17 +242,20 @@ def _umask() -> int | None:
     return None
 
 
-def start(directory: Path) -> None:
-    """Start a host for this code in `directory`, in its own session. (Called when no host answered: if one
-    is serving after all, the new one finds the lock taken and leaves; a dead one's socket file is replaced.)"""
-    key = fingerprint()
+def start(directory: Path, module: str = "promptcycle.workerhost", key: str | None = None,
+          env: dict[str, str] | None = None) -> None:
+    """Start a host for this code in `directory`, in its own session: `python -m <module> DIRECTORY KEY` (the
+    command line's host, promptcycle_cli/host.py, also runs commands). `key` and `env`: the fingerprint and the
+    environment it was taken in (default: now). Called when no host answered: if one is serving after all, the
+    new one finds the lock taken and leaves; a dead one's socket file is replaced."""
+    env = dict(os.environ if env is None else env)
+    key = key or fingerprint()
     if len(os.fsencode(socket_path(directory, key))) > _MAX_SOCKET_PATH:
         return
     Path(directory).mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
     env.pop("PROMPTCYCLE_DATA_IN_PROCESS", None)
     with open(Path(directory) / "promptcycle-worker-host.log", "ab") as log:
-        subprocess.Popen([sys.executable, "-m", "promptcycle.workerhost", str(directory), key], env=env,
+        subprocess.Popen([sys.executable, "-m", module, str(directory), key], env=env,
                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True)
 
 
@@ -229,29 +268,42 @@ def _preload() -> None:
     dataworker.preload()
 
 
-def _serve_child(conn: socket.socket, listener: socket.socket) -> None:
+class Adopted:
+    """In a fork of a host that runs commands: the command to run here (see promptcycle_cli/host.py)."""
+
+    def __init__(self, conn: socket.socket, request: dict) -> None:
+        self.conn, self.request = conn, request
+
+
+def _take_over(conn: socket.socket, request: dict, targets: list[int]) -> None:
+    """In the forked child: take the requesting process's streams (onto `targets`), environment, working
+    directory, umask and time zone, and tell it this pid."""
+    _msg, fds, _flags, _addr = socket.recv_fds(conn, 1, len(targets))
+    for fd, target in zip(fds, targets):
+        os.dup2(fd, target)
+    for fd in fds:
+        if fd not in targets:
+            os.close(fd)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    time.tzset()  # the command's TZ, for the timestamps written
+    if request.get("umask") is not None:
+        os.umask(request["umask"])  # files created (stores, caches, logs) get the command's permissions
+    os.chdir(request["cwd"])
+    _send(conn, os.getpid())
+
+
+def _serve_worker(conn: socket.socket, request: dict) -> None:
     """In the forked child: become the requesting command's data worker."""
     import signal
 
     from promptcycle import dataworker
 
-    listener.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a piped worker: Ctrl-C is the command's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    request = _receive(conn)
-    _msg, fds, _flags, _addr = socket.recv_fds(conn, 1, 1)
-    for fd in fds:
-        os.dup2(fd, 2)
-        os.dup2(fd, 1)  # stray prints must not corrupt the reply stream
-        os.close(fd)
-    os.environ.clear()
-    os.environ.update(request["env"])
+    _take_over(conn, request, [2])  # the command's stderr
+    os.dup2(2, 1)  # stray prints must not corrupt the reply stream
     os.environ["PROMPTCYCLE_DATA_IN_PROCESS"] = "1"
-    time.tzset()  # the command's TZ, for the timestamps the worker writes
-    if request.get("umask") is not None:
-        os.umask(request["umask"])  # files the worker creates (stores, caches) get the command's permissions
-    os.chdir(request["cwd"])
-    _send(conn, os.getpid())
     command = request["pid"]
     threading.Thread(target=dataworker.exit_when, args=(lambda: not _alive(command),),
                      name="command-watch", daemon=True).start()
@@ -278,8 +330,12 @@ def idle_seconds() -> float:
         return DEFAULT_IDLE_SECONDS
 
 
-def host(directory: Path, key: str) -> int:
-    """The host's life: lock, preload, listen, fork a worker per connection, stop when idle or unlinked."""
+def host(directory: Path, key: str, preload: Callable[[], None] = _preload,
+         commands: bool = False) -> int | Adopted:
+    """The host's life: lock, preload, listen, fork a child per connection, stop when idle or unlinked.
+
+    Returns the host's exit status; with `commands`, in a child forked for a command, returns that command
+    (`Adopted`) for the caller to run there, outside this loop."""
     import fcntl
 
     directory = Path(directory)
@@ -289,11 +345,12 @@ def host(directory: Path, key: str) -> int:
     except OSError:
         return 0  # another host serves this name
     if fingerprint() != key:
-        print(f"promptcycle.workerhost: this interpreter's code differs from {key}; not serving", file=sys.stderr)
+        print(f"promptcycle host: this interpreter's code or settings differ from {key}; not serving",
+              file=sys.stderr)
         return 1
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # no BLAS thread pool in a process that forks
     started = time.monotonic()
-    _preload()
+    preload()
     path = socket_path(directory, key)
     path.unlink(missing_ok=True)  # a killed host's
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -305,54 +362,88 @@ def host(directory: Path, key: str) -> int:
     listener.listen(16)
     listener.settimeout(1.0)
     inode = path.stat().st_ino
-    print(f"promptcycle.workerhost {key}: serving at {path} (pid {os.getpid()}, "
+    print(f"promptcycle host {key}: serving at {path} (pid {os.getpid()}, "
           f"ready in {time.monotonic() - started:.1f} s)", file=sys.stderr, flush=True)
     idle, last = idle_seconds(), time.monotonic()
+    running: dict[int, socket.socket] = {}  # commands' forks: their sockets, to report how they ended
+    me = os.getpid()
     try:
         while True:
             try:
                 conn, _ = listener.accept()
             except TimeoutError:
                 conn = None
-            while True:  # reap the workers that ended
-                try:
-                    pid, _status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
+            _reap(running)
             if conn is None:
                 try:
                     if path.stat().st_ino != inode:
                         return 0  # replaced
                 except FileNotFoundError:
                     return 0  # removed
-                if time.monotonic() - last > idle:
+                if time.monotonic() - last > idle and not running:
                     return 0
                 continue
             last = time.monotonic()
-            if _peer_uid(conn) not in (None, os.getuid()):
+            try:
+                if _peer_uid(conn) not in (None, os.getuid()):
+                    raise ConnectionRefusedError("another user")
+                conn.settimeout(5.0)
+                request = _receive(conn)
+                kind = request.get("kind", "worker")
+                if kind not in ("worker", "command") or (kind == "command" and not commands):
+                    _send(conn, f"this host runs no {kind}s")
+                    raise ConnectionRefusedError(kind)
+                conn.settimeout(None)
+            except (OSError, EOFError, pickle.UnpicklingError, ValueError, AttributeError):
                 conn.close()
                 continue
-            conn.settimeout(None)
             child = os.fork()
             if child == 0:
+                listener.close()
+                lock.close()  # the host's lock stays the host's
+                for other in running.values():
+                    other.close()
+                if kind == "command":
+                    return Adopted(conn, request)
                 code = 0
                 try:
-                    _serve_child(conn, listener)
+                    _serve_worker(conn, request)
                 except BaseException:  # noqa: BLE001 - the command sees its end of the socket close
                     code = 1
-                finally:
-                    sys.stderr.flush()
-                    os._exit(code)
-            conn.close()
-            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker {child} forked", file=sys.stderr, flush=True)
+                sys.stderr.flush()
+                os._exit(code)
+            if kind == "command":
+                running[child] = conn
+            else:
+                conn.close()
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {kind} {child} forked", file=sys.stderr, flush=True)
     finally:
+        if os.getpid() == me:
+            try:
+                if path.stat().st_ino == inode:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _reap(running: dict[int, socket.socket]) -> None:
+    """Collect the children that ended; tell a command's client how its command ended (if it has not yet
+    heard it from the command itself: a signal, say)."""
+    while True:
         try:
-            if path.stat().st_ino == inode:
-                path.unlink()
-        except FileNotFoundError:
-            pass
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = running.pop(pid, None)
+        if conn is not None:
+            try:
+                conn.setblocking(False)
+                _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
+            except OSError:
+                pass  # the client has gone, or heard it already
+            conn.close()
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ def _host_pids(directory: Path, *, workers: bool = False) -> list[int]:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"promptcycle.workerhost" in argv and os.fsencode(str(directory)) in argv:
+        if (b"promptcycle.workerhost" in argv or b"promptcycle_cli.host" in argv) and \
+                os.fsencode(str(directory)) in argv:
             pids.append(int(proc.name))
     return pids if workers else [pid for pid in pids if _ppid(pid) not in pids]
 
@@ -183,7 +184,7 @@ def test_a_host_for_other_code_does_not_serve(tmp_path):
         out = subprocess.run([sys.executable, "-m", "promptcycle.workerhost", str(directory), "0" * 16], cwd=REPO,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 1
-        assert "code differs from 0000000000000000; not serving" in out.stderr
+        assert "code or settings differ from 0000000000000000; not serving" in out.stderr
         assert not list(directory.glob("*.sock"))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -255,7 +256,8 @@ def test_a_baseline_command_starts_the_host_and_the_next_one_takes_its_worker_fr
     try:
         first = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert first.returncode == 0, first.stderr
-        _wait(lambda: workerhost.socket_path(home).exists(), what="the host the first command started")
+        # (its name's fingerprint covers the command's environment and directory, not this process's)
+        _wait(lambda: list(home.glob("promptcycle-worker-*.sock")), what="the host the first command started")
         log = home / "promptcycle-worker-host.log"
         assert "forked" not in log.read_text()
         second = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
