@@ -8,8 +8,8 @@ fingerprint: the code, the interpreter, the `PREFECT_*`, `PYTHON*` and locale en
 directory's Prefect settings files), it sends its arguments, environment, working directory, umask and standard
 streams (the file descriptors themselves, over the Unix socket), and the host forks a child that takes them over
 and runs the command exactly as the command would have: same output on the same terminal or pipes, same files,
-same exit status. Meanwhile the `promptcycle` process only relays: signals it receives (Ctrl-C, `kill`, a
-resized terminal) go to the child; the child's exit status (or the signal that ended it) becomes its own; if
+same exit status. Meanwhile the `promptcycle` process only relays: signals it receives (Ctrl-C, Ctrl-Z, `kill`,
+a resized terminal) go to the child; the child's exit status (or the signal that ended it) becomes its own; if
 it is killed (`kill -9`), the child ends at once too, as the command itself would have.
 
 With no host serving, the command runs in its own process as before, and starts the host as it ends
@@ -58,9 +58,18 @@ def run_hosted(argv: list[str], flow_commands: frozenset[str]) -> int | None:
         except OSError:
             pass
 
+    def suspend(_signum: int, _frame) -> None:  # Ctrl-Z: stop the command, then this process, until continued
+        forward(signal.SIGSTOP, None)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, suspend)
+        forward(signal.SIGCONT, None)
+
     for name in _FORWARDED:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), forward)
+    if hasattr(signal, "SIGTSTP"):
+        signal.signal(signal.SIGTSTP, suspend)
     try:
         status = workerhost._receive(sock).get("exit", 1)
     except (OSError, EOFError, ValueError, AttributeError):
@@ -119,6 +128,8 @@ def _run(adopted: workerhost.Adopted) -> int:
             signal.signal(getattr(signal, name), signal.SIG_DFL)
     workerhost._take_over(conn, request, [0, 1, 2])
     sys.argv = [request.get("argv0") or "promptcycle", *request["argv"]]
+    if sys.path and request.get("path0") is not None:
+        sys.path[0] = request["path0"]  # the command's script directory (or working directory), not the host's
     sys.stdout.reconfigure(line_buffering=sys.stdout.isatty())  # as Python sets stdout up at start-up
     import prefect.context
 

@@ -506,11 +506,18 @@ def main(argv: list[str] | None = None) -> int:
     # Whether this process started a run, resumed one, or was refused: said on stderr, whatever --json.
     note = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     progress.add_note_listener(note)
+    terminated = None
     try:
         with _prefect_server(args.command, runs_flow=not getattr(args, "no_artifacts", False)):
             return args.func(args)
     except (Exception, KeyboardInterrupt) as exc:  # every failure becomes one clear message and an exit status
         return _present_error(args, exc)
+    except BaseException as exc:
+        terminated = _termination_signal(exc)
+        if terminated is None:
+            raise
+        _announce_termination(args, exc, terminated)
+        raise
     finally:
         from promptcycle import dataworker
 
@@ -518,6 +525,12 @@ def main(argv: list[str] | None = None) -> int:
         dataworker.start_missing_host()  # for the next command, if this one found none
         dataworker.use_host(None)
         _end_session()
+        if terminated is not None:  # end by the signal, as a process without Prefect's handler would
+            import signal
+
+            sys.stderr.flush()
+            signal.signal(terminated, signal.SIG_DFL)
+            os.kill(os.getpid(), terminated)
 
 
 def _use_worker_host(command: str) -> None:
@@ -769,6 +782,21 @@ def flow_run_fields() -> dict[str, str | None]:
     """`flow_run_id` and `flow_run_url` for every command's JSON (null when it ran no flow, or there is no UI:
     Prefect's temporary server ends with the command)."""
     return {"flow_run_id": _Session.flow_run_id, "flow_run_url": _Session.flow_run_url}
+
+
+def _termination_signal(exc: BaseException) -> int | None:
+    """The signal number when `exc` is Prefect's TerminationSignal (its flow engine turns SIGTERM during a flow
+    run into that exception), else None."""
+    exceptions = sys.modules.get("prefect.exceptions")
+    if exceptions is not None and isinstance(exc, exceptions.TerminationSignal):
+        return int(getattr(exc, "signal", 15))
+    return None
+
+
+def _announce_termination(args: argparse.Namespace, exc: BaseException, signum: int) -> None:
+    log = _write_log(f"promptcycle {args.command} terminated by signal {signum}", exc)
+    print(f"terminated (signal {signum}) — re-run the same command to resume"
+          + (f"; details: {log}" if log is not None and _Session.ran_flow else ""), file=sys.stderr, flush=True)
 
 
 def _prefect_api_failure(exc: BaseException) -> str | None:

@@ -10,13 +10,15 @@ standard error; the host forks a child that takes them over and then serves the 
 command's own worker: its own stores, its own Great Expectations context (a copy of the host's), ended
 when the command's end of the socket closes or the command's pid is gone, as a piped worker is.
 
-- The socket's name carries a fingerprint of the interpreter, `PYTHONPATH`, promptcycle's sources and
-  the data libraries' versions: after an upgrade or an edit, commands ask a new host, and the old one
+- The socket's name carries a fingerprint (`fingerprint()`): the interpreter, promptcycle's sources, the
+  libraries, the environment that configures Python and Prefect at import and the working directory's Prefect
+  settings files. After an upgrade or an edit, or with other settings, commands ask a new host, and the old one
   idles out. A host whose own fingerprint differs from the name it was started for does not serve.
 - A command that finds no host uses a piped worker and, when it ends, starts a host in its own session
-  (`python -m promptcycle.workerhost`): the next command finds it. One host per name (a lock file).
-- The host stops after `PROMPTCYCLE_SERVER_IDLE_SECONDS` (default 300) without a connection, or within
-  a second of its socket file being removed (its directory removed, say).
+  (`python -m promptcycle.workerhost`, or the command line's host, promptcycle_cli/host.py, which also runs
+  whole commands in its forks: `connect_command`): the next command finds it. One host per name (a lock file).
+- The host stops after `PROMPTCYCLE_SERVER_IDLE_SECONDS` (default 300) without a connection (never while a
+  command it forked runs), or within a second of its socket file being removed (its directory removed, say).
 - Only the socket's owner may connect (the directory is the user's; the host also checks the peer's uid).
 
 Linux and macOS only (fork, Unix sockets); elsewhere, and with `PROMPTCYCLE_WORKER_HOST=0`, every
@@ -40,15 +42,15 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["HostedWorker", "enabled", "socket_path", "connect", "start", "fingerprint", "idle_seconds",
-           "DEFAULT_IDLE_SECONDS"]
+__all__ = ["HostedWorker", "Adopted", "enabled", "socket_path", "connect", "connect_command", "start", "host",
+           "fingerprint", "idle_seconds", "DEFAULT_IDLE_SECONDS"]
 
 DEFAULT_IDLE_SECONDS = 300.0
 _MAX_SOCKET_PATH = 100  # sun_path holds 104-108 bytes, depending on the system
 _PACKAGES = ("promptcycle", "promptcycle_cli", "promptcycle_flows", "promptcycle_tasks", "promptcycle_blocks")
 _LIBRARIES = ("duckdb", "pandas", "pyarrow", "numpy", "great_expectations", "prefect")
 _ENVIRONMENT_PREFIXES = ("PREFECT_", "PYTHON", "LC_")
-_ENVIRONMENT = frozenset({"LANG", "LANGUAGE", "PROMPTCYCLE_WORKER_HOST"})
+_ENVIRONMENT = frozenset({"LANG", "LANGUAGE", "HOME", "TMPDIR", "PROMPTCYCLE_WORKER_HOST"})
 _HEADER = struct.Struct("!Q")
 
 
@@ -199,7 +201,11 @@ class _Requests:
 
 def connect(directory: Path, key: str | None = None) -> HostedWorker | None:
     """A worker forked for this process by the host in `directory`, or None when no host serves there."""
-    opened = _open(directory, key, {"kind": "worker"}, [sys.stderr.fileno()])  # its warnings go where ours do
+    try:
+        stderr = sys.stderr.fileno()  # its warnings go where ours do
+    except (OSError, ValueError, AttributeError):
+        stderr = 2  # sys.stderr is no file (captured by a test, say): where a piped worker's would go
+    opened = _open(directory, key, {"kind": "worker"}, [stderr])
     return None if opened is None else HostedWorker(*opened)
 
 
@@ -207,7 +213,8 @@ def connect_command(directory: Path, argv: list[str], key: str | None = None) ->
     """Ask the host in `directory` to run the command `argv` in a fork of itself, on this process's standard
     streams: (the socket, the fork's pid), or None when no host that runs commands serves there. The fork
     sends `{"exit": status}` (negative: ended by that signal) when it ends; closing the socket kills it."""
-    return _open(directory, key, {"kind": "command", "argv": list(argv), "argv0": sys.argv[0]}, [0, 1, 2])
+    request = {"kind": "command", "argv": list(argv), "argv0": sys.argv[0], "path0": sys.path[0] if sys.path else None}
+    return _open(directory, key, request, [0, 1, 2])
 
 
 def _open(directory: Path, key: str | None, request: dict, fds: list[int]) -> tuple[socket.socket, int] | None:

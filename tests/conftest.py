@@ -84,7 +84,8 @@ def _end_worker_hosts_under(root: Path) -> None:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if (b"promptcycle.workerhost" in argv or b"promptcycle_cli.host" in argv) and any(arg.startswith(prefix) for arg in argv):
+        hosts = b"promptcycle.workerhost" in argv or b"promptcycle_cli.host" in argv
+        if hosts and any(arg.startswith(prefix) for arg in argv):
             try:
                 os.kill(int(proc.name), signal.SIGTERM)
             except OSError:

@@ -144,16 +144,38 @@ def test_ctrl_c_reaches_the_fork_which_stops_as_the_command_would(home):
     _wait(lambda: len(_processes(home.path)) == 1, timeout=30, what="the fork and its worker to end")
 
 
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_ctrl_z_stops_the_fork_with_the_command_and_fg_continues_both(home):
+    proc = subprocess.Popen(home.baseline("suspended.duckdb", "--json"), env=home.env, cwd=home.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    before = home.forks("command")
+    _wait(lambda: home.forks("command") > before, what="the command's fork")
+    fork = int(home.log().split(" command ")[-1].split()[0])
+    proc.send_signal(signal.SIGTSTP)
+    _wait(lambda: _state(proc.pid) == "T" and _state(fork) == "T", timeout=10, what="both to stop")
+    time.sleep(0.5)
+    assert _state(fork) == "T"
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["success"] is True
+
+
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_a_killed_command_takes_its_fork_and_worker_with_it(home, signum):
     proc = subprocess.Popen(home.argv("baseline", "--config", str(home.config), "--store",
                                       str(home.root / f"killed-{signum}.duckdb")),
-                            env=home.env, cwd=home.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=home.env, cwd=home.root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait(lambda: len(_processes(home.path)) >= 3, what="the fork and its data worker")
     forks = [pid for pid, ppid in _processes(home.path).items() if ppid in _processes(home.path)]
     time.sleep(1.0)
     proc.send_signal(signum)
-    assert proc.wait(timeout=30) == -signum  # the promptcycle process ends as its command did
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signum, err  # the promptcycle process ends as its command did: by the signal
+    assert "Traceback" not in err  # (SIGTERM during the flow run: Prefect's exception, a one-line message)
     _wait(lambda: not any(_alive(pid) for pid in forks), timeout=30, what="the fork and its worker to end")
     assert len(_processes(home.path)) == 1  # the host serves on
 
@@ -172,3 +194,20 @@ def test_switched_off_the_command_runs_in_its_own_process(home):
     out = home.run(home.baseline("off.duckdb", "--json"), env={"PROMPTCYCLE_WORKER_HOST": "0"})
     assert out.returncode == 0, out.stderr
     assert (home.forks("command"), home.forks("worker")) == before
+
+
+def test_concurrent_copies_run_by_the_host_pay_each_call_once(home):
+    """Forks of one process are distinct processes to the pipeline's lease and the paid-call ledger."""
+    before = home.forks("command")
+    procs = [subprocess.Popen(home.baseline("concurrent.duckdb", "--json"), env=home.env, cwd=home.root,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    assert home.forks("command") == before + 4
+    paid = 0
+    for proc, (out, err) in zip(procs, outputs):
+        result = json.loads(out)
+        if proc.returncode == 0:
+            paid += result["calls_paid"]
+        else:
+            assert (proc.returncode, result["error"]) == (1, "PipelineBusyError"), err
+    assert paid == 49  # the 49 distinct calls of `--limit 1 --repeats 1`, each paid once

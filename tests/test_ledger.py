@@ -276,6 +276,23 @@ def test_concurrent_copies_of_one_baseline_pay_each_call_once_and_say_what_they_
     assert received == distinct, f"{received} requests for {distinct} distinct calls ({said})"
 
 
+def test_a_forked_process_is_another_lease_holder():
+    """The command host runs commands in forks of one process (cli/host.py): each must hold leases as itself."""
+    from promptcycle.evaluation import lease
+
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write, lease.HOLDER.encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    forked = os.read(read, 200).decode()
+    os.close(read)
+    assert forked != lease.HOLDER
+    assert forked.split(":")[1] == str(child) and lease.HOLDER.split(":")[1] == str(os.getpid())
+
+
 @pytest.mark.slow
 def test_a_kill_costs_at_most_the_answers_of_the_last_second(tmp_path):
     """README, "What a kill costs": a kill re-pays at most the answers of the last flush interval (1 s)

@@ -26,8 +26,18 @@ __all__ = ["LEASE_SECONDS", "HOLDER", "hold_pipeline", "release_pipeline"]
 
 LEASE_SECONDS = 30.0
 _HOST = socket.gethostname()
-# host:pid:token — the token tells apart two processes that reused one pid.
-HOLDER = f"{_HOST}:{os.getpid()}:{secrets.token_hex(4)}"
+HOLDER = ""
+
+
+def _new_holder() -> None:
+    """This process's name as a lease holder, host:pid:token (the token tells apart two processes that reused one
+    pid). Made again in a forked child (a command run by the command host, cli/host.py), which is another holder."""
+    global HOLDER
+    HOLDER = f"{_HOST}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+_new_holder()
+os.register_at_fork(after_in_child=_new_holder)
 
 _lock = threading.Lock()
 
