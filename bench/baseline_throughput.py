@@ -358,7 +358,7 @@ def warm_up(config: Path, workdir: Path, env: dict) -> bool:
 
 
 def wait_for_worker_host(env: dict, timeout: float = 60.0) -> bool:
-    """Wait until the data-worker host that the warm-up command started when it ended is serving (as it is
+    """Wait until the command host (cli/host.py) that the warm-up command started when it ended is serving (as it is
     for a user's next command, which comes seconds to minutes later; promptcycle/workerhost.py)."""
     probe = ("import os, pathlib; from promptcycle import workerhost; "
              "print(workerhost.socket_path(pathlib.Path(os.environ.get('PREFECT_HOME') or "
@@ -443,7 +443,7 @@ def run_end_to_end(args: argparse.Namespace, repeats: int, langsmith_url: str | 
             "concurrency": concurrency,
             "server_latency_ms": "simulated per model" if args.builtin else args.latency_ms,
             "prefect_home": ("warm (bytecode cached, validate + a one-case baseline ran first, "
-                             f"data-worker host {'serving' if host_serving else 'not serving'})") if args.warm
+                             f"command host {'serving' if host_serving else 'not serving'})") if args.warm
             else "as found",
             "errors": summary["errors"],
             "dataset_suite": stored["dataset_suite"],

@@ -49,7 +49,8 @@ DEFAULT_IDLE_SECONDS = 300.0
 _MAX_SOCKET_PATH = 100  # sun_path holds 104-108 bytes, depending on the system
 _PACKAGES = ("promptcycle", "promptcycle_cli", "promptcycle_flows", "promptcycle_tasks", "promptcycle_blocks")
 _LIBRARIES = ("duckdb", "pandas", "pyarrow", "numpy", "great_expectations", "prefect")
-_ENVIRONMENT_PREFIXES = ("PREFECT_", "PYTHON", "LC_")
+# read when Python, Prefect or a native library is loaded (OpenMP, BLAS, the allocator, the dynamic linker)
+_ENVIRONMENT_PREFIXES = ("PREFECT_", "PYTHON", "LC_", "OMP_", "OPENBLAS_", "MKL_", "MALLOC_", "LD_")
 _ENVIRONMENT = frozenset({"LANG", "LANGUAGE", "HOME", "TMPDIR", "PROMPTCYCLE_WORKER_HOST"})
 _HEADER = struct.Struct("!Q")
 
@@ -227,7 +228,8 @@ def _open(directory: Path, key: str | None, request: dict, fds: list[int]) -> tu
         sock.connect(os.fsencode(path))
         if _peer_uid(sock) not in (None, os.getuid()):
             raise ConnectionRefusedError(f"{path} is served by another user")
-        _send(sock, {**request, "env": dict(os.environ), "cwd": os.getcwd(), "pid": os.getpid(), "umask": _umask()})
+        _send(sock, {**request, "env": dict(os.environ), "cwd": os.getcwd(), "pid": os.getpid(), "umask": _umask(),
+                     **_limits()})
         socket.send_fds(sock, [b"f"], fds)
         pid = _receive(sock)
         if not isinstance(pid, int):
@@ -237,6 +239,43 @@ def _open(directory: Path, key: str | None, request: dict, fds: list[int]) -> tu
     except (OSError, EOFError, pickle.UnpicklingError, ValueError):
         sock.close()
         return None
+
+
+def _limits() -> dict[str, Any]:
+    """What the process's own limits are, for its fork to take: resource limits (`ulimit`), priority (`nice`),
+    CPU affinity (`taskset`)."""
+    import resource
+
+    names = ("RLIMIT_NOFILE", "RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_CORE", "RLIMIT_CPU", "RLIMIT_NPROC")
+    limits: dict[str, Any] = {"rlimits": {name: resource.getrlimit(getattr(resource, name))
+                                          for name in names if hasattr(resource, name)}}
+    try:
+        limits["priority"] = os.getpriority(os.PRIO_PROCESS, 0)
+    except (OSError, AttributeError):
+        pass
+    if hasattr(os, "sched_getaffinity"):
+        limits["affinity"] = sorted(os.sched_getaffinity(0))
+    return limits
+
+
+def _take_limits(request: dict) -> None:
+    import resource
+
+    for name, value in request.get("rlimits", {}).items():
+        try:
+            resource.setrlimit(getattr(resource, name), tuple(value))
+        except (ValueError, OSError, AttributeError):
+            pass  # e.g. a hard limit above the host's (only lowering is allowed)
+    try:
+        if request.get("priority") is not None:
+            os.setpriority(os.PRIO_PROCESS, 0, request["priority"])
+    except OSError:
+        pass  # a higher priority than the host's needs privileges
+    try:
+        if request.get("affinity"):
+            os.sched_setaffinity(0, request["affinity"])
+    except (OSError, AttributeError):
+        pass
 
 
 def _umask() -> int | None:
@@ -284,7 +323,7 @@ class Adopted:
 
 def _take_over(conn: socket.socket, request: dict, targets: list[int]) -> None:
     """In the forked child: take the requesting process's streams (onto `targets`), environment, working
-    directory, umask and time zone, and tell it this pid."""
+    directory, umask, time zone and limits, and tell it this pid."""
     _msg, fds, _flags, _addr = socket.recv_fds(conn, 1, len(targets))
     for fd, target in zip(fds, targets):
         os.dup2(fd, target)
@@ -297,6 +336,7 @@ def _take_over(conn: socket.socket, request: dict, targets: list[int]) -> None:
     if request.get("umask") is not None:
         os.umask(request["umask"])  # files created (stores, caches, logs) get the command's permissions
     os.chdir(request["cwd"])
+    _take_limits(request)
     _send(conn, os.getpid())
 
 

@@ -66,7 +66,7 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Remove the session's Prefect home: its local server and data-worker host see their files gone and stop
+    """Remove the session's Prefect home: its local server and command host see their files gone and stop
     (within seconds). Hosts that commands started in Prefect homes under the session's temporary directory are
     ended here too (pytest keeps those directories)."""
     shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
