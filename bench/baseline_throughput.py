@@ -163,22 +163,15 @@ def arrivals(port: int, reset: bool = False) -> dict:
     return httpx2.request("DELETE" if reset else "GET", f"http://127.0.0.1:{port}/bench/arrivals", timeout=5.0).json()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of another process (Linux /proc), 0.0 once it is gone."""
+def cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """User + system CPU seconds of another process (Linux /proc) — with `reaped_children`, of the children it has
+    reaped instead — 0.0 once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def reaped_children_cpu(pid: int) -> float:
-    """User + system CPU seconds of the children `pid` has reaped (Linux /proc), 0.0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    first = 13 if reaped_children else 11
+    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
 
 
 def host_pid(env: dict) -> int | None:
@@ -416,7 +409,7 @@ def run_end_to_end(args: argparse.Namespace, repeats: int, langsmith_url: str | 
             arrivals(port, reset=True)
         server_cpu0 = cpu_seconds(server.pid) if server else 0.0
         host = host_pid(env)  # with a host, the command runs in its fork, and so does its data worker
-        host_cpu0 = reaped_children_cpu(host) if host else 0.0
+        host_cpu0 = cpu_seconds(host, reaped_children=True) if host else 0.0
         wall0 = time.time()
         argv = ["baseline", "--config", str(config), "--json"] + ([] if args.builtin else ["--repeats", str(repeats)])
         argv += ["--mirror-langsmith"] if langsmith_url else []
@@ -426,7 +419,9 @@ def run_end_to_end(args: argparse.Namespace, repeats: int, langsmith_url: str | 
         end_to_end = ended - started
         if host:
             wait_reaped(host)
-        command_cpu = usage.ru_utime + usage.ru_stime + (reaped_children_cpu(host) - host_cpu0 if host else 0.0)
+        command_cpu = usage.ru_utime + usage.ru_stime
+        if host:
+            command_cpu += cpu_seconds(host, reaped_children=True) - host_cpu0
         stored = store_figures(workdir / "bench.duckdb", summary["run_id"], wall0)
         if args.builtin:
             ideal = stored["latency_sum_s"] / concurrency

@@ -14,28 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
+from process_support import alive as _alive
+from process_support import wait as _wait
 
 from promptcycle import dataworker, workerhost
 from promptcycle.store.remote import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_LIBRARIES = ["duckdb", "pandas", "great_expectations", "promptcycle.store.metrics", "promptcycle.quality.suites"]
-
-
-def _wait(predicate, timeout: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = Path(f"/proc/{pid}/stat")
-    return not (state.exists() and state.read_text().split(") ")[-1].startswith("Z"))
 
 
 def _ppid(pid: int) -> int:
